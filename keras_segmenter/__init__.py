@@ -1,0 +1,21 @@
+"""Segmenter (Strudel et al., ICCV 2021) in Keras 3 on TensorFlow."""
+
+from keras_segmenter import layers
+from keras_segmenter.layers.normalization import NORMALIZATIONS, ImageNormalization
+from keras_segmenter.models.presets import (
+    BACKBONE_PRESETS,
+    MODEL_PRESETS,
+    SegmenterB8,
+    SegmenterB16,
+    SegmenterB16Distilled,
+    SegmenterB32,
+    SegmenterL16,
+    SegmenterS16,
+    SegmenterS32,
+    SegmenterTi16,
+    build_segmenter,
+)
+from keras_segmenter.models.segmenter import Segmenter
+from keras_segmenter.models.vit_backbone import ViTBackbone
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class LinearDecoder(keras.layers.Layer):
+    """The linear decoder of Segmenter (paper section 3.2, "Linear").
+
+    A point-wise dense layer maps each patch encoding to class logits, and
+    the sequence is put back on the patch grid.
+
+    Call with `(patch_tokens, images)`: `patch_tokens` `(batch, gh * gw, D)`
+    without prefix tokens; `images` (the padded input) gives
+    `gh = H // patch_size` and `gw = W // patch_size`.
+    Returns `(batch, gh, gw, num_classes)`.
+
+    Args:
+        num_classes: int, number of classes K.
+        patch_size: int, the encoder's patch size.
+    """
+
+    def __init__(self, num_classes, patch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.head = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=self.dtype_policy,
+            name="head",
+        )
+
+    def build(self, tokens_shape, images_shape=None):
+        self.head.build(tokens_shape)
+
+    def call(self, tokens, images):
+        shape = ops.shape(images)
+        logits = self.head(tokens)
+        return ops.reshape(
+            logits,
+            (shape[0], shape[1] // self.patch_size, shape[2] // self.patch_size, self.num_classes),
+        )
+
+    def compute_output_shape(self, tokens_shape, images_shape):
+        def grid(size):
+            return None if size is None else size // self.patch_size
+
+        return (tokens_shape[0], grid(images_shape[1]), grid(images_shape[2]), self.num_classes)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "patch_size": self.patch_size,
+        }

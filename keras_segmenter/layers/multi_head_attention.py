@@ -1,0 +1,88 @@
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with one fused query/key/value projection.
+
+    The layout follows the official Segmenter (and timm) `Attention`: one
+    dense layer `qkv` of width `3 * hidden_dim` whose output is read as
+    `(tokens, 3, num_heads, head_dim)`, scaled dot products
+    (`head_dim ** -0.5`), softmax over the keys, dropout on the attention
+    weights, then the `proj` output projection and dropout.
+
+    Args:
+        hidden_dim: int, token width; must be divisible by `num_heads`.
+        num_heads: int, number of heads.
+        dropout: float, dropout on attention weights and output. Defaults to 0.
+    """
+
+    def __init__(self, hidden_dim, num_heads, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                "`hidden_dim` must be divisible by `num_heads`. "
+                f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.head_dim = hidden_dim // num_heads
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        self.qkv = keras.layers.Dense(
+            3 * hidden_dim, kernel_initializer=init, dtype=self.dtype_policy, name="qkv"
+        )
+        self.proj = keras.layers.Dense(
+            hidden_dim, kernel_initializer=init, dtype=self.dtype_policy, name="proj"
+        )
+        self.attention_dropout = keras.layers.Dropout(
+            dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=self.dtype_policy, name="output_dropout"
+        )
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape[:-1] + (self.hidden_dim,))
+
+    def _heads(self, inputs):
+        # (B, N, 3D) -> three (B, heads, N, head_dim) tensors.
+        batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        qkv = ops.reshape(
+            self.qkv(inputs), (batch, tokens, 3, self.num_heads, self.head_dim)
+        )
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
+        return qkv[0], qkv[1], qkv[2]
+
+    def _scores(self, query, key):
+        scores = ops.matmul(query * self.head_dim**-0.5, ops.swapaxes(key, -1, -2))
+        return ops.softmax(ops.cast(scores, "float32"), axis=-1)
+
+    def call(self, inputs, training=False):
+        query, key, value = self._heads(inputs)
+        weights = self._scores(query, key)
+        weights = self.attention_dropout(ops.cast(weights, value.dtype), training=training)
+        outputs = ops.matmul(weights, value)  # (B, heads, N, head_dim)
+        batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        outputs = ops.reshape(
+            ops.transpose(outputs, (0, 2, 1, 3)), (batch, tokens, self.hidden_dim)
+        )
+        return self.output_dropout(self.proj(outputs), training=training)
+
+    def attention_weights(self, inputs):
+        """Softmax attention `(batch, heads, tokens, tokens)`, for visualisation."""
+        query, key, _ = self._heads(inputs)
+        return self._scores(query, key)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+        }

@@ -1,0 +1,55 @@
+import keras
+from keras import ops
+
+# Mean and standard deviation of [0, 1] RGB images that each backbone family
+# was pre-trained with (official `segm/data/utils.py` STATS).
+NORMALIZATIONS = {
+    "vit": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    "deit": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
+
+
+def check_normalization(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"`normalization` must be one of {sorted(NORMALIZATIONS)}. "
+            f"Received: normalization={normalization!r}"
+        )
+    return normalization
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class ImageNormalization(keras.layers.Layer):
+    """Turns RGB images in [0, 255] into the input a Segmenter expects.
+
+    `(images / 255 - mean) / std` with the statistics of the backbone
+    family: `"vit"` (mean = std = 0.5) or `"deit"` (ImageNet statistics).
+
+    Args:
+        normalization: str, `"vit"` or `"deit"`. Defaults to `"vit"`.
+
+    Example:
+
+    >>> layer = ImageNormalization("vit")
+    >>> float(layer(np.full((1, 2, 2, 3), 255, "uint8"))[0, 0, 0, 0])
+    1.0
+    """
+
+    def __init__(self, normalization="vit", **kwargs):
+        super().__init__(**kwargs)
+        self.normalization = check_normalization(normalization)
+        stats = NORMALIZATIONS[normalization]
+        self.mean = [255.0 * m for m in stats["mean"]]
+        self.std = [255.0 * s for s in stats["std"]]
+
+    def call(self, images):
+        images = ops.cast(images, self.compute_dtype)
+        mean = ops.convert_to_tensor(self.mean, self.compute_dtype)
+        std = ops.convert_to_tensor(self.std, self.compute_dtype)
+        return (images - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "normalization": self.normalization}

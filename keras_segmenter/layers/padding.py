@@ -1,0 +1,53 @@
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class PadToMultiple(keras.layers.Layer):
+    """Pads images with zeros at the bottom and right to a multiple of `multiple`.
+
+    Matches the official `padding()`: the value 0 is written in normalized
+    space, so the padded pixels are the dataset mean.
+
+    Args:
+        multiple: int, usually the patch size.
+    """
+
+    def __init__(self, multiple, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = multiple
+
+    def call(self, images):
+        shape = ops.shape(images)
+        pad_h = (-shape[1]) % self.multiple
+        pad_w = (-shape[2]) % self.multiple
+        return tf.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        def padded(size):
+            return None if size is None else -(-size // self.multiple) * self.multiple
+
+        return (input_shape[0], padded(input_shape[1]), padded(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class ResizeAndCrop(keras.layers.Layer):
+    """Upsamples patch-level logits to the padded image, then crops the padding.
+
+    Call with `(logits, padded_images, images)`: `logits` `(batch, gh, gw, K)`
+    is resized bilinearly (half-pixel centres, as PyTorch with
+    `align_corners=False`) to the size of `padded_images`, then cropped to
+    the size of `images`. The two image tensors are read only for their shape.
+    """
+
+    def call(self, logits, padded_images, images):
+        padded, size = ops.shape(padded_images), ops.shape(images)
+        logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
+        return logits[:, : size[1], : size[2], :]
+
+    def compute_output_shape(self, logits_shape, padded_images_shape, images_shape):
+        return (logits_shape[0], images_shape[1], images_shape[2], logits_shape[-1])

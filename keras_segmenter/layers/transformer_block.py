@@ -1,0 +1,83 @@
+import keras
+from keras import ops
+
+from keras_segmenter.layers.drop_path import DropPath
+from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm transformer block, as in ViT and Segmenter (paper eq. 1-2).
+
+    `x = x + drop_path(attn(norm1(x)))`, then
+    `x = x + drop_path(mlp(norm2(x)))`, where the MLP is
+    `fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout`.
+
+    Args:
+        hidden_dim: int, token width.
+        num_heads: int, attention heads.
+        mlp_dim: int, hidden width of the MLP.
+        dropout: float, dropout inside attention and MLP. Defaults to 0.
+        drop_path_rate: float, stochastic depth rate of this block. Defaults to 0.
+        layer_norm_epsilon: float. Defaults to 1e-5 (PyTorch's default, used by
+            the official Segmenter).
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        mlp_dim,
+        dropout=0.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        dtype = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="norm1"
+        )
+        self.attn = MultiHeadSelfAttention(hidden_dim, num_heads, dropout, dtype=dtype, name="attn")
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="norm2"
+        )
+        self.fc1 = keras.layers.Dense(mlp_dim, kernel_initializer=init, dtype=dtype, name="fc1")
+        self.fc2 = keras.layers.Dense(hidden_dim, kernel_initializer=init, dtype=dtype, name="fc2")
+        self.mlp_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="mlp_dropout")
+        self.drop_path = DropPath(drop_path_rate, dtype=dtype, name="drop_path")
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attn, self.norm2, self.fc1):
+            layer.build(input_shape)
+        self.fc2.build(input_shape[:-1] + (self.mlp_dim,))
+
+    def mlp(self, x, training=False):
+        x = ops.gelu(self.fc1(x), approximate=False)
+        x = self.mlp_dropout(x, training=training)
+        return self.mlp_dropout(self.fc2(x), training=training)
+
+    def call(self, x, training=False):
+        x = x + self.drop_path(self.attn(self.norm1(x), training=training), training=training)
+        return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }

@@ -1,0 +1,142 @@
+import keras
+
+from keras_segmenter.layers.normalization import check_normalization
+from keras_segmenter.layers.patch_embedding import PatchEmbedding
+from keras_segmenter.layers.position_embedding import PositionEmbedding
+from keras_segmenter.layers.prefix_tokens import PrefixTokens
+from keras_segmenter.layers.transformer_block import TransformerBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class ViTBackbone(keras.Model):
+    """Vision Transformer encoder of Segmenter (paper section 3.1).
+
+    Maps normalized images `(batch, H, W, 3)` to the token sequence
+    `(batch, k + (H // P) * (W // P), hidden_dim)`: the k prefix tokens
+    (class, and distillation for DeiT) followed by the patches in row-major
+    order, after the final LayerNorm. Images of any size work; the position
+    embedding, learned for `image_size`, is resized bilinearly to the grid
+    of each input.
+
+    Args:
+        patch_size: int, patch side P.
+        hidden_dim: int, token width D.
+        num_layers: int, transformer blocks L.
+        num_heads: int, attention heads.
+        mlp_dim: int, MLP width (4 D in ViT).
+        image_size: int or `(height, width)`, the size the position embedding
+            is learned for (the training crop). Defaults to 512.
+        distilled: bool, add a DeiT distillation token. Defaults to False.
+        dropout: float, dropout after the embeddings and inside the blocks.
+            Defaults to 0.
+        drop_path_rate: float, stochastic depth of the last block, rising
+            linearly from 0 in the first. Defaults to 0.1.
+        layer_norm_epsilon: float. Defaults to 1e-5.
+        normalization: str, `"vit"` or `"deit"`: the input normalization the
+            weights expect (see `ImageNormalization`). Defaults to `"vit"`.
+    """
+
+    def __init__(
+        self,
+        patch_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        mlp_dim,
+        image_size=512,
+        distilled=False,
+        dropout=0.0,
+        drop_path_rate=0.1,
+        layer_norm_epsilon=1e-5,
+        normalization="vit",
+        dtype=None,
+        **kwargs,
+    ):
+        image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if image_size[0] % patch_size or image_size[1] % patch_size:
+            raise ValueError(
+                "`image_size` must be a multiple of `patch_size`. "
+                f"Received: image_size={image_size}, patch_size={patch_size}"
+            )
+        check_normalization(normalization)
+        num_prefix_tokens = 2 if distilled else 1
+
+        # === Layers ===
+        self.patch_embedding = PatchEmbedding(
+            patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
+        )
+        self.prefix_tokens = PrefixTokens(num_prefix_tokens, dtype=dtype, name="prefix_tokens")
+        self.position_embedding = PositionEmbedding(
+            (image_size[0] // patch_size, image_size[1] // patch_size),
+            num_prefix_tokens,
+            dtype=dtype,
+            name="position_embedding",
+        )
+        self.embedding_dropout = keras.layers.Dropout(
+            dropout, dtype=dtype, name="embedding_dropout"
+        )
+        self.blocks = [
+            TransformerBlock(
+                hidden_dim,
+                num_heads,
+                mlp_dim,
+                dropout=dropout,
+                drop_path_rate=drop_path_rate * i / max(1, num_layers - 1),
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=dtype,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.encoder_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="encoder_norm"
+        )
+
+        # === Functional Model ===
+        images = keras.Input(shape=(None, None, 3), name="images")
+        grid = self.patch_embedding(images)
+        x = self.position_embedding(self.prefix_tokens(grid), grid)
+        x = self.embedding_dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        tokens = self.encoder_norm(x)
+        super().__init__(inputs=images, outputs=tokens, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.image_size = image_size
+        self.distilled = distilled
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.normalization = normalization
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "patch_size": self.patch_size,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "image_size": self.image_size,
+            "distilled": self.distilled,
+            "dropout": self.dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "normalization": self.normalization,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
