@@ -1,0 +1,139 @@
+"""The run config: the paper's per-dataset defaults, overridden by flags.
+
+One `RunConfig` describes a training run completely; `training/fit.py`
+writes it as `config.json` next to the run's outputs so any result can be
+re-run with `fit.py --config <run>/config.json`.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
+
+# Paper section 4.2 for ADE20K, Pascal Context and Cityscapes. CamVid and
+# "folder" are this port's choices: CamVid (367 small training images, no
+# ImageNet weights in the README run) is trained from scratch on a CPU, so it
+# gets a larger lr and a short schedule; crop None = the dataset's own
+# `crop_size` from `keras_segmenter.data.get_dataset_info`.
+DATASET_DEFAULTS = {
+    "ade20k": dict(lr=1e-3, iterations=160_000, batch_size=8, crop_size=512),
+    "pascal_context": dict(lr=1e-3, iterations=80_000, batch_size=16, crop_size=480),
+    "cityscapes": dict(lr=1e-2, iterations=80_000, batch_size=8, crop_size=768),
+    "camvid": dict(lr=1e-2, iterations=4_000, batch_size=8, crop_size=None),
+    "folder": dict(lr=1e-3, iterations=20_000, batch_size=8, crop_size=None),
+}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a training run needs. See `training/fit.py --help`."""
+
+    dataset: str = "camvid"
+    data_dir: str = None
+    num_classes: int = None  # "folder" only
+    ignore_index: int = 255
+    model: str = "seg_ti16_mask"
+    backbone_weights: str = None
+    init: str = None
+    iterations: int = None
+    batch_size: int = None  # global, over all replicas and workers
+    lr: float = None
+    end_lr: float = 1e-5
+    poly_power: float = 0.9
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    crop_size: int = None
+    dropout: float = 0.0
+    drop_path_rate: float = 0.1
+    decoder_dropout: float = 0.1
+    precision: str = "float32"
+    strategy: str = "auto"
+    output_dir: str = None
+    resume: bool = False
+    seed: int = 0
+    checkpoint_every: int = None
+    val_every: int = None
+    keep_checkpoints: int = 2
+    val_images: int = None  # validate on the first N images (None: all)
+    preview_images: int = 3
+    window_size: int = None  # sliding-window validation, None: dataset's
+    window_stride: int = None
+
+    def resolve(self):
+        """Fills the per-dataset defaults and checks every field.
+
+        Raises `ValueError` naming the flag and what was expected.
+        """
+        if self.dataset not in DATASET_DEFAULTS:
+            raise ValueError(
+                f"--dataset must be one of {sorted(DATASET_DEFAULTS)}. Received: {self.dataset!r}"
+            )
+        for key, value in DATASET_DEFAULTS[self.dataset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}. Received: {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
+        for flag in ("iterations", "batch_size", "keep_checkpoints"):
+            if not isinstance(getattr(self, flag), int) or getattr(self, flag) < 1:
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} must be a positive integer. "
+                    f"Received: {getattr(self, flag)!r}"
+                )
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive. Received: {self.lr}")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"--crop-size must be positive. Received: {self.crop_size}")
+        if self.backbone_weights and self.init:
+            raise ValueError("Pass --backbone-weights or --init, not both.")
+        for flag in ("backbone_weights", "init", "data_dir"):
+            path = getattr(self, flag)
+            if path and not os.path.exists(path):
+                raise ValueError(f"--{flag.replace('_', '-')}: no such file or folder: {path}")
+        if self.dataset == "folder" and not self.num_classes:
+            raise ValueError("--dataset folder needs --num-classes.")
+        if self.checkpoint_every is None:
+            # About 20 checkpoints a run, dividing the run evenly.
+            self.checkpoint_every = math.gcd(self.iterations, max(1, self.iterations // 20))
+        if self.val_every is None:
+            self.val_every = self.checkpoint_every * max(1, (self.iterations // 10) // self.checkpoint_every)
+        if self.checkpoint_every < 1 or self.iterations % self.checkpoint_every:
+            raise ValueError(
+                "--iterations must be a multiple of --checkpoint-every (model.fit runs in "
+                f"chunks of --checkpoint-every iterations). Received: iterations={self.iterations}, "
+                f"checkpoint_every={self.checkpoint_every}"
+            )
+        if self.val_every < 1 or self.val_every % self.checkpoint_every:
+            raise ValueError(
+                "--val-every must be a multiple of --checkpoint-every. Received: "
+                f"val_every={self.val_every}, checkpoint_every={self.checkpoint_every}"
+            )
+        if self.output_dir is None:
+            self.output_dir = os.path.join("runs", f"{self.dataset}_{self.model}")
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        """Writes the config as JSON (atomically)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            values = json.load(f)
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        return cls(**values)

@@ -1,0 +1,176 @@
+"""A distributed custom training loop for `--strategy multi_worker`.
+
+Keras 3 `model.fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so multi-worker training runs this loop:
+`strategy.run` of a `tf.function` train step over
+`distribute_datasets_from_function`. It reuses everything `model.fit`
+training uses: the model, `SegmentationCrossEntropy` (exact over the global
+batch), SGD with the poly schedule, the checkpoints (same files, so a run
+can be resumed by either path), validation, CSV and TensorBoard logs.
+
+Every worker runs the same code; worker 0 (the chief) writes the
+checkpoints, logs and final model, the others take part in the collectives
+and discard their copies.
+"""
+
+import hashlib
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_segmenter.training import callbacks as cb
+from keras_segmenter.training import run
+from keras_segmenter.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
+from keras_segmenter.training.losses import SegmentationCrossEntropy
+from keras_segmenter.training.strategies import worker_info
+
+
+def weights_digest(model):
+    """SHA-256 of all weights, to compare replicas and workers."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=None, stop_after=None, verbose=True):
+    """Trains as `run.train` does, with a custom loop; returns `(model, summary)`.
+
+    Args:
+        config: a `RunConfig`.
+        strategy: a `tf.distribute` strategy (any; built for multi-worker).
+        make_train_ds: optional `fn(batch_size, seed) -> dataset` of
+            `(images, masks)` batches for one worker (tests pass synthetic
+            data); default `keras_segmenter.data.train_dataset`.
+        eval_ds, info: as in `run.train`.
+        stop_after: int, raise `KeyboardInterrupt` after this iteration, as
+            if the run were killed (for tests).
+    """
+    config.resolve()
+    keras.utils.set_random_seed(config.seed)
+    task, num_workers = worker_info()
+    chief = task == 0
+    info = info or run.dataset_info(config)
+    num_classes, ignore_index = info.num_classes, info.ignore_index
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas.")
+    checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
+    if chief:
+        run.prepare_output_dir(config)
+
+    with strategy.scope():
+        model = run.build_model(config, num_classes)
+        optimizer = run.make_optimizer(config)
+        if config.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        loss_fn = SegmentationCrossEntropy(ignore_index=ignore_index)
+        # Compiled (never fitted) so the checkpoints have model.fit's layout.
+        model.compile(optimizer=optimizer, loss=loss_fn)
+        optimizer.build(model.trainable_variables)
+        metric = run.make_metric(num_classes, ignore_index)
+
+    start = 0
+    latest = latest_checkpoint(checkpoint_dir) if config.resume else None
+    if latest is not None:
+        restore_checkpoint(model, latest["path"])
+        start = latest["iteration"]
+        if chief and verbose:
+            print(f"Resumed from {latest['path']} (iteration {start}).", flush=True)
+
+    if make_train_ds is None:
+        def make_train_ds(batch_size, seed):
+            return run.make_train_dataset(config, info, model.normalization, batch_size, seed)
+
+    def dataset_fn(context):
+        batch = context.get_per_replica_batch_size(config.batch_size)
+        # A different stream per worker, and a fresh one after a restart.
+        return make_train_ds(batch, config.seed + 1000 * context.input_pipeline_id + start)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    @tf.function
+    def train_step(iterator):
+        def step(images, masks):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = loss_fn(masks, logits)  # local sum / global valid count
+                scaled = optimizer.scale_loss(loss)
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            metric.update_state(masks, logits)
+            return loss
+
+        images, masks = next(iterator)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=(images, masks)), axis=None)
+
+    steps = config.checkpoint_every
+    log_callbacks = []
+    validation = None
+    if chief:
+        if eval_ds is None:
+            eval_ds = run.make_eval_dataset(config, info, model.normalization)
+        window = config.window_size or getattr(info, "window_size", None) or config.crop_size
+        stride = config.window_stride or getattr(info, "window_stride", None) or window
+        validation = cb.Validation(
+            run.make_evaluate_fn(eval_ds, num_classes, ignore_index, window, stride, config.val_images),
+            every=config.val_every // steps,
+            last_epoch=config.iterations // steps,
+            log_dir=os.path.join(config.output_dir, "logs", "validation") if run.tensorboard_available() else None,
+            verbose=verbose,
+        )
+        log_callbacks = [
+            cb.LearningRateLogger(),
+            validation,
+            keras.callbacks.CSVLogger(os.path.join(config.output_dir, "history.csv"), append=True),
+        ]
+    callback_list = keras.callbacks.CallbackList(log_callbacks, model=model)
+    callback_list.on_train_begin()
+
+    iteration = start
+    begin = time.time()
+    last_loss = math.nan
+    while iteration < config.iterations:
+        epoch = iteration // steps
+        metric.reset_state()
+        total, count = 0.0, 0
+        progbar = keras.utils.Progbar(steps) if chief and verbose else None
+        for _ in range(steps):
+            loss = float(train_step(iterator))
+            iteration += 1
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"Loss is {loss} at iteration {iteration}; stopping without a checkpoint "
+                    f"(the last good one is in {checkpoint_dir})."
+                )
+            total, count = total + loss, count + 1
+            if progbar is not None:
+                progbar.update(count, [("loss", loss)])
+            if stop_after is not None and iteration >= stop_after:
+                raise KeyboardInterrupt(f"stop_after={stop_after}")
+        last_loss = total / count
+        save_checkpoint(model, checkpoint_dir, iteration, epoch=epoch + 1, keep=config.keep_checkpoints, write=chief)
+        # Train mIoU: the metric's variables are summed over this worker's replicas.
+        logs = {"loss": last_loss, "mIoU": float(metric.result())}
+        callback_list.on_epoch_end(epoch, logs)
+
+    callback_list.on_train_end()
+    model_path = None
+    if chief:
+        model_path = run.save_model_atomically(model, os.path.join(config.output_dir, "model.keras"))
+    summary = {
+        "worker": task,
+        "num_workers": num_workers,
+        "iteration": int(keras.ops.convert_to_numpy(optimizer.iterations)),
+        "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+        "final_loss": last_loss,
+        "weights_sha256": weights_digest(model),
+        "model": model_path,
+        "validation": validation.history if validation else [],
+        "seconds": time.time() - begin,
+    }
+    return model, summary

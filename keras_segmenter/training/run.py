@@ -1,0 +1,285 @@
+"""Training a Segmenter from a `RunConfig`: model, data, `model.fit`.
+
+`training/fit.py` is the command line around `train(config)`. The
+multi-worker path (`--strategy multi_worker`) is `loop.train_custom_loop`,
+which reuses the pieces defined here.
+"""
+
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_segmenter as ks
+from keras_segmenter.layers.normalization import NORMALIZATIONS
+from keras_segmenter.training import callbacks as cb
+from keras_segmenter.training.checkpoints import latest_checkpoint
+from keras_segmenter.training.losses import SegmentationCrossEntropy
+from keras_segmenter.training.schedules import poly_schedule
+from keras_segmenter.training.strategies import make_strategy
+
+# ---------------------------------------------------------------- model
+
+
+def _with_dtype(model, dtype):
+    """A copy of a `Segmenter` with another dtype policy and the same weights."""
+    backbone_config = model.backbone.get_config()
+    backbone_config["dtype"] = dtype
+    config = model.get_config()
+    config.update(backbone=ks.ViTBackbone.from_config(backbone_config), dtype=dtype)
+    clone = ks.Segmenter(**config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def build_model(config, num_classes):
+    """The Segmenter for `config`: `--init`, or `--model` (+ `--backbone-weights`)."""
+    dtype = None if config.precision == "float32" else config.precision
+    if config.init:
+        if config.init.endswith(".keras"):
+            model = keras.saving.load_model(config.init, compile=False)
+            if dtype is not None:
+                model = _with_dtype(model, dtype)
+        else:
+            from keras_segmenter.convert import load_official
+
+            model = load_official(config.init, dtype=dtype)
+        if getattr(model, "num_classes", num_classes) != num_classes:
+            raise ValueError(
+                f"--init {config.init}: the model has {model.num_classes} classes, "
+                f"--dataset {config.dataset} has {num_classes}."
+            )
+        return model
+    if config.model not in ks.MODEL_PRESETS:
+        raise ValueError(f"--model must be one of {sorted(ks.MODEL_PRESETS)}. Received: {config.model!r}")
+    model = ks.build_segmenter(
+        config.model,
+        num_classes,
+        image_size=config.crop_size,
+        dropout=config.dropout,
+        drop_path_rate=config.drop_path_rate,
+        decoder_dropout=config.decoder_dropout,
+        dtype=dtype,
+    )
+    if config.backbone_weights:
+        from keras_segmenter.convert import load_backbone_weights
+
+        load_backbone_weights(model.backbone, config.backbone_weights)
+    return model
+
+
+def make_optimizer(config):
+    """SGD, momentum 0.9, Nesterov, no weight decay, poly lr stepped every iteration."""
+    return keras.optimizers.SGD(
+        learning_rate=poly_schedule(config.lr, config.iterations, config.end_lr, config.poly_power),
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay or None,
+    )
+
+
+def make_metric(num_classes, ignore_index):
+    from keras_segmenter.metrics import MeanIoU
+
+    return MeanIoU(num_classes, ignore_index=ignore_index, name="mIoU")
+
+
+# ---------------------------------------------------------------- data
+
+
+def dataset_info(config):
+    from keras_segmenter.data import get_dataset_info
+
+    if config.dataset == "folder":
+        return get_dataset_info("folder", num_classes=config.num_classes, ignore_index=config.ignore_index)
+    return get_dataset_info(config.dataset)
+
+
+def _data_name(config, info):
+    return info if config.dataset == "folder" else config.dataset
+
+
+def make_train_dataset(config, info, normalization, batch_size, seed):
+    from keras_segmenter.data import train_dataset
+
+    return train_dataset(
+        _data_name(config, info), config.data_dir, batch_size=batch_size, crop_size=config.crop_size,
+        normalization=normalization, seed=seed, split="train", repeat=True,
+    )
+
+
+def make_eval_dataset(config, info, normalization):
+    from keras_segmenter.data import eval_dataset
+
+    return eval_dataset(_data_name(config, info), config.data_dir, split="val", normalization=normalization)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def make_evaluate_fn(dataset, num_classes, ignore_index, window_size=None, window_stride=None, max_images=None):
+    """`evaluate(model) -> {"mIoU", "aAcc", "mAcc", "IoU"}` over `dataset`.
+
+    `dataset` yields unbatched `(image (H, W, 3), mask (H, W))` at the
+    original resolution. With `window_size`, sliding-window inference as in
+    the paper; else the whole image in one call.
+    """
+    if max_images:
+        dataset = dataset.take(max_images)
+
+    def evaluate(model):
+        if window_size:
+            from keras_segmenter.inference import make_inference_function
+
+            infer = make_inference_function(model, window_size, window_stride or window_size)
+        else:
+            whole = tf.function(lambda image: model(image[None], training=False)[0], reduce_retracing=True)
+            infer = whole
+        metric = make_metric(num_classes, ignore_index)
+        for image, mask in dataset:
+            pred = tf.argmax(infer(tf.cast(image, tf.float32)), axis=-1, output_type=tf.int32)
+            metric.update_state(mask[None], pred[None])
+        return metric.results()
+
+    return evaluate
+
+
+def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
+    """Panels `image | truth | prediction` (uint8) of the first `count` images."""
+    samples = [(img.numpy(), m.numpy()) for img, m in dataset.take(count)]
+    stats = NORMALIZATIONS[normalization]
+    mean, std = np.array(stats["mean"]), np.array(stats["std"])
+
+    def preview(model):
+        panels = []
+        for image, mask in samples:
+            pred = np.argmax(np.asarray(model(image[None], training=False))[0], axis=-1)
+            rgb = np.clip((image * std + mean) * 255, 0, 255).astype("uint8")
+            panels.append(np.concatenate(
+                [rgb, cb.colorize(mask, palette, ignore_index), cb.colorize(pred, palette, ignore_index)], axis=1))
+        height = max(p.shape[0] for p in panels)
+        width = max(p.shape[1] for p in panels)
+        return np.stack([np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels])
+
+    return preview
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def tensorboard_available():
+    """TensorBoard logs need the `tensorboard` package (not a dependency of tensorflow-cpu)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        if not getattr(tensorboard_available, "warned", False):
+            print("Note: `pip install tensorboard` to get TensorBoard logs; writing history.csv only.")
+            tensorboard_available.warned = True
+        return False
+    return True
+
+
+def save_model_atomically(model, path):
+    tmp = os.path.join(os.path.dirname(path), f"tmp-{os.getpid()}-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_output_dir(config):
+    checkpoints = os.path.join(config.output_dir, "checkpoints")
+    if not config.resume and latest_checkpoint(checkpoints) is not None:
+        raise ValueError(
+            f"--output-dir {config.output_dir} already holds checkpoints; pass --resume to "
+            "continue that run, or choose another --output-dir."
+        )
+    os.makedirs(config.output_dir, exist_ok=True)
+    config.save(os.path.join(config.output_dir, "config.json"))
+    return checkpoints
+
+
+# ---------------------------------------------------------------- model.fit
+
+
+def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_callbacks=(), verbose="auto"):
+    """Trains with `model.fit` as `config` says; returns `(model, summary)`.
+
+    `train_ds` / `eval_ds` / `info` replace the `keras_segmenter.data`
+    datasets (tests pass synthetic ones): `train_ds` yields global batches
+    `(images, masks)`, `eval_ds` unbatched full images; `info` needs
+    `num_classes`, `ignore_index`, `palette`, `window_size`, `window_stride`.
+    """
+    config.resolve()
+    keras.utils.set_random_seed(config.seed)
+    strategy = strategy or make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
+        )
+    info = info or dataset_info(config)
+    num_classes = info.num_classes
+    checkpoint_dir = prepare_output_dir(config)
+
+    with strategy.scope():
+        model = build_model(config, num_classes)
+        model.compile(
+            optimizer=make_optimizer(config),
+            loss=SegmentationCrossEntropy(ignore_index=info.ignore_index),
+            metrics=[make_metric(num_classes, info.ignore_index)],
+        )
+    if train_ds is None:
+        train_ds = make_train_dataset(config, info, model.normalization, config.batch_size, config.seed)
+    if eval_ds is None:
+        eval_ds = make_eval_dataset(config, info, model.normalization)
+
+    steps = config.checkpoint_every
+    epochs = config.iterations // steps
+    window = config.window_size or getattr(info, "window_size", None) or config.crop_size
+    stride = config.window_stride or getattr(info, "window_stride", None) or window
+    log_dir = os.path.join(config.output_dir, "logs")
+    checkpointer = cb.Checkpointer(checkpoint_dir, steps, restore=config.resume, keep=config.keep_checkpoints)
+    validation = cb.Validation(
+        make_evaluate_fn(eval_ds, num_classes, info.ignore_index, window, stride, config.val_images),
+        every=config.val_every // steps,
+        last_epoch=epochs,
+        log_dir=os.path.join(log_dir, "validation") if tensorboard_available() else None,
+        preview_fn=make_preview_fn(eval_ds, model.normalization, info.palette, info.ignore_index,
+                                   config.preview_images) if config.preview_images else None,
+    )
+    callbacks = [
+        checkpointer,
+        *extra_callbacks,
+        cb.LearningRateLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        validation,
+        keras.callbacks.CSVLogger(os.path.join(config.output_dir, "history.csv"), append=True),
+    ]
+    if tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
+    # Keras' symbolic build needs the model built before BackupAndRestore.
+    start = time.time()
+    history = model.fit(
+        train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose
+    )
+    seconds = time.time() - start
+    iteration = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    model_path = None
+    if not model.stop_training or iteration >= config.iterations:
+        model_path = save_model_atomically(model, os.path.join(config.output_dir, "model.keras"))
+    summary = {
+        "iteration": iteration,
+        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        "model": model_path,
+        "logs": log_dir,
+        "history": os.path.join(config.output_dir, "history.csv"),
+        "checkpoints": checkpoint_dir,
+        "validation": validation.history,
+        "seconds": seconds,
+        "final_loss": history.history.get("loss", [math.nan])[-1] if history.history else math.nan,
+    }
+    return model, summary
