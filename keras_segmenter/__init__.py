@@ -15,6 +15,7 @@ from keras_segmenter.models.presets import (
     SegmenterTi16,
     build_segmenter,
 )
+from keras_segmenter.models.attention import encoder_attention_maps
 from keras_segmenter.models.segmenter import Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
 

@@ -113,7 +113,8 @@ class MaskTransformer(keras.layers.Layer):
             x = block(x, training=training)
         x = self.decoder_norm(x)
         patches = ops.matmul(x[:, :num_patches], ops.cast(self.proj_patch, x.dtype))
-        classes = ops.matmul(x[:, num_patches:], ops.cast(self.proj_classes, x.dtype))
+        classes = ops.reshape(x[:, num_patches:], (batch, self.num_classes, self.hidden_dim))
+        classes = ops.matmul(classes, ops.cast(self.proj_classes, x.dtype))
         # The official code divides by the norm with no epsilon; so do we, in float32.
         patches = ops.cast(patches, "float32")
         classes = ops.cast(classes, "float32")

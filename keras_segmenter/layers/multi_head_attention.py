@@ -45,7 +45,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
-        self.proj.build(input_shape[:-1] + (self.hidden_dim,))
+        self.proj.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
     def _heads(self, inputs):
         # (B, N, 3D) -> three (B, heads, N, head_dim) tensors.

@@ -57,7 +57,7 @@ class TransformerBlock(keras.layers.Layer):
     def build(self, input_shape):
         for layer in (self.norm1, self.attn, self.norm2, self.fc1):
             layer.build(input_shape)
-        self.fc2.build(input_shape[:-1] + (self.mlp_dim,))
+        self.fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def mlp(self, x, training=False):
         x = ops.gelu(self.fc1(x), approximate=False)

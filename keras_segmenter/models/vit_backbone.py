@@ -93,7 +93,7 @@ class ViTBackbone(keras.Model):
         )
 
         # === Functional Model ===
-        images = keras.Input(shape=(None, None, 3), name="images")
+        images = keras.Input(shape=(None, None, 3), name="backbone_images")
         grid = self.patch_embedding(images)
         x = self.position_embedding(self.prefix_tokens(grid), grid)
         x = self.embedding_dropout(x)
