@@ -1,0 +1,89 @@
+"""Converts weights to a Keras `.keras` Segmenter.
+
+    python -m keras_segmenter.convert SOURCE --out model.keras [--num-classes N]
+
+SOURCE is one of:
+  * an official Segmenter run: a folder with `checkpoint.pth` and `variant.yml`
+    (or the `checkpoint.pth` itself): the whole model is converted;
+  * a timm ViT (`model.safetensors`, or its folder with `config.json`) or a
+    big_vision/AugReg `.npz`: the ImageNet encoder is converted and a fresh
+    decoder for `--num-classes` classes is added, ready for fine-tuning.
+"""
+
+import argparse
+import os
+import sys
+
+from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
+from keras_segmenter.convert.official import load_official
+from keras_segmenter.convert.torch_checkpoint import CheckpointError
+from keras_segmenter.models.segmenter import DECODERS, Segmenter
+
+
+def detect_format(source):
+    """Returns `"official"`, `"timm"` or `"augreg"` for a path, or raises."""
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, "checkpoint.pth")):
+            return "official"
+        if os.path.isfile(os.path.join(source, "model.safetensors")):
+            return "timm"
+    elif os.path.isfile(source):
+        for suffix, kind in ((".pth", "official"), (".safetensors", "timm"), (".npz", "augreg")):
+            if source.endswith(suffix):
+                return kind
+    elif not os.path.exists(source):
+        raise CheckpointError(f"{source}: not found")
+    raise CheckpointError(
+        f"{source}: unknown format; expected an official run folder (checkpoint.pth + "
+        "variant.yml), a .pth, a timm model.safetensors (or its folder) or an AugReg .npz"
+    )
+
+
+def convert(source, num_classes=None, decoder="mask", image_size=512):
+    """Converts `source` (see the module docstring) to a `Segmenter`."""
+    kind = detect_format(source)
+    if kind == "official":
+        return kind, load_official(source)
+    if num_classes is None:
+        raise ValueError(
+            f"{source} holds only an ImageNet encoder: pass `--num-classes` for the new decoder"
+        )
+    backbone = backbone_from_imagenet_vit(source, image_size=image_size)
+    return kind, Segmenter(backbone, num_classes, decoder=decoder)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_segmenter.convert",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("source", help="official run folder / checkpoint.pth, timm safetensors or AugReg npz")
+    parser.add_argument("--out", required=True, help="the .keras file to write")
+    parser.add_argument("--num-classes", type=int, help="classes of the new decoder (ImageNet sources)")
+    parser.add_argument("--decoder", choices=DECODERS, default="mask", help="new decoder type (ImageNet sources)")
+    parser.add_argument("--image-size", type=int, default=512, help="training crop for ImageNet sources")
+    args = parser.parse_args(argv)
+    if not args.out.endswith(".keras"):
+        parser.error(f"--out must end in .keras. Received: --out={args.out}")
+    try:
+        kind, model = convert(args.source, args.num_classes, args.decoder, args.image_size)
+    except (CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    model.save(args.out)
+    backbone = model.backbone
+    print(f"source:        {args.source} ({kind})")
+    print(
+        f"encoder:       ViT patch {backbone.patch_size}, width {backbone.hidden_dim}, "
+        f"{backbone.num_layers} layers, {backbone.num_heads} heads"
+        f"{', distilled' if backbone.distilled else ''}, image size {backbone.image_size}"
+    )
+    print(f"decoder:       {model.decoder_type}, {model.num_classes} classes")
+    print(f"normalization: {model.normalization}")
+    print(f"parameters:    {model.count_params():,}")
+    print(f"wrote:         {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+
+import keras_segmenter  # noqa: F401  (registers the layers for loading)
+from keras_segmenter import layers
+from layer_testing import check_layer
+
+RNG = np.random.default_rng(0)
+
+
+def tokens(batch=2, length=7, dim=16):
+    return RNG.normal(size=(batch, length, dim)).astype("float32")
+
+
+def images(batch=2, height=16, width=24, channels=3):
+    return RNG.normal(size=(batch, height, width, channels)).astype("float32")
+
+
+def test_patch_embedding(tmp_path):
+    layer = layers.PatchEmbedding(patch_size=8, hidden_dim=16, name="patch_embedding")
+    check_layer(layer, [images()], tmp_path, expected_shape=(2, 2, 3, 16))
+
+
+def test_prefix_tokens_put_class_and_distillation_tokens_first(tmp_path):
+    layer = layers.PrefixTokens(num_tokens=2, name="prefix_tokens")
+    grid = images(height=2, width=3, channels=16)
+    out = check_layer(layer, [grid], tmp_path, expected_shape=(2, 8, 16))
+    np.testing.assert_array_equal(out[:, 0], np.broadcast_to(layer.cls_token.numpy()[0], (2, 16)))
+    np.testing.assert_array_equal(out[:, 1], np.broadcast_to(layer.dist_token.numpy()[0], (2, 16)))
+    np.testing.assert_array_equal(out[:, 2:], grid.reshape(2, 6, 16))
+
+
+def test_position_embedding_is_resized_to_the_input_grid(tmp_path):
+    layer = layers.PositionEmbedding(grid_size=(2, 2), num_prefix_tokens=1, name="position_embedding")
+    grid = images(height=3, width=5, channels=16)
+    x = tokens(length=1 + 15)
+    out = check_layer(layer, [x, grid], tmp_path, expected_shape=(2, 16, 16))
+    table = layer.position_embedding.numpy()
+    np.testing.assert_allclose(out[:, 0] - x[:, 0], np.broadcast_to(table[0, 0], (2, 16)), atol=1e-6)
+    resized = layers.resize_position_embedding(table, (2, 2), (3, 5), 1).numpy()
+    np.testing.assert_allclose(out - x, np.broadcast_to(resized, out.shape), atol=1e-6)
+
+
+def test_resize_position_embedding_is_identity_on_the_same_grid():
+    table = RNG.normal(size=(1, 2 + 12, 8)).astype("float32")
+    np.testing.assert_array_equal(layers.resize_position_embedding(table, (3, 4), (3, 4), 2), table)
+
+
+def test_drop_path_round_trip_and_identity_at_inference(tmp_path):
+    layer = layers.DropPath(rate=0.3, name="drop_path")
+    x = tokens()
+    np.testing.assert_array_equal(check_layer(layer, [x], tmp_path), x)
+
+
+def test_drop_path_keeps_the_expected_fraction_of_samples():
+    rate = 0.3
+    layer = layers.DropPath(rate=rate, seed=1)
+    x = np.ones((4000, 3, 2), "float32")
+    out = np.asarray(layer(x, training=True))
+    kept = out[:, 0, 0] != 0
+    assert abs(kept.mean() - (1 - rate)) < 0.03
+    # A sample is dropped or kept whole, and kept samples are rescaled.
+    np.testing.assert_allclose(out[kept], 1 / (1 - rate), rtol=1e-6)
+    np.testing.assert_array_equal(out[~kept], 0)
+
+
+def test_drop_path_rejects_a_bad_rate():
+    with pytest.raises(ValueError, match="Received: rate=1.0"):
+        layers.DropPath(rate=1.0)
+
+
+def test_multi_head_self_attention(tmp_path):
+    layer = layers.MultiHeadSelfAttention(hidden_dim=16, num_heads=2, name="attention")
+    x = tokens()
+    check_layer(layer, [x], tmp_path, expected_shape=x.shape)
+    weights = np.asarray(layer.attention_weights(x))
+    assert weights.shape == (2, 2, 7, 7)
+    np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-5)
+
+
+def test_multi_head_self_attention_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="num_heads=3"):
+        layers.MultiHeadSelfAttention(hidden_dim=16, num_heads=3)
+
+
+def test_transformer_block(tmp_path):
+    layer = layers.TransformerBlock(16, 2, 32, dropout=0.1, drop_path_rate=0.1, name="block")
+    x = tokens()
+    check_layer(layer, [x], tmp_path, expected_shape=x.shape)
+
+
+def test_linear_decoder(tmp_path):
+    layer = layers.LinearDecoder(num_classes=5, patch_size=8, name="linear")
+    check_layer(layer, [tokens(length=6), images()], tmp_path, expected_shape=(2, 2, 3, 5))
+
+
+def test_mask_transformer(tmp_path):
+    layer = layers.MaskTransformer(5, patch_size=8, hidden_dim=16, num_layers=2, name="mask")
+    out = check_layer(layer, [tokens(length=6), images()], tmp_path, expected_shape=(2, 2, 3, 5))
+    # mask_norm is a LayerNorm over the classes: with its initial weights each
+    # patch's class scores have zero mean.
+    np.testing.assert_allclose(out.mean(-1), 0, atol=1e-5)
+    assert layer.blocks[0].num_heads == 1  # the official rule: hidden_dim // 64, at least 1
+
+
+def test_pad_to_multiple_pads_bottom_right_with_zeros(tmp_path):
+    layer = layers.PadToMultiple(8, name="pad")
+    x = images(height=10, width=17)
+    out = check_layer(layer, [x], tmp_path, expected_shape=(2, 16, 24, 3))
+    np.testing.assert_array_equal(out[:, :10, :17], x)
+    assert not out[:, 10:].any() and not out[:, :, 17:].any()
+
+
+def test_resize_and_crop(tmp_path):
+    layer = layers.ResizeAndCrop(name="resize")
+    logits = images(height=2, width=3, channels=4)
+    out = check_layer(layer, [logits, images(height=16, width=24), images(height=13, width=20)], tmp_path)
+    assert out.shape == (2, 13, 20, 4)
+
+
+def test_image_normalization(tmp_path):
+    layer = layers.ImageNormalization("deit", name="normalization")
+    x = np.full((1, 2, 2, 3), 255, "float32")
+    out = check_layer(layer, [x], tmp_path)
+    np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-5)
+
+
+def test_image_normalization_rejects_unknown_family():
+    with pytest.raises(ValueError, match="normalization='imagenet'"):
+        layers.ImageNormalization("imagenet")

@@ -1,0 +1,97 @@
+"""Parity with the official PyTorch Segmenter (fixtures in tests/fixtures, see README there).
+
+Tolerances come from the fixtures' manifest: `floor` is the largest
+|torch fp32 - torch fp64| for that output. A faithful float32 port is as
+close to the float64 result as PyTorch float32 is, so we ask for at most
+twice the floor against float64, and (triangle inequality) four times the
+floor against PyTorch's own float32 output. A real mismatch is 100x larger
+(a wrong decoder head count gives 1.4e-2, LayerNorm eps 1e-6 gives 6e-4).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from keras_segmenter.convert import backbone_from_imagenet_vit, load_official
+
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+FLOORS = MANIFEST["tolerance_fp32_vs_fp64_max_abs"]
+OFFICIAL = ["tiny_mask", "tiny_linear", "tiny_distilled_mask", "tiny_p8_mask"]
+
+
+def nhwc(x):
+    return x.transpose(0, 2, 3, 1)
+
+
+def cases(fixture):
+    arrays = np.load(FIXTURES / fixture / "cases.npz")
+    return arrays, sorted({name.split("/")[0] for name in arrays.files})
+
+
+@pytest.fixture(scope="module", params=OFFICIAL)
+def official(request):
+    return request.param, load_official(FIXTURES / request.param)
+
+
+def test_logits_match_the_official_model(official):
+    fixture, model = official
+    arrays, names = cases(fixture)
+    floor = FLOORS[fixture]["logits"]
+    for case in names:
+        logits = np.asarray(model(nhwc(arrays[f"{case}/input"])))
+        expected = nhwc(arrays[f"{case}/logits"])
+        assert logits.shape == expected.shape
+        assert np.abs(logits - expected).max() <= 4 * floor, case
+        if f"{case}/logits_fp64" in arrays.files:
+            assert np.abs(logits - nhwc(arrays[f"{case}/logits_fp64"])).max() <= 2 * floor, case
+
+
+def test_encoder_and_decoder_outputs_match_float64(official):
+    fixture, model = official
+    arrays, names = cases(fixture)
+    prefix = model.backbone.num_prefix_tokens
+    for case in names:
+        padded = model.pad(nhwc(arrays[f"{case}/input"]))
+        tokens = model.backbone(padded)
+        masks = np.asarray(model.decoder(tokens[:, prefix:], padded))
+        encoder_error = np.abs(np.asarray(tokens) - arrays[f"{case}/enc_out_fp64"]).max()
+        decoder_error = np.abs(masks - nhwc(arrays[f"{case}/dec_out_fp64"])).max()
+        assert encoder_error <= 2 * FLOORS[fixture]["enc_out"], case
+        assert decoder_error <= 2 * FLOORS[fixture]["dec_out"], case
+
+
+def test_batch_of_two_equals_each_sample_alone(official):
+    fixture, model = official
+    arrays, _ = cases(fixture)
+    batch = nhwc(arrays["b2_64x64/input"])
+    together = np.asarray(model(batch))
+    # PyTorch gives bit-identical results; oneDNN's batched matmuls round differently.
+    alone = np.asarray(model(batch[1:]))
+    assert np.abs(alone - together[1:]).max() <= FLOORS[fixture]["logits"]
+
+
+def test_official_models_have_the_official_parameter_count(official):
+    fixture, model = official
+    n_params = MANIFEST["fixtures"][fixture]["n_params"]
+    imagenet_heads = (1000 * 64 + 1000) * (2 if model.backbone.distilled else 1)
+    assert model.count_params() == n_params - imagenet_heads
+
+
+@pytest.mark.parametrize("source", ["timm_vit", "augreg_vit/tiny.npz"])
+def test_imagenet_encoders_match_the_official_segmenter_encoder(source):
+    features = np.load(FIXTURES / "augreg_vit" / "features.npz")
+    backbone = backbone_from_imagenet_vit(FIXTURES / source, image_size=64)
+    floor = FLOORS["segmenter_encoder_from_augreg"]
+    for case in ["64x64", "48x80"]:
+        tokens = np.asarray(backbone(nhwc(features[f"input_{case}"])))
+        assert np.abs(tokens - features[f"segmenter_features_{case}"]).max() <= 2 * floor, case
+
+
+@pytest.mark.parametrize("source", ["timm_vit", "augreg_vit/tiny.npz"])
+def test_imagenet_position_embedding_is_resampled_like_the_official_loader(source):
+    features = np.load(FIXTURES / "augreg_vit" / "features.npz")
+    backbone = backbone_from_imagenet_vit(FIXTURES / source, image_size=96)
+    resized = backbone.position_embedding.position_embedding.numpy()
+    np.testing.assert_allclose(resized, features["segmenter_pos_embed_96x96"], atol=1e-6)
