@@ -1,0 +1,243 @@
+"""`tf.data` training and evaluation pipelines (graph mode, no Python)."""
+
+import random
+
+import tensorflow as tf
+
+from keras_segmenter.data import augment
+from keras_segmenter.data.dataset_info import get_dataset_info
+from keras_segmenter.data.sources import scan
+from keras_segmenter.layers.normalization import (
+    NORMALIZATIONS,
+    check_normalization,
+)
+
+_CHECK_HINT = "; run `python -m keras_segmenter.data check` for a full report"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_INFO_KEYS = ("num_classes", "ignore_index", "class_names", "palette",
+              "base_size", "crop_size", "window_size", "window_stride",
+              "reduce_zero_label")
+
+
+def _require(condition, *message):
+    """A graph assertion whose message joins strings and string tensors."""
+    return tf.debugging.Assert(
+        condition, [tf.strings.join([tf.convert_to_tensor(m) for m in message])]
+    )
+
+
+def _tail_contains(contents, marker, window):
+    length = tf.strings.length(contents)
+    tail = tf.strings.substr(contents, tf.maximum(length - window, 0), window)
+    positions = tf.range(tf.maximum(tf.strings.length(tail) - len(marker) + 1,
+                                    0))
+    pieces = tf.strings.substr(
+        tf.fill(tf.shape(positions), tail), positions,
+        tf.fill(tf.shape(positions), len(marker)),
+    )
+    return tf.reduce_any(tf.equal(pieces, marker))
+
+
+def _not_truncated(contents):
+    """False for a JPEG without end marker or a PNG without IEND chunk."""
+    head = tf.strings.substr(contents, 0, 8)
+    is_png = tf.equal(head, _PNG_MAGIC)
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
+    length_ok = tf.strings.length(contents) > 8
+    return tf.logical_and(length_ok, tf.logical_and(
+        tf.logical_or(tf.logical_not(is_png),
+                      _tail_contains(contents, b"IEND", 16)),
+        tf.logical_or(tf.logical_not(is_jpeg),
+                      _tail_contains(contents, b"\xff\xd9", 64)),
+    ))
+
+
+def load_pair(image_path, mask_path, label_table):
+    """Reads and checks one pair; fatal problems raise naming the file.
+
+    Args:
+        image_path: string scalar tensor.
+        mask_path: string scalar tensor.
+        label_table: int32 tensor (256,), raw value -> label or -1.
+
+    Returns:
+        `(image, raw_mask)`: uint8 (H, W, 3) and uint8 (H, W).
+    """
+    image_bytes = tf.io.read_file(image_path)
+    mask_bytes = tf.io.read_file(mask_path)
+    header = tf.io.decode_raw(
+        tf.strings.substr(mask_bytes, 0, 26, unit="BYTE"), tf.uint8)
+    header = tf.pad(header, [[0, tf.maximum(26 - tf.size(header), 0)]])
+    is_png = tf.equal(tf.strings.substr(mask_bytes, 0, 8), _PNG_MAGIC)
+    checks = [
+        _require(_not_truncated(image_bytes),
+                 "Truncated or empty image file: ", image_path, _CHECK_HINT),
+        _require(_not_truncated(mask_bytes),
+                 "Truncated or empty mask file: ", mask_path, _CHECK_HINT),
+        _require(is_png, "Mask is not a PNG file: ", mask_path, _CHECK_HINT),
+        # IHDR: byte 24 = bit depth, byte 25 = colour type (0 = grayscale).
+        _require(tf.logical_and(tf.equal(header[24], 8),
+                                tf.equal(header[25], 0)),
+                 "Mask must be an 8-bit single-channel (mode 'L') PNG of "
+                 "label indices, not palette/RGB/16-bit: ", mask_path,
+                 _CHECK_HINT),
+    ]
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(image_bytes, channels=3,
+                                   expand_animations=False)
+        mask = tf.io.decode_png(mask_bytes, channels=1)[..., 0]
+    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(mask)))
+    size_check = _require(
+        same_size, "Image/mask size mismatch: ", image_path, " is ",
+        tf.strings.as_string(tf.shape(image)[0]), "x",
+        tf.strings.as_string(tf.shape(image)[1]), " but ", mask_path, " is ",
+        tf.strings.as_string(tf.shape(mask)[0]), "x",
+        tf.strings.as_string(tf.shape(mask)[1]))
+    hist = tf.math.bincount(tf.cast(mask, tf.int32), minlength=256,
+                            maxlength=256)
+    invalid = tf.where(tf.logical_and(hist > 0, label_table < 0))[:, 0]
+    label_check = _require(
+        tf.equal(tf.size(invalid), 0), "Mask values outside the classes in ",
+        mask_path, ": ", tf.strings.reduce_join(
+            tf.strings.as_string(invalid[:10]), separator=","), _CHECK_HINT)
+    with tf.control_dependencies([size_check, label_check]):
+        return tf.identity(image), tf.identity(mask)
+
+
+def _split_kwargs(name, kwargs):
+    info_kwargs = {k: v for k, v in kwargs.items() if k in _INFO_KEYS}
+    source_kwargs = {k: v for k, v in kwargs.items() if k not in _INFO_KEYS}
+    return info_kwargs, source_kwargs
+
+
+def _resolve(name, data_dir, split, kwargs):
+    info_kwargs, source_kwargs = _split_kwargs(name, kwargs)
+    result = scan(name, data_dir, split, **source_kwargs)
+    if not result.pairs:
+        raise FileNotFoundError(
+            f"No image/mask pairs found for dataset {name!r}, split "
+            f"{split!r} in {result.root}."
+        )
+    if result.label_ids:
+        info_kwargs["label_ids"] = True
+    info = get_dataset_info(name, **info_kwargs)
+    images = [p[0] for p in result.pairs]
+    masks = [p[1] for p in result.pairs]
+    return info, images, masks
+
+
+def _as_pair(size, name):
+    if isinstance(size, int):
+        size = (size, size)
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, int) and s > 0 for s in size)):
+        raise ValueError(
+            f"`{name}` must be a positive int or (height, width). "
+            f"Received: {name}={size!r}"
+        )
+    return tuple(size)
+
+
+def train_dataset(name, data_dir, batch_size=8, crop_size=None,
+                  normalization="vit", seed=None, split="train", repeat=True,
+                  shuffle_buffer=None, cat_max_ratio=augment.CAT_MAX_RATIO,
+                  **dataset_kwargs):
+    """Training batches with the MMSegmentation augmentation recipe.
+
+    Per example: random keep-ratio rescale to the base scale times a ratio
+    in [0.5, 2.0] (bilinear image, nearest mask); random crop retried until
+    no class covers more than `cat_max_ratio` of it; horizontal flip
+    (p=0.5); photometric distortion; normalization of the backbone family;
+    padding to the crop size (0 for the image, 255 for the mask).
+
+    Args:
+        name: str, dataset name (see `get_dataset_info`).
+        data_dir: str, dataset root.
+        batch_size: int, global batch size. Defaults to 8. The last partial
+            batch is dropped so every replica gets an equal share.
+        crop_size: int, (height, width) or None for the dataset default.
+        normalization: str, key of `keras_segmenter.NORMALIZATIONS`.
+        seed: int or None. With a seed, order and augmentations are
+            reproducible.
+        split: str. Defaults to `"train"`.
+        repeat: bool, repeat forever. Defaults to True.
+        shuffle_buffer: int or None (whole split).
+        cat_max_ratio: float. Defaults to 0.75; 1.0 disables crop retries.
+        **dataset_kwargs: dataset options (`num_classes`, `ignore_index`,
+            `class_names`, `base_size`, ... for `folder`; `manual_dir` for
+            `ade20k`; `split_file`, ...).
+
+    Returns:
+        A `tf.data.Dataset` of `(images, masks)`: float32
+        (batch, crop_h, crop_w, 3) and int32 (batch, crop_h, crop_w).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: "
+            f"batch_size={batch_size!r}"
+        )
+    check_normalization(normalization)
+    info, images, masks = _resolve(name, data_dir, split, dataset_kwargs)
+    crop = _as_pair(info.crop_size if crop_size is None else crop_size,
+                    "crop_size")
+    stats = NORMALIZATIONS[normalization]
+    table = tf.constant(info.label_table(), tf.int32)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    base_size = tuple(info.base_size)
+    ignore = info.ignore_index
+
+    def prepare(index, paths):
+        image_path, mask_path = paths
+        example_seed = tf.stack([tf.cast(seed, tf.int64), index])
+        image, raw_mask = load_pair(image_path, mask_path, table)
+        image, mask = augment.rescale_and_crop(
+            image, raw_mask, table, base_size, crop, example_seed,
+            ignore_index=ignore, cat_max_ratio=cat_max_ratio)
+        image, mask = augment.random_flip(image, mask, example_seed)
+        image = augment.photometric_distortion(image, example_seed)
+        image = augment.normalize(image, stats["mean"], stats["std"])
+        return augment.pad_to(image, mask, crop, ignore)
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    ds = ds.shuffle(shuffle_buffer or len(images), seed=seed,
+                    reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(name, data_dir, split="val", normalization="vit",
+                 **dataset_kwargs):
+    """Unbatched evaluation pairs at their original resolution.
+
+    The sliding-window inference resizes (as the official evaluation does);
+    ground truth stays at the original resolution.
+
+    Args:
+        name: str, dataset name.
+        data_dir: str, dataset root.
+        split: str. Defaults to `"val"`.
+        normalization: str, key of `keras_segmenter.NORMALIZATIONS`.
+        **dataset_kwargs: dataset options, as for `train_dataset`.
+
+    Returns:
+        A `tf.data.Dataset` of `(image, mask)`: float32 (H, W, 3) normalized
+        and int32 (H, W) with 255 = ignore, in sorted file order.
+    """
+    check_normalization(normalization)
+    info, images, masks = _resolve(name, data_dir, split, dataset_kwargs)
+    stats = NORMALIZATIONS[normalization]
+    table = tf.constant(info.label_table(), tf.int32)
+
+    def prepare(image_path, mask_path):
+        image, raw_mask = load_pair(image_path, mask_path, table)
+        mask = tf.gather(table, tf.cast(raw_mask, tf.int32))
+        return augment.normalize(image, stats["mean"], stats["std"]), mask
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

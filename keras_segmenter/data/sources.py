@@ -1,0 +1,275 @@
+"""Finding the (image, mask) file pairs of each dataset layout on disk."""
+
+import dataclasses
+import logging
+import os
+import zipfile
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+MASK_EXTENSIONS = (".png",)
+ADE20K_ZIP = "ADEChallengeData2016.zip"
+
+_ADE_SPLITS = {"train": "training", "training": "training",
+               "val": "validation", "validation": "validation"}
+
+
+@dataclasses.dataclass
+class Scan:
+    """Result of scanning a split: pairs, and files that have no partner.
+
+    Args:
+        pairs: list of `(image_path, mask_path)`.
+        images_without_mask: list of image paths.
+        masks_without_image: list of mask paths.
+        root: str, the folder that was scanned (for messages).
+        label_ids: bool, Cityscapes masks are `labelIds` (need mapping).
+    """
+
+    pairs: list
+    images_without_mask: list
+    masks_without_image: list
+    root: str
+    label_ids: bool = False
+
+
+def _files_by_stem(folder, extensions, suffix=""):
+    found = {}
+    if not os.path.isdir(folder):
+        return found
+    for dirpath, _, filenames in os.walk(folder):
+        for filename in filenames:
+            stem, ext = os.path.splitext(filename)
+            if ext.lower() not in extensions or not stem.endswith(suffix):
+                continue
+            key = os.path.relpath(
+                os.path.join(dirpath, stem[: len(stem) - len(suffix)]), folder
+            )
+            found[key] = os.path.join(dirpath, filename)
+    return found
+
+
+def _match(images, masks, root, keys=None, label_ids=False):
+    if keys is not None:
+        wanted = set(keys)
+        images = {k: v for k, v in images.items() if k in wanted}
+        masks = {k: v for k, v in masks.items() if k in wanted}
+        missing = [k for k in keys if k not in images]
+    else:
+        missing = []
+    pairs = [(images[k], masks[k]) for k in sorted(images) if k in masks]
+    lonely_images = [images[k] for k in sorted(images) if k not in masks]
+    lonely_images += [f"{k} (listed, no image found)" for k in missing]
+    lonely_masks = [masks[k] for k in sorted(masks) if k not in images]
+    return Scan(pairs, lonely_images, lonely_masks, root, label_ids)
+
+
+def _read_list(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def extract_zip(zip_path, out_dir):
+    """Extracts a zip archive, refusing members that escape `out_dir`.
+
+    Args:
+        zip_path: str, the archive.
+        out_dir: str, destination folder (created if needed).
+    """
+    out_dir = os.path.abspath(out_dir)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(
+            f"{zip_path} is not a readable zip archive ({e}). "
+            f"Received: zip_path={zip_path!r}"
+        ) from None
+    with archive:
+        for member in archive.namelist():
+            target = os.path.abspath(os.path.join(out_dir, member))
+            if os.path.commonpath([out_dir, target]) != out_dir:
+                raise ValueError(
+                    f"Zip member {member!r} of {zip_path} would be written "
+                    f"outside {out_dir}. Received: zip_path={zip_path!r}"
+                )
+        archive.extractall(out_dir)
+
+
+def prepare_ade20k(data_dir, manual_dir=None):
+    """Returns the ADEChallengeData2016 root, extracting the zip if needed.
+
+    Looks for `images/` + `annotations/` in `data_dir`, then in
+    `data_dir/ADEChallengeData2016`; otherwise extracts
+    `ADEChallengeData2016.zip` found in `manual_dir` (or `data_dir`) into
+    `data_dir`.
+
+    Args:
+        data_dir: str, where the unpacked dataset is or will be.
+        manual_dir: str or None, folder holding the official zip.
+
+    Returns:
+        str, the folder containing `images/` and `annotations/`.
+    """
+    candidates = [data_dir, os.path.join(data_dir, "ADEChallengeData2016")]
+    for root in candidates:
+        if os.path.isdir(os.path.join(root, "images")) and os.path.isdir(
+            os.path.join(root, "annotations")
+        ):
+            return root
+    for folder in (manual_dir, data_dir):
+        if folder and os.path.isfile(os.path.join(folder, ADE20K_ZIP)):
+            zip_path = os.path.join(folder, ADE20K_ZIP)
+            logging.info("Extracting %s into %s", zip_path, data_dir)
+            os.makedirs(data_dir, exist_ok=True)
+            extract_zip(zip_path, data_dir)
+            return prepare_ade20k(data_dir)
+    raise FileNotFoundError(
+        f"No ADE20K found in {data_dir}: expected images/ and annotations/ "
+        f"(ADEChallengeData2016 layout) in it or in its ADEChallengeData2016/"
+        f" subfolder, or {ADE20K_ZIP} in manual_dir={manual_dir!r} or "
+        "data_dir."
+    )
+
+
+def _scan_ade20k(data_dir, split, manual_dir=None, **unused):
+    if split not in _ADE_SPLITS:
+        raise ValueError(
+            "ade20k splits are 'train' (training) and 'val' (validation). "
+            f"Received: split={split!r}"
+        )
+    root = prepare_ade20k(data_dir, manual_dir)
+    folder = _ADE_SPLITS[split]
+    images = _files_by_stem(os.path.join(root, "images", folder),
+                            IMAGE_EXTENSIONS)
+    masks = _files_by_stem(os.path.join(root, "annotations", folder),
+                           MASK_EXTENSIONS)
+    return _match(images, masks, os.path.join(root, "images", folder))
+
+
+def _scan_pascal_context(data_dir, split, **unused):
+    root = data_dir
+    for sub in ("VOCdevkit/VOC2010", "VOC2010"):
+        if os.path.isdir(os.path.join(data_dir, sub, "JPEGImages")):
+            root = os.path.join(data_dir, sub)
+    list_path = os.path.join(root, "ImageSets", "SegmentationContext",
+                             f"{split}.txt")
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(
+            f"No Pascal Context split list {list_path}: expected the "
+            "prepared VOC2010 layout (JPEGImages/, SegmentationClassContext/,"
+            f" ImageSets/SegmentationContext/{{train,val}}.txt) in {data_dir}."
+        )
+    keys = _read_list(list_path)
+    images = _files_by_stem(os.path.join(root, "JPEGImages"), IMAGE_EXTENSIONS)
+    masks = _files_by_stem(os.path.join(root, "SegmentationClassContext"),
+                           MASK_EXTENSIONS)
+    return _match(images, masks, root, keys=keys)
+
+
+def _scan_cityscapes(data_dir, split, **unused):
+    image_dir = os.path.join(data_dir, "leftImg8bit", split)
+    mask_dir = os.path.join(data_dir, "gtFine", split)
+    images = {k[: -len("_leftImg8bit")]: v for k, v in _files_by_stem(
+        image_dir, IMAGE_EXTENSIONS, suffix="_leftImg8bit").items()}
+    train_ids = _files_by_stem(mask_dir, MASK_EXTENSIONS,
+                               suffix="_gtFine_labelTrainIds")
+    train_ids = {k[: -len("_gtFine_labelTrainIds")]: v
+                 for k, v in train_ids.items()}
+    label_ids = {k[: -len("_gtFine_labelIds")]: v for k, v in _files_by_stem(
+        mask_dir, MASK_EXTENSIONS, suffix="_gtFine_labelIds").items()}
+    # Train ids only if every image has them, else map labelIds.
+    use_label_ids = bool(label_ids) and not all(k in train_ids for k in images)
+    masks = label_ids if use_label_ids else train_ids
+    return _match(images, masks, image_dir, label_ids=use_label_ids)
+
+
+def _scan_camvid(data_dir, split, **unused):
+    root = data_dir
+    if os.path.isdir(os.path.join(data_dir, "CamVid", split)):
+        root = os.path.join(data_dir, "CamVid")
+    images = _files_by_stem(os.path.join(root, split), IMAGE_EXTENSIONS)
+    masks = _files_by_stem(os.path.join(root, f"{split}annot"),
+                           MASK_EXTENSIONS)
+    return _match(images, masks, os.path.join(root, split))
+
+
+def _scan_folder(data_dir, split, split_file=None, images_dir="images",
+                 masks_dir="masks", **unused):
+    image_root = os.path.join(data_dir, images_dir)
+    mask_root = os.path.join(data_dir, masks_dir)
+    if split and os.path.isdir(os.path.join(image_root, split)):
+        image_root = os.path.join(image_root, split)
+        mask_root = os.path.join(mask_root, split)
+        split = None
+    images = _files_by_stem(image_root, IMAGE_EXTENSIONS)
+    masks = _files_by_stem(mask_root, MASK_EXTENSIONS)
+    keys = None
+    if split_file is None and split not in (None, "all"):
+        for candidate in (os.path.join(data_dir, f"{split}.txt"),
+                          os.path.join(data_dir, "splits", f"{split}.txt")):
+            if os.path.isfile(candidate):
+                split_file = candidate
+                break
+        else:
+            has_lists = any(
+                os.path.isfile(os.path.join(data_dir, d, f"{s}.txt"))
+                for d in ("", "splits") for s in ("train", "val", "test"))
+            if split != "train" or has_lists:
+                raise FileNotFoundError(
+                    f"No split {split!r} in {data_dir}: expected "
+                    f"{images_dir}/{split}/ or a list file {split}.txt or "
+                    f"splits/{split}.txt (one file stem per line)."
+                )
+            logging.warning("%s has no split lists; using every pair for "
+                            "split='train'.", data_dir)
+    if split_file is not None:
+        keys = [os.path.splitext(k)[0] for k in _read_list(split_file)]
+    return _match(images, masks, image_root, keys=keys)
+
+
+_SCANNERS = {
+    "ade20k": _scan_ade20k,
+    "pascal_context": _scan_pascal_context,
+    "cityscapes": _scan_cityscapes,
+    "camvid": _scan_camvid,
+    "folder": _scan_folder,
+}
+
+
+def scan(name, data_dir, split="train", **kwargs):
+    """Scans a dataset split; see `list_pairs`. Returns a `Scan`."""
+    from keras_segmenter.data.dataset_info import canonical_name
+
+    key = canonical_name(name)
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"Data directory {data_dir} does not exist (dataset {key!r})."
+        )
+    return _SCANNERS[key](data_dir, split, **kwargs)
+
+
+def list_pairs(name, data_dir, split="train", **kwargs):
+    """Lists the `(image_path, mask_path)` pairs of a dataset split.
+
+    Args:
+        name: str, dataset name (see `get_dataset_info`).
+        data_dir: str, root of the dataset in its usual layout.
+        split: str, e.g. `"train"` or `"val"`. Defaults to `"train"`.
+        **kwargs: layout options: `manual_dir` (ade20k zip folder),
+            `split_file`, `images_dir`, `masks_dir` (folder).
+
+    Returns:
+        A sorted list of `(image_path, mask_path)` tuples.
+
+    Raises:
+        FileNotFoundError: naming the folder when no pair is found.
+    """
+    result = scan(name, data_dir, split, **kwargs)
+    if not result.pairs:
+        raise FileNotFoundError(
+            f"No image/mask pairs found for dataset {name!r}, split "
+            f"{split!r} in {result.root} ({len(result.images_without_mask)} "
+            f"images without mask, {len(result.masks_without_image)} masks "
+            "without image)."
+        )
+    return result.pairs
