@@ -221,36 +221,34 @@ def sliding_window_inference(
     return probs
 
 
-def rescaled_shape(height, width, scale=1.0, image_size=None, max_ratio=4):
+def rescaled_shape(height, width, scale=1.0, base_size=None):
     """Image size for one evaluation scale.
 
-    Without `image_size`, the image is scaled by `scale`:
-    `int(H * scale + 0.5), int(W * scale + 0.5)`. With `image_size` this is
-    the official (mmseg `Resize(keep_ratio=True)`) test resize with
-    `img_scale = (max_ratio * image_size * scale, image_size * scale)`: the
-    image is scaled by the largest factor keeping its short side at most
-    `image_size * scale` and its long side at most
-    `max_ratio * image_size * scale` (mmcv `rescale_size`).
+    Without `base_size`, the image is scaled by `scale`:
+    `int(H * scale + 0.5), int(W * scale + 0.5)`. With `base_size = (long,
+    short)` this is the official test resize (mmseg `MultiScaleFlipAug` with
+    `img_scale=base_size` and `Resize(keep_ratio=True)`, i.e. mmcv
+    `rescale_size`): the image is scaled by the largest factor that keeps its
+    long side at most `int(long * scale)` and its short side at most
+    `int(short * scale)`, e.g. `(2048, 512)` brings ADE20K images to a short
+    side of 512.
 
     Args:
         height: scalar int tensor or int.
         width: scalar int tensor or int.
         scale: float, the scale ratio. Defaults to 1.0.
-        image_size: optional int, the official evaluation short side
-            (512 ADE20K, 520 Pascal Context, 1024 Cityscapes).
-        max_ratio: int, long-side bound as a multiple of the short side.
+        base_size: optional `(long, short)` ints, the dataset's `img_scale`.
 
     Returns:
         `(new_height, new_width)` as scalar int32 tensors.
     """
     h = tf.cast(height, tf.float64)
     w = tf.cast(width, tf.float64)
-    if image_size is None:
+    if base_size is None:
         factor = tf.constant(scale, tf.float64)
     else:
-        # mmcv computes the bounds as ints: int(2048 * r), int(512 * r).
-        short_bound = float(int(image_size * scale))
-        long_bound = float(int(max_ratio * image_size * scale))
+        long_bound = float(int(max(base_size) * scale))
+        short_bound = float(int(min(base_size) * scale))
         factor = tf.minimum(long_bound / tf.maximum(h, w), short_bound / tf.minimum(h, w))
     new_height = tf.cast(tf.floor(h * factor + 0.5), tf.int32)
     new_width = tf.cast(tf.floor(w * factor + 0.5), tf.int32)
@@ -264,7 +262,7 @@ def multi_scale_inference(
     window_stride,
     scales=OFFICIAL_SCALES,
     flip=True,
-    image_size=None,
+    base_size=None,
     batch_size=4,
 ):
     """Multi-scale (and flip) sliding-window probabilities of one image.
@@ -283,8 +281,8 @@ def multi_scale_inference(
         scales: sequence of float ratios. Defaults to
             `(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)`.
         flip: bool, add left-right flipped predictions. Defaults to `True`.
-        image_size: optional int, rescale as the official test pipeline
-            (see `rescaled_shape`); `None` scales the input size directly.
+        base_size: optional `(long, short)`, rescale as the official test
+            pipeline (see `rescaled_shape`); `None` scales the input size.
         batch_size: int, windows per model call. Defaults to 4.
 
     Returns:
@@ -298,7 +296,7 @@ def multi_scale_inference(
     size = tf.stack([height, width])
     probs = 0.0
     for scale in scales:
-        new_height, new_width = rescaled_shape(height, width, scale, image_size)
+        new_height, new_width = rescaled_shape(height, width, scale, base_size)
         scaled = tf.cond(
             tf.logical_or(new_height != height, new_width != width),
             lambda: tf.image.resize(image, tf.stack([new_height, new_width]), "bilinear"),
@@ -316,13 +314,13 @@ def make_inference_function(
     window_stride,
     scales=(1.0,),
     flip=False,
-    image_size=None,
+    base_size=None,
     batch_size=4,
 ):
     """A `tf.function` from one normalized image `(H, W, 3)` to `(H, W, K)` probabilities.
 
     Traced once with unknown height and width, so images of every size reuse
-    the same graph. `scales=(1.0,)`, `flip=False` and `image_size=None` is
+    the same graph. `scales=(1.0,)`, `flip=False` and `base_size=None` is
     plain `sliding_window_inference`.
 
     Args:
@@ -331,7 +329,8 @@ def make_inference_function(
         window_stride: int, step between windows.
         scales: sequence of float scale ratios. Defaults to `(1.0,)`.
         flip: bool, flip averaging. Defaults to `False`.
-        image_size: optional int, official test resize (see `rescaled_shape`).
+        base_size: optional `(long, short)`, official test resize (see
+            `rescaled_shape`).
         batch_size: int, windows per model call. Defaults to 4.
 
     Returns:
@@ -343,7 +342,140 @@ def make_inference_function(
     @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True)
     def infer(image):
         return multi_scale_inference(
-            model, image, window_size, window_stride, scales, flip, image_size, batch_size
+            model, image, window_size, window_stride, scales, flip, base_size, batch_size
         )
 
     return infer
+
+
+def evaluate(
+    model,
+    dataset,
+    info=None,
+    num_classes=None,
+    window_size=None,
+    window_stride=None,
+    multi_scale=False,
+    flip=None,
+    base_size=None,
+    ignore_index=None,
+    class_names=None,
+    object_sizes=True,
+    limit=None,
+    batch_size=4,
+    verbose=1,
+):
+    """Evaluates a model with the paper's protocol; ground truth at its own resolution.
+
+    Every image is (optionally) rescaled as the official test pipeline, run
+    through sliding-window inference (multi-scale and flip if asked), the
+    probabilities come back at the mask's resolution, and the argmax is
+    accumulated in a confusion matrix (and in small/medium/large object
+    confusions, see `keras_segmenter.metrics.object_size_confusion`).
+    Defaults follow the official `segm/eval/miou.py`: window = training crop,
+    stride = crop - 32, rescale to `info.base_size`.
+
+    Args:
+        model: a Keras segmentation model returning logits.
+        dataset: iterable of `(image, mask)`: normalized float image
+            `(H, W, 3)` and int mask `(H, W)` or `(H, W, 1)`, e.g. an
+            unbatched `tf.data.Dataset` from `keras_segmenter.data.eval_dataset`.
+        info: optional `DatasetInfo`-like object with `num_classes`,
+            `class_names`, `ignore_index`, `crop_size`, `base_size`.
+        num_classes: int, overrides `info.num_classes`.
+        window_size: int, defaults to `info.crop_size`.
+        window_stride: int, defaults to `window_size - 32`.
+        multi_scale: bool, scales (0.5, ..., 1.75). Defaults to `False`.
+        flip: bool, flip averaging; defaults to `multi_scale`.
+        base_size: `(long, short)` official test resize, defaults to
+            `info.base_size`; pass `False` to keep the images' own size.
+        ignore_index: int, defaults to `info.ignore_index` or 255.
+        class_names: sequence of str, defaults to `info.class_names`.
+        object_sizes: bool, also compute mIoU by object size. Defaults to `True`.
+        limit: optional int, evaluate only the first `limit` pairs.
+        batch_size: int, windows per model call. Defaults to 4.
+        verbose: 0 silent, 1 progress bar. Defaults to 1.
+
+    Returns:
+        dict: `summarize_confusion` keys (`mIoU`, `aAcc`, `mAcc`, `IoU`,
+        `Acc`, `class_names`), `size_mIoU` (`small`, `medium`, `large`) when
+        `object_sizes`, `size_thresholds`, `num_images`, `confusion`
+        (list of lists) and the settings used.
+    """
+    import keras
+    import numpy as np
+
+    from keras_segmenter import metrics
+
+    def pick(value, attribute, default=None):
+        if value is not None:
+            return value
+        return getattr(info, attribute, default) if info is not None else default
+
+    num_classes = pick(num_classes, "num_classes")
+    if num_classes is None:
+        raise ValueError("`evaluate` needs `num_classes` or `info`. Received neither.")
+    window_size = pick(window_size, "crop_size")
+    if window_size is None:
+        raise ValueError("`evaluate` needs `window_size` or `info.crop_size`. Received neither.")
+    window_stride = window_size - 32 if window_stride is None else window_stride
+    ignore_index = pick(ignore_index, "ignore_index", 255)
+    class_names = pick(class_names, "class_names")
+    base_size = pick(base_size, "base_size") or None
+    flip = multi_scale if flip is None else flip
+    scales = OFFICIAL_SCALES if multi_scale else (1.0,)
+    infer = make_inference_function(
+        model, window_size, window_stride, scales, flip, base_size and tuple(base_size), batch_size
+    )
+
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    size_confusion = np.zeros((3, num_classes, num_classes), np.int64)
+    target = limit
+    if target is None and isinstance(dataset, tf.data.Dataset):
+        cardinality = int(dataset.cardinality())
+        target = cardinality if cardinality >= 0 else None
+    progress = keras.utils.Progbar(target, stateful_metrics=["mIoU"], unit_name="image") if verbose else None
+    count = 0
+    for image, mask in dataset:
+        if limit is not None and count >= limit:
+            break
+        mask = np.asarray(mask)
+        if mask.ndim == 3 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        image = tf.convert_to_tensor(image, tf.float32)
+        if tuple(image.shape[:2]) != mask.shape:
+            raise ValueError(
+                f"Image {count}: image size {tuple(image.shape[:2])} differs from mask {mask.shape}"
+            )
+        pred = tf.argmax(infer(image), axis=-1, output_type=tf.int32)
+        confusion += metrics.confusion_matrix(mask, pred, num_classes, ignore_index).numpy()
+        if object_sizes:
+            size_confusion += metrics.object_size_confusion(
+                mask, pred.numpy(), num_classes, ignore_index
+            )
+        count += 1
+        if progress is not None:
+            summary = metrics.summarize_confusion(confusion)
+            progress.update(count, [("mIoU", summary["mIoU"])], finalize=False)
+    if progress is not None:
+        progress.update(count, finalize=True)
+
+    results = metrics.summarize_confusion(
+        confusion, list(class_names) if class_names is not None else None
+    )
+    if object_sizes:
+        results["size_mIoU"] = {
+            bucket: metrics.summarize_confusion(size_confusion[i])["mIoU"]
+            for i, bucket in enumerate(metrics.SIZE_BUCKETS)
+        }
+        results["size_thresholds"] = list(metrics.SIZE_THRESHOLDS)
+    results.update(
+        num_images=count,
+        confusion=confusion.tolist(),
+        window_size=window_size,
+        window_stride=window_stride,
+        scales=list(scales),
+        flip=bool(flip),
+        base_size=list(base_size) if base_size else None,
+    )
+    return results

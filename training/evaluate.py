@@ -1,0 +1,126 @@
+"""Evaluates a saved Segmenter with the paper's protocol (section 4.2, "Inference").
+
+    python training/evaluate.py --model model.keras --dataset ade20k --data-dir DIR
+    python training/evaluate.py --model model.keras --dataset ade20k --data-dir DIR --multi-scale
+    python training/evaluate.py --model model.keras --dataset folder --data-dir DIR --output r.json
+
+As the official `segm/eval/miou.py`: each image is rescaled as the dataset's
+test pipeline (`base_size`, e.g. ADE20K short side 512; `--original-size`
+keeps it as it is), predicted with sliding windows of the training crop size
+and stride crop - 32, the probabilities are resized to the ground truth's
+original resolution, and mIoU, per-class IoU, aAcc and mAcc are computed with
+MMSegmentation's definitions. mIoU by object size (paper Table 4) uses
+connected components of each ground-truth class as objects: small < 32^2,
+medium 32^2..96^2, large >= 96^2 pixels (COCO's limits). `--multi-scale`
+averages scales 0.5..1.75 with flips. Prints a table and writes JSON with a
+top-level `mIoU`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a .keras model saved by fit.py or the converter")
+    p.add_argument("--dataset", required=True, help="ade20k, pascal_context, cityscapes, camvid or folder")
+    p.add_argument("--data-dir", required=True, help="dataset root")
+    p.add_argument("--split", default="val", help="evaluation split (default: val)")
+    p.add_argument("--multi-scale", action="store_true", help="scales 0.5..1.75 with flips")
+    p.add_argument("--flip", action="store_true", help="flip averaging (on with --multi-scale)")
+    p.add_argument("--window-size", type=int, help="default: the dataset's training crop")
+    p.add_argument("--window-stride", type=int, help="default: window size - 32")
+    p.add_argument("--window-batch-size", type=int, default=4, help="windows per model call")
+    p.add_argument("--original-size", action="store_true",
+                   help="do not rescale images to the dataset's base size before windowing")
+    p.add_argument("--no-object-sizes", action="store_true", help="skip mIoU by object size")
+    p.add_argument("--num-classes", type=int, help="for --dataset folder (default: the model's)")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--output", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def _json_safe(value):
+    """NaN (classes absent from both truth and prediction) becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def format_table(results):
+    """Per-class IoU / Acc table and the summary lines, in percent."""
+    names = results.get("class_names") or [str(i) for i in range(len(results["IoU"]))]
+    width = max(12, max(len(n) for n in names))
+    pct = lambda v: "   nan" if math.isnan(v) else f"{100 * v:6.2f}"  # noqa: E731
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
+    for name, iou, acc in zip(names, results["IoU"], results["Acc"]):
+        lines.append(f"{name:<{width}}  {pct(iou)}  {pct(acc)}")
+    lines.append("-" * (width + 16))
+    lines.append(f"mIoU {pct(results['mIoU'])}   aAcc {pct(results['aAcc'])}   mAcc {pct(results['mAcc'])}")
+    if "size_mIoU" in results:
+        small, medium = results["size_thresholds"]
+        sizes = "   ".join(f"{k} {pct(v)}" for k, v in results["size_mIoU"].items())
+        lines.append(f"mIoU by object size (<{small}, <{medium}, >= px): {sizes}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.model.endswith(".keras") or not os.path.isfile(args.model):
+        raise SystemExit(f"--model must be an existing .keras file. Received: --model={args.model}")
+    if not os.path.isdir(args.data_dir):
+        raise SystemExit(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
+
+    import keras
+
+    import keras_segmenter  # noqa: F401  (registers the model's classes)
+    from keras_segmenter.data import eval_dataset, get_dataset_info
+    from keras_segmenter.inference import evaluate
+
+    model = keras.saving.load_model(args.model, compile=False)
+    info_kwargs = {}
+    if args.dataset == "folder":
+        info_kwargs["num_classes"] = args.num_classes or model.num_classes
+    info = get_dataset_info(args.dataset, **info_kwargs)
+    if info.num_classes != model.num_classes:
+        raise SystemExit(
+            f"{args.model} predicts {model.num_classes} classes but --dataset {args.dataset} "
+            f"has {info.num_classes}"
+        )
+    normalization = getattr(model, "normalization", "vit")
+    dataset = eval_dataset(args.dataset, args.data_dir, split=args.split, normalization=normalization)
+
+    results = evaluate(
+        model,
+        dataset,
+        info,
+        window_size=args.window_size,
+        window_stride=args.window_stride,
+        multi_scale=args.multi_scale,
+        flip=args.multi_scale or args.flip,
+        base_size=False if args.original_size else None,
+        object_sizes=not args.no_object_sizes,
+        limit=args.limit,
+        batch_size=args.window_batch_size,
+    )
+    results.update(model=args.model, dataset=args.dataset, split=args.split)
+    print(format_table(results))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(_json_safe(results), f, indent=1)
+        print(f"Wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
