@@ -87,7 +87,8 @@ def crop_is_balanced(label_hist, ignore_index=255, cat_max_ratio=0.75):
 
 
 def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
-                     seed, ignore_index=255, cat_max_ratio=CAT_MAX_RATIO):
+                     seed, ignore_index=255, cat_max_ratio=CAT_MAX_RATIO,
+                     return_box=False):
     """Random keep-ratio rescale then `RandomCrop(cat_max_ratio)`.
 
     Only the crop is ever resampled: the mask crop is gathered with nearest
@@ -108,6 +109,7 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
         seed: int32/int64 tensor (2,), the per-example seed.
         ignore_index: int, ignored label.
         cat_max_ratio: float, see `crop_is_balanced`; 1.0 disables retries.
+        return_box: bool, also return `(new_h, new_w, top, left)`.
 
     Returns:
         `(image, mask)`: float32 (h, w, 3) in [0, 255], rounded to integers
@@ -169,6 +171,8 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
         padded[tf.newaxis], box[tf.newaxis], [0], tf.stack([crop_h, crop_w])
     )[0]
     crop = tf.round(tf.clip_by_value(crop, 0.0, 255.0))
+    if return_box:
+        return crop, mask, (new_h, new_w, tops[chosen], lefts[chosen])
     return crop, mask
 
 

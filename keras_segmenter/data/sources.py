@@ -168,14 +168,10 @@ def _scan_pascal_context(data_dir, split, **unused):
 def _scan_cityscapes(data_dir, split, **unused):
     image_dir = os.path.join(data_dir, "leftImg8bit", split)
     mask_dir = os.path.join(data_dir, "gtFine", split)
-    images = {k[: -len("_leftImg8bit")]: v for k, v in _files_by_stem(
-        image_dir, IMAGE_EXTENSIONS, suffix="_leftImg8bit").items()}
+    images = _files_by_stem(image_dir, IMAGE_EXTENSIONS, "_leftImg8bit")
     train_ids = _files_by_stem(mask_dir, MASK_EXTENSIONS,
-                               suffix="_gtFine_labelTrainIds")
-    train_ids = {k[: -len("_gtFine_labelTrainIds")]: v
-                 for k, v in train_ids.items()}
-    label_ids = {k[: -len("_gtFine_labelIds")]: v for k, v in _files_by_stem(
-        mask_dir, MASK_EXTENSIONS, suffix="_gtFine_labelIds").items()}
+                               "_gtFine_labelTrainIds")
+    label_ids = _files_by_stem(mask_dir, MASK_EXTENSIONS, "_gtFine_labelIds")
     # Train ids only if every image has them, else map labelIds.
     use_label_ids = bool(label_ids) and not all(k in train_ids for k in images)
     masks = label_ids if use_label_ids else train_ids
@@ -241,7 +237,7 @@ def scan(name, data_dir, split="train", **kwargs):
 
     key = canonical_name(name)
     data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
+    if not os.path.isdir(data_dir) and not kwargs.get("manual_dir"):
         raise FileNotFoundError(
             f"Data directory {data_dir} does not exist (dataset {key!r})."
         )

@@ -1,0 +1,65 @@
+"""Command line: `python -m keras_segmenter.data check --dataset NAME ...`."""
+
+import argparse
+import sys
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check", help="scan a dataset split and report every problem")
+    check.add_argument("--dataset", required=True,
+                       help="ade20k, pascal_context, cityscapes, camvid, "
+                            "folder")
+    check.add_argument("--data-dir", required=True)
+    check.add_argument("--split", default=None,
+                       help="split to scan (default: train and val)")
+    check.add_argument("--num-classes", type=int, default=None,
+                       help="folder: number of classes")
+    check.add_argument("--ignore-index", type=int, default=255,
+                       help="folder: raw mask value to ignore")
+    check.add_argument("--reduce-zero-label", action="store_true",
+                       help="folder: 0 is ignored and k becomes k - 1")
+    check.add_argument("--split-file", default=None,
+                       help="folder: list of file stems of the split")
+    check.add_argument("--manual-dir", default=None,
+                       help="ade20k: folder holding ADEChallengeData2016.zip")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    from keras_segmenter.data.check import check_dataset, format_report
+
+    kwargs = {}
+    if args.dataset == "folder":
+        kwargs.update(num_classes=args.num_classes,
+                      ignore_index=args.ignore_index,
+                      reduce_zero_label=args.reduce_zero_label)
+        if args.split_file:
+            kwargs["split_file"] = args.split_file
+    if args.manual_dir:
+        kwargs["manual_dir"] = args.manual_dir
+    if args.split:
+        splits = [args.split]
+    elif args.dataset == "folder" and not args.split_file:
+        splits = ["all"]
+    else:
+        splits = ["train", "val"]
+    fatal = 0
+    for split in splits:
+        try:
+            num_pairs, problems = check_dataset(
+                args.dataset, args.data_dir, split, **kwargs)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"ERROR {args.dataset} [{split}]: {e}")
+            fatal += 1
+            continue
+        print(format_report(args.dataset, split, num_pairs, problems))
+        fatal += sum(p.fatal for p in problems)
+    return 1 if fatal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
