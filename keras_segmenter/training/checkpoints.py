@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import warnings
 
 _NAME = re.compile(r"ckpt-(\d+)\.weights\.h5$")
 LATEST = "latest.json"
@@ -104,11 +105,16 @@ def restore_checkpoint(model, path):
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
-    try:
-        model.load_weights(path)
-    except ValueError as e:
-        raise ValueError(
-            f"Checkpoint {path} does not match this model (same --model, --dataset "
-            f"classes and --precision are needed to resume): {e}"
-        ) from e
+    hint = "same --model, --dataset classes and --precision are needed to resume"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except ValueError as e:
+            raise ValueError(f"Checkpoint {path} does not match this model ({hint}): {e}") from e
+    # Keras only warns when the optimizer state or a sublayer does not fit;
+    # resuming without them would silently restart the schedule.
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+    if skipped:
+        raise ValueError(f"Checkpoint {path} does not match this model ({hint}): {skipped[0]}")
     return model
