@@ -68,8 +68,11 @@ def format_table(results):
     lines.append(f"mIoU {pct(results['mIoU'])}   aAcc {pct(results['aAcc'])}   mAcc {pct(results['mAcc'])}")
     if "size_mIoU" in results:
         small, medium = results["size_thresholds"]
-        sizes = "   ".join(f"{k} {pct(v)}" for k, v in results["size_mIoU"].items())
-        lines.append(f"mIoU by object size (<{small}, <{medium}, >= px): {sizes}")
+        sizes = results["size_mIoU"]
+        lines.append(
+            f"mIoU by object size: small (< {small} px) {pct(sizes['small'])}   "
+            f"medium (< {medium} px) {pct(sizes['medium'])}   large {pct(sizes['large'])}"
+        )
     return "\n".join(lines)
 
 
