@@ -71,9 +71,9 @@ def check_pair(image_path, mask_path, label_table, num_classes):
     if image is not None and mask is not None:
         if image.size != mask.size:
             problems.append(Problem(
-                "size_mismatch", image_path,
-                f"image is {image.size[0]}x{image.size[1]} (WxH) but "
-                f"{mask_path} is {mask.size[0]}x{mask.size[1]}", True))
+                "size_mismatch", mask_path,
+                f"mask is {mask.size[0]}x{mask.size[1]} (WxH) but "
+                f"{image_path} is {image.size[0]}x{image.size[1]}", True))
         values = np.unique(np.asarray(mask))
         if mask.mode == "L":
             bad = [int(v) for v in values if label_table[int(v)] < 0]
