@@ -206,6 +206,15 @@ def sliding_window_inference(
 
     Returns:
         float32 `(H, W, K)` softmax probabilities.
+
+    Example:
+
+    >>> backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1,
+    ...                           num_heads=2, mlp_dim=32, image_size=32)
+    >>> model = ks.Segmenter(backbone, num_classes=4)
+    >>> probs = sliding_window_inference(model, np.zeros((20, 70, 3), "float32"), 32, 24)
+    >>> probs.shape  # upscaled to 32x112 for the windows, then back
+    TensorShape([20, 70, 4])
     """
     _check_window(window_size, window_stride, batch_size)
     image = _as_single_image(image)

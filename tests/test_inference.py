@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_segmenter.convert.official import load_official
+from keras_segmenter.convert import load_official
 from keras_segmenter.inference import (
     make_inference_function,
     multi_scale_inference,
@@ -193,7 +193,7 @@ def test_official_rescale_sizes():
 
     for h, w in [(512, 683), (375, 500), (1600, 2200), (300, 1500), (1024, 2048)]:
         for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75):
-            got = rescaled_shape(h, w, r, image_size=512)
+            got = rescaled_shape(h, w, r, base_size=(2048, 512))
             assert (int(got[0]), int(got[1])) == mmcv(h, w, r), (h, w, r)
     assert [int(v) for v in rescaled_shape(40, 57, 0.75)] == [30, 43]
 
