@@ -60,8 +60,10 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     if config.batch_size % replicas:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas.")
     checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
+    if config.crop_size is None:
+        config.crop_size = info.crop_size
     if chief:
-        run.prepare_output_dir(config)
+        run.prepare_output_dir(config, info)
 
     with strategy.scope():
         model = run.build_model(config, num_classes)
@@ -114,8 +116,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     if chief:
         if eval_ds is None:
             eval_ds = run.make_eval_dataset(config, info, model.normalization)
-        window = config.window_size or getattr(info, "window_size", None) or config.crop_size
-        stride = config.window_stride or getattr(info, "window_stride", None) or window
+        window, stride = run.validation_window(config, info)
         validation = cb.Validation(
             run.make_evaluate_fn(eval_ds, num_classes, ignore_index, window, stride, config.val_images),
             every=config.val_every // steps,

@@ -99,23 +99,37 @@ def dataset_info(config):
     return get_dataset_info(config.dataset)
 
 
-def _data_name(config, info):
-    return info if config.dataset == "folder" else config.dataset
+def _data_kwargs(config):
+    if config.dataset == "folder":
+        return dict(num_classes=config.num_classes, ignore_index=config.ignore_index)
+    return {}
+
+
+def validation_window(config, info):
+    """Sliding window = the training crop (paper 4.2); stride scaled like the dataset's."""
+    window = config.window_size or config.crop_size
+    if config.window_stride:
+        return window, config.window_stride
+    size, stride = getattr(info, "window_size", None), getattr(info, "window_stride", None)
+    if size and stride:
+        return window, max(1, round(window * stride / size))
+    return window, window
 
 
 def make_train_dataset(config, info, normalization, batch_size, seed):
     from keras_segmenter.data import train_dataset
 
     return train_dataset(
-        _data_name(config, info), config.data_dir, batch_size=batch_size, crop_size=config.crop_size,
-        normalization=normalization, seed=seed, split="train", repeat=True,
+        config.dataset, config.data_dir, batch_size=batch_size, crop_size=config.crop_size,
+        normalization=normalization, seed=seed, split="train", repeat=True, **_data_kwargs(config),
     )
 
 
 def make_eval_dataset(config, info, normalization):
     from keras_segmenter.data import eval_dataset
 
-    return eval_dataset(_data_name(config, info), config.data_dir, split="val", normalization=normalization)
+    return eval_dataset(config.dataset, config.data_dir, split="val", normalization=normalization,
+                        **_data_kwargs(config))
 
 
 # ---------------------------------------------------------------- validation
@@ -190,7 +204,9 @@ def save_model_atomically(model, path):
     return path
 
 
-def prepare_output_dir(config):
+def prepare_output_dir(config, info=None):
+    if config.crop_size is None:
+        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
     checkpoints = os.path.join(config.output_dir, "checkpoints")
     if not config.resume and latest_checkpoint(checkpoints) is not None:
         raise ValueError(
@@ -223,7 +239,7 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
         )
     info = info or dataset_info(config)
     num_classes = info.num_classes
-    checkpoint_dir = prepare_output_dir(config)
+    checkpoint_dir = prepare_output_dir(config, info)
 
     with strategy.scope():
         model = build_model(config, num_classes)
@@ -239,8 +255,7 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
 
     steps = config.checkpoint_every
     epochs = config.iterations // steps
-    window = config.window_size or getattr(info, "window_size", None) or config.crop_size
-    stride = config.window_stride or getattr(info, "window_stride", None) or window
+    window, stride = validation_window(config, info)
     log_dir = os.path.join(config.output_dir, "logs")
     checkpointer = cb.Checkpointer(checkpoint_dir, steps, restore=config.resume, keep=config.keep_checkpoints)
     validation = cb.Validation(

@@ -1,0 +1,83 @@
+"""Training throughput of a Segmenter: images/s per replica.
+
+    python benchmarks/train_throughput.py --model seg_s16_mask --crop 512 --batch 2 \\
+        --precision mixed_bfloat16 --json
+
+One training step is the `model.fit` step of `training/fit.py` (forward,
+`SegmentationCrossEntropy`, backward, SGD Nesterov with the poly schedule)
+on random data. The median of `--steps` timed steps after `--warmup` steps
+is reported.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="seg_s16_mask")
+    p.add_argument("--crop", type=int, default=512)
+    p.add_argument("--batch", type=int, default=2, help="batch per replica")
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    args = p.parse_args(argv)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_segmenter as ks
+    from keras_segmenter.training import SegmentationCrossEntropy, poly_schedule
+
+    model = ks.build_segmenter(
+        args.model, args.num_classes, image_size=args.crop,
+        dtype=None if args.precision == "float32" else args.precision,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(poly_schedule(1e-3, 160_000), momentum=0.9, nesterov=True),
+        loss=SegmentationCrossEntropy(),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.batch, args.crop, args.crop, 3)).astype("float32")
+    y = rng.integers(0, args.num_classes, size=(args.batch, args.crop, args.crop)).astype("int32")
+    times = []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        loss = model.train_on_batch(x, y)
+        float(loss)  # wait for the step
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    gpus = tf.config.list_physical_devices("GPU")
+    result = {
+        "model": args.model,
+        "crop": args.crop,
+        "batch_per_replica": args.batch,
+        "precision": args.precision,
+        "images_per_second_per_replica": args.batch / median,
+        "median_step_seconds": median,
+        "timed_steps": args.steps,
+        "machine": (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+                    if gpus else f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>30}: {value}")
+
+
+if __name__ == "__main__":
+    main()
