@@ -56,24 +56,25 @@ def test_rescale_size_follows_mmseg_keep_ratio():
     assert size(1024, 2048, (2048, 1024), 2.0) == (2048, 4096)
 
 
-def test_crop_matches_full_resize_then_crop():
+@pytest.mark.parametrize("base", [(480, 360), (200, 150)])
+def test_crop_matches_full_resize_then_crop(base):
+    # (200, 150) on 240x180 images mixes down- and up-scaling.
     image, raw = _camvid_pair(1)
     table = tf.constant(get_dataset_info("camvid").label_table())
     for seed in range(4):
         crop, mask, (nh, nw, top, left) = augment.rescale_and_crop(
-            tf.constant(image), tf.constant(raw), table, (480, 360),
+            tf.constant(image), tf.constant(raw), table, base,
             (128, 160), tf.constant([seed, 7]), return_box=True)
         nh, nw, top, left = int(nh), int(nw), int(top), int(left)
         full = tf.image.resize(image.astype(np.float32), (nh, nw), "bilinear")
-        want = np.round(full.numpy()[top:top + 128, left:left + 160])
+        ch, cw = min(128, nh), min(160, nw)
+        want = np.round(full.numpy()[top:top + ch, left:left + cw])
         got = crop.numpy()
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1.0
-        rows = np.minimum((np.arange(nh) * raw.shape[0] / nh).astype(int),
-                          raw.shape[0] - 1)
-        cols = np.minimum((np.arange(nw) * raw.shape[1] / nw).astype(int),
-                          raw.shape[1] - 1)
-        want_mask = raw[rows][:, cols][top:top + 128, left:left + 160]
+        rows = np.arange(nh) * raw.shape[0] // nh
+        cols = np.arange(nw) * raw.shape[1] // nw
+        want_mask = raw[rows][:, cols][top:top + ch, left:left + cw]
         want_mask = np.where(want_mask == 11, 255, want_mask)
         np.testing.assert_array_equal(mask.numpy(), want_mask)
 

@@ -59,11 +59,9 @@ def rescale_size(height, width, base_size, ratio):
 
 
 def _nearest_indices(start, size, in_size, out_size):
-    # OpenCV INTER_NEAREST: src = floor(dst * in / out), clamped.
-    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
-    dst = tf.cast(start + tf.range(size), tf.float32)
-    src = tf.cast(tf.floor(dst * scale), tf.int32)
-    return tf.minimum(src, in_size - 1)
+    # OpenCV INTER_NEAREST: src = floor(dst * in / out), in exact integers.
+    dst = start + tf.range(size)
+    return tf.minimum((dst * in_size) // out_size, in_size - 1)
 
 
 def crop_is_balanced(label_hist, ignore_index=255, cat_max_ratio=0.75):
@@ -93,8 +91,9 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
 
     Only the crop is ever resampled: the mask crop is gathered with nearest
     indices (OpenCV `INTER_NEAREST`) and the image crop is bilinearly
-    sampled with `tf.image.crop_and_resize` on a one-pixel edge-padded copy,
-    which reproduces half-pixel bilinear resizing with border clamping
+    sampled with `tf.image.crop_and_resize` from the one-pixel edge-padded
+    source window it needs, which reproduces half-pixel bilinear resizing
+    with border clamping
     (OpenCV `INTER_LINEAR`, `tf.image.resize`) of the whole image followed
     by a crop. Crop offsets are drawn up to 11 times: the first of the first
     10 whose mask passes `crop_is_balanced` is kept, else the 11th, as in
@@ -154,21 +153,37 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
         chosen = tf.constant(0)
     mask = tf.gather(label_table, mask_crop(chosen))
 
-    # Bilinear image crop (half-pixel centres, clamped borders).
-    padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    # Bilinear image crop (half-pixel centres, clamped borders), sampled
+    # from the source window it needs plus one replicated edge pixel.
     scale_y = tf.cast(height, tf.float32) / tf.cast(new_h, tf.float32)
     scale_x = tf.cast(width, tf.float32) / tf.cast(new_w, tf.float32)
-    top = tf.cast(tops[chosen], tf.float32)
-    left = tf.cast(lefts[chosen], tf.float32)
-    y1 = (top + 0.5) * scale_y + 0.5
-    x1 = (left + 0.5) * scale_x + 0.5
-    y2 = y1 + tf.cast(crop_h - 1, tf.float32) * scale_y
-    x2 = x1 + tf.cast(crop_w - 1, tf.float32) * scale_x
-    norm_h = tf.cast(height + 1, tf.float32)
-    norm_w = tf.cast(width + 1, tf.float32)
-    box = tf.stack([y1 / norm_h, x1 / norm_w, y2 / norm_h, x2 / norm_w])
+    y_start = (tf.cast(tops[chosen], tf.float32) + 0.5) * scale_y - 0.5
+    x_start = (tf.cast(lefts[chosen], tf.float32) + 0.5) * scale_x - 0.5
+    y_end = y_start + tf.cast(crop_h - 1, tf.float32) * scale_y
+    x_end = x_start + tf.cast(crop_w - 1, tf.float32) * scale_x
+
+    def window(start, end, size):
+        first = tf.clip_by_value(tf.cast(tf.floor(start), tf.int32), 0,
+                                 size - 1)
+        last = tf.clip_by_value(tf.cast(tf.floor(end), tf.int32) + 1, 0,
+                                size - 1)
+        return first, last
+
+    row0, row1 = window(y_start, y_end, height)
+    col0, col1 = window(x_start, x_end, width)
+    source = image[row0:row1 + 1, col0:col1 + 1]
+    source = tf.concat([source[:1], source, source[-1:]], 0)
+    source = tf.concat([source[:, :1], source, source[:, -1:]], 1)
+    span_y = tf.cast(row1 - row0 + 2, tf.float32)
+    span_x = tf.cast(col1 - col0 + 2, tf.float32)
+    offset_y = 1.0 - tf.cast(row0, tf.float32)
+    offset_x = 1.0 - tf.cast(col0, tf.float32)
+    box = tf.stack([(y_start + offset_y) / span_y,
+                    (x_start + offset_x) / span_x,
+                    (y_end + offset_y) / span_y,
+                    (x_end + offset_x) / span_x])
     crop = tf.image.crop_and_resize(
-        padded[tf.newaxis], box[tf.newaxis], [0], tf.stack([crop_h, crop_w])
+        source[tf.newaxis], box[tf.newaxis], [0], tf.stack([crop_h, crop_w])
     )[0]
     crop = tf.round(tf.clip_by_value(crop, 0.0, 255.0))
     if return_box:
