@@ -16,13 +16,14 @@ Both return `segmentation`, int32 `(batch, height, width)` class indices at
 the input size, and with `--probabilities` also `probabilities`, float32
 `(batch, height, width, num_classes)`.
 
-The export is a plain `tf.Module` holding the Keras model (so its variables)
-with `tf.function` signatures, saved by `tf.saved_model.save`. Loading it
+The export is a plain `tf.Module` holding the model's variables with
+`tf.function` signatures, saved by `tf.saved_model.save`. Loading it
 with `tf.saved_model.load`, `saved_model_cli` or TF Serving needs neither
-keras_segmenter nor Keras. (Keras' own `ExportArchive` would also track the
-variables, but a `tf.Module` names the signatures, inputs and outputs
-exactly as TF Serving clients see them, and keeps the request checks in
-the same functions.)
+keras_segmenter nor Keras. Keras' own `ExportArchive` tracks variables the
+same way, but adds a `serve` endpoint and a fixed input signature per
+endpoint; the `tf.Module` names the signatures, inputs and outputs exactly
+as TF Serving clients see them and takes inputs of unknown rank, so that
+bad requests reach the checks in the graph.
 """
 
 import argparse
@@ -108,8 +109,47 @@ def decode_images(image_bytes):
     )
 
 
+def make_segment_fn(model, window_size, window_stride, probabilities=False, batch_size=4):
+    """A function from a checked uint8 batch `(B, H, W, 3)` to the serving outputs.
+
+    Normalization, then sliding-window inference on each image
+    (`predict.class_probabilities`), mapped over the batch.
+
+    Returns:
+        A function returning `{"segmentation": int32 (B, H, W)}`, plus
+        `"probabilities"`: float32 `(B, H, W, K)` when `probabilities`.
+    """
+    from keras_segmenter.layers.normalization import ImageNormalization
+
+    normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+    num_classes = num_classes_of(model)
+    signature = {"segmentation": tf.TensorSpec((None, None), tf.int32)}
+    if probabilities:
+        signature["probabilities"] = tf.TensorSpec((None, None, num_classes), tf.float32)
+
+    def one(image):
+        probs = class_probabilities(
+            model, normalize, image, window_size, window_stride, batch_size=batch_size
+        )
+        outputs = {"segmentation": tf.argmax(probs, axis=-1, output_type=tf.int32)}
+        if probabilities:
+            outputs["probabilities"] = probs
+        return outputs
+
+    def segment(images):
+        return tf.map_fn(one, images, fn_output_signature=signature)
+
+    return segment
+
+
 class SegmenterServingModule(tf.Module):
     """A Segmenter with TF Serving signatures, ready for `tf.saved_model.save`.
+
+    The module tracks the model's TensorFlow variables, not the Keras model
+    itself: a SavedModel holding Keras 3 objects restores under
+    `tf.saved_model.load` but not under the TF1/C++ loader that
+    `saved_model_cli run` and TF Serving use ("Could not find variable").
+    The model is only reached through the traced functions.
 
     Args:
         model: a `keras_segmenter.Segmenter` (logits from normalized images).
@@ -132,50 +172,28 @@ class SegmenterServingModule(tf.Module):
     def __init__(self, model, window_size=None, window_stride=None, probabilities=False, batch_size=4):
         super().__init__(name="segmenter_serving")
         from keras_segmenter.inference import _check_window
-        from keras_segmenter.layers.normalization import ImageNormalization
 
         window_size, window_stride = default_window(model, window_size, window_stride)
         _check_window(window_size, window_stride, batch_size)
-        self.model = model
-        self.normalize = ImageNormalization(getattr(model, "normalization", "vit"))
         self.window_size = window_size
         self.window_stride = window_stride
         self.num_classes = num_classes_of(model)
         self.with_probabilities = bool(probabilities)
         self.batch_size = batch_size
+        # The tf.Variable behind each Keras variable (see the class docstring).
+        self.model_variables = [variable.value for variable in model.variables]
+        segment = make_segment_fn(model, window_size, window_stride, probabilities, batch_size)
 
         # Inputs have unknown rank: loaded signatures check only the dtype, so
         # the shapes are checked in the graph, where the message can be clear.
         self.serving_default = tf.function(
-            self._serve_images,
+            lambda images: segment(check_images(images)),
             input_signature=[tf.TensorSpec(None, tf.uint8, name="images")],
         )
         self.serving_bytes = tf.function(
-            self._serve_bytes,
+            lambda image_bytes: segment(decode_images(image_bytes)),
             input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")],
         )
-
-    def _segment(self, images):
-        def one(image):
-            probs = class_probabilities(
-                self.model, self.normalize, image, self.window_size, self.window_stride,
-                batch_size=self.batch_size,
-            )
-            outputs = {"segmentation": tf.argmax(probs, axis=-1, output_type=tf.int32)}
-            if self.with_probabilities:
-                outputs["probabilities"] = probs
-            return outputs
-
-        signature = {"segmentation": tf.TensorSpec((None, None), tf.int32)}
-        if self.with_probabilities:
-            signature["probabilities"] = tf.TensorSpec((None, None, self.num_classes), tf.float32)
-        return tf.map_fn(one, images, fn_output_signature=signature)
-
-    def _serve_images(self, images):
-        return self._segment(check_images(images))
-
-    def _serve_bytes(self, image_bytes):
-        return self._segment(decode_images(image_bytes))
 
     def signatures(self):
         """The `signatures=` dict for `tf.saved_model.save`."""

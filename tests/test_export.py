@@ -1,0 +1,231 @@
+"""SavedModel export for TF Serving: signatures, parity with predict(), fresh-process loading, bad requests."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import keras_segmenter as ks
+from keras_segmenter import export
+from keras_segmenter.predict import load_image, predict
+
+DATA = pathlib.Path(__file__).parent / "data" / "predict"
+CAMVID_JPG = DATA / "camvid_0016E5_07959.jpg"
+VOC_PNG = DATA / "voc_val_sample_1_160.png"
+BIN = pathlib.Path(sys.executable).parent
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+WINDOW, STRIDE = 32, 24
+
+
+def run(*command):
+    result = subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, timeout=300, env=ENV
+    )
+    assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(1)
+    backbone = ks.ViTBackbone(
+        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=32
+    )
+    return ks.Segmenter(backbone, num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """The model exported by the CLI in a fresh process, in TF Serving's layout."""
+    root = tmp_path_factory.mktemp("export")
+    model.save(root / "tiny.keras")
+    out = root / "models" / "segmenter" / "1"
+    result = run(
+        sys.executable, "-m", "keras_segmenter.export", "--model", root / "tiny.keras",
+        "--out", out, "--window-size", WINDOW, "--window-stride", STRIDE, "--probabilities",
+    )
+    assert "serving_default" in result.stdout and "stride 24" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported))
+
+
+def expected_probabilities(model, image):
+    from keras_segmenter.inference import sliding_window_inference
+
+    normalized = ks.ImageNormalization(model.normalization)(image[None])[0]
+    return sliding_window_inference(model, normalized, WINDOW, STRIDE).numpy()
+
+
+@pytest.mark.slow
+def test_layout_and_saved_model_cli_show(exported):
+    assert (exported / "saved_model.pb").is_file()
+    assert (exported / "variables" / "variables.index").is_file()
+    shown = run(BIN / "saved_model_cli", "show", "--dir", exported, "--all").stdout
+    default = shown[shown.index("signature_def['serving_default']"):]
+    encoded = shown[shown.index("signature_def['serving_bytes']"):]
+    assert "inputs['images']" in default and "DT_UINT8" in default
+    assert "inputs['image_bytes']" in encoded and "DT_STRING" in encoded
+    for outputs in (default, encoded):
+        assert "outputs['segmentation']" in outputs and "DT_INT32" in outputs
+        assert "outputs['probabilities']" in outputs and "(-1, -1, -1, 5)" in outputs
+
+
+@pytest.mark.slow
+def test_saved_model_cli_run_matches_the_keras_model(model, exported, tmp_path):
+    image = load_image(CAMVID_JPG)
+    np.save(tmp_path / "images.npy", image[None])
+    run(
+        BIN / "saved_model_cli", "run", "--dir", exported, "--tag_set", "serve",
+        "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
+        "--outdir", tmp_path / "outputs",
+    )
+    segmentation = np.load(tmp_path / "outputs" / "segmentation.npy")
+    probabilities = np.load(tmp_path / "outputs" / "probabilities.npy")
+    assert segmentation.dtype == np.int32 and segmentation.shape == (1, 180, 240)
+    expected = predict(model, image, window_size=WINDOW, window_stride=STRIDE)
+    np.testing.assert_array_equal(segmentation[0], expected)
+    np.testing.assert_allclose(probabilities[0], expected_probabilities(model, image), atol=1e-6)
+    assert len(np.unique(expected)) > 1
+
+
+@pytest.mark.slow
+def test_loads_and_runs_without_keras_segmenter_or_keras(model, exported, tmp_path):
+    """A fresh process that cannot import keras_segmenter nor keras serves both signatures."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["keras_segmenter"] = None
+        sys.modules["keras"] = None
+        import numpy as np
+        import tensorflow as tf
+
+        export_dir, image_path, jpeg_path, out = sys.argv[1:]
+        serving = tf.saved_model.load(export_dir)
+        image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
+        default = serving.signatures["serving_default"](images=tf.stack([image, image[::-1]]))
+        encoded = serving.signatures["serving_bytes"](
+            image_bytes=tf.stack([tf.io.read_file(jpeg_path)])
+        )
+        np.savez(
+            out,
+            default=default["segmentation"].numpy(),
+            encoded=encoded["segmentation"].numpy(),
+            probabilities=default["probabilities"].numpy(),
+        )
+        print("modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "keras_segmenter") and sys.modules[m] is not None))
+        """
+    )
+    (tmp_path / "serve.py").write_text(script)
+    result = run(
+        sys.executable, tmp_path / "serve.py", exported, VOC_PNG, CAMVID_JPG, tmp_path / "out.npz"
+    )
+    assert "modules: []" in result.stdout
+    outputs = np.load(tmp_path / "out.npz")
+    voc = load_image(VOC_PNG)
+    assert outputs["default"].shape == (2, 160, 160)
+    np.testing.assert_array_equal(
+        outputs["default"][0], predict(model, voc, window_size=WINDOW, window_stride=STRIDE)
+    )
+    np.testing.assert_array_equal(
+        outputs["default"][1],
+        predict(model, voc[::-1].copy(), window_size=WINDOW, window_stride=STRIDE),
+    )
+    np.testing.assert_allclose(
+        outputs["probabilities"][0], expected_probabilities(model, voc), atol=1e-6
+    )
+    # The bytes signature decodes the JPEG with TensorFlow; PIL may decode a
+    # few pixel values differently, so compare with predict() on TF's pixels.
+    jpeg_pixels = tf.io.decode_jpeg(tf.io.read_file(str(CAMVID_JPG)), channels=3).numpy()
+    np.testing.assert_array_equal(
+        outputs["encoded"][0],
+        predict(model, jpeg_pixels, window_size=WINDOW, window_stride=STRIDE),
+    )
+
+
+@pytest.mark.slow
+def test_bytes_signature_matches_the_array_signature_on_png_variants(loaded, tmp_path):
+    """Lossless PNGs (RGB, grayscale, RGBA) give exactly the uint8 signature's class map."""
+    photo = Image.open(VOC_PNG)
+    variants = {
+        "rgb": photo.convert("RGB"),
+        "gray": photo.convert("L"),
+        "rgba": photo.convert("RGBA"),
+    }
+    encoded = []
+    for name, image in variants.items():
+        image.save(tmp_path / f"{name}.png")
+        encoded.append((tmp_path / f"{name}.png").read_bytes())
+    from_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
+    pixels = np.stack([np.asarray(v.convert("RGB")) for v in variants.values()])
+    from_arrays = loaded.signatures["serving_default"](images=tf.constant(pixels))
+    np.testing.assert_array_equal(
+        from_bytes["segmentation"].numpy(), from_arrays["segmentation"].numpy()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((8, 8, 3), np.uint8), r"Received shape:\] \[8 8 3\]"),
+        (np.zeros((1, 0, 8, 3), np.uint8), r"Received shape:\] \[1 0 8 3\]"),
+        (np.zeros((0, 8, 8, 3), np.uint8), r"Received shape:\] \[0 8 8 3\]"),
+        (np.zeros((1, 8, 8, 4), np.uint8), r"Received shape:\] \[1 8 8 4\]"),
+    ],
+    ids=["rank3", "zero_height", "empty_batch", "four_channels"],
+)
+def test_bad_image_requests_fail_with_the_expected_shape(loaded, images, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message) as error:
+        loaded.signatures["serving_default"](images=tf.constant(images))
+    assert r"uint8 RGB batch (batch, height, width, 3)" in str(error.value)
+
+
+@pytest.mark.slow
+def test_bad_requests_of_wrong_dtype_or_bytes(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8 tensor"):
+        loaded.signatures["serving_default"](images=tf.zeros((1, 8, 8, 3), tf.float32))
+    encoded = loaded.signatures["serving_bytes"]
+    png = tf.io.encode_png(tf.zeros((8, 8, 3), tf.uint8))
+    taller = tf.io.encode_png(tf.zeros((9, 8, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        encoded(image_bytes=tf.constant([b"not an image"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have the same height and width"):
+        encoded(image_bytes=tf.stack([png, taller]))
+    for bad in (png, tf.constant([], tf.string), tf.reshape(png, (1, 1))):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"string tensor \(batch,\)"):
+            encoded(image_bytes=bad)
+    assert encoded(image_bytes=tf.stack([png, png]))["segmentation"].shape == (2, 8, 8)
+
+
+def test_module_signatures_in_process(model, tmp_path):
+    """Without --probabilities only `segmentation` is returned; default window from the crop."""
+    module = export.SegmenterServingModule(model)
+    assert (module.window_size, module.window_stride) == (32, 16)
+    image = load_image(VOC_PNG)
+    outputs = module.serving_default(tf.constant(image[None]))
+    assert set(outputs) == {"segmentation"}
+    np.testing.assert_array_equal(outputs["segmentation"][0].numpy(), predict(model, image))
+
+
+def test_export_refuses_bad_arguments(model, tmp_path, capsys):
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export.export_saved_model(model, tmp_path / "1")
+    with pytest.raises(ValueError, match="window_stride"):
+        export.SegmenterServingModule(model, window_size=32, window_stride=40)
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--model", str(tmp_path / "none.keras"), "--out", str(tmp_path / "2")])
+    assert exit_info.value.code == 2
+    assert "no such file" in capsys.readouterr().err
