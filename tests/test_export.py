@@ -1,4 +1,4 @@
-"""SavedModel export for TF Serving: signatures, parity with predict(), fresh-process loading, bad requests."""
+"""SavedModel export for TF Serving: signatures, parity with predict(), fresh loading, bad requests."""
 
 import os
 import pathlib
@@ -123,7 +123,9 @@ def test_loads_and_runs_without_keras_segmenter_or_keras(model, exported, tmp_pa
             encoded=encoded["segmentation"].numpy(),
             probabilities=default["probabilities"].numpy(),
         )
-        print("modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("keras", "keras_segmenter") and sys.modules[m] is not None))
+        blocked = ("keras", "keras_segmenter")
+        imported = [m for m, v in sys.modules.items() if m.split(".")[0] in blocked and v]
+        print("modules:", sorted(imported))
         """
     )
     (tmp_path / "serve.py").write_text(script)
