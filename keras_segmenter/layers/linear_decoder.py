@@ -1,5 +1,6 @@
 import keras
-from keras import ops
+
+from keras_segmenter.layers.patch_grid import patch_grid_shape, to_patch_grid
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -34,18 +35,10 @@ class LinearDecoder(keras.layers.Layer):
         self.head.build(tokens_shape)
 
     def call(self, tokens, images):
-        shape = ops.shape(images)
-        logits = self.head(tokens)
-        return ops.reshape(
-            logits,
-            (shape[0], shape[1] // self.patch_size, shape[2] // self.patch_size, self.num_classes),
-        )
+        return to_patch_grid(self.head(tokens), images, self.patch_size)
 
     def compute_output_shape(self, tokens_shape, images_shape):
-        def grid(size):
-            return None if size is None else size // self.patch_size
-
-        return (tokens_shape[0], grid(images_shape[1]), grid(images_shape[2]), self.num_classes)
+        return patch_grid_shape(tokens_shape, images_shape, self.patch_size, self.num_classes)
 
     def get_config(self):
         return {

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_segmenter.layers.patch_grid import patch_grid_shape, to_patch_grid
+
 from keras_segmenter.layers.transformer_block import TransformerBlock
 
 
@@ -121,17 +123,10 @@ class MaskTransformer(keras.layers.Layer):
         patches = patches / ops.norm(patches, axis=-1, keepdims=True)
         classes = classes / ops.norm(classes, axis=-1, keepdims=True)
         masks = self.mask_norm(ops.matmul(patches, ops.swapaxes(classes, 1, 2)))
-        shape = ops.shape(images)
-        return ops.reshape(
-            masks,
-            (batch, shape[1] // self.patch_size, shape[2] // self.patch_size, self.num_classes),
-        )
+        return to_patch_grid(masks, images, self.patch_size)
 
     def compute_output_shape(self, tokens_shape, images_shape):
-        def grid(size):
-            return None if size is None else size // self.patch_size
-
-        return (tokens_shape[0], grid(images_shape[1]), grid(images_shape[2]), self.num_classes)
+        return patch_grid_shape(tokens_shape, images_shape, self.patch_size, self.num_classes)
 
     def get_config(self):
         return {
