@@ -1,6 +1,8 @@
 """Segmenter (Strudel et al., ICCV 2021) in Keras 3 on TensorFlow."""
 
 from keras_segmenter import layers
+from keras_segmenter.metrics import MeanIoU
+from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.layers.normalization import NORMALIZATIONS, ImageNormalization
 from keras_segmenter.models.presets import (
     BACKBONE_PRESETS,
