@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_segmenter.training.config import DATASET_DEFAULTS, PRECISIONS, STRATEGIES, RunConfig  # noqa: E402
+from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, RunConfig  # noqa: E402
 
 # Run with no arguments: the README's first command.
 SAMPLE_RUN = dict(
@@ -41,6 +41,8 @@ def parse_args(argv):
     p.add_argument("--iterations", type=int, help="training iterations (paper: 160k ADE20K, 80k others)")
     p.add_argument("--batch-size", type=int, help="global batch size over all replicas and workers")
     p.add_argument("--lr", type=float, help="initial learning rate of the poly schedule")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (the paper's, default) or adamw (from scratch)")
+    p.add_argument("--weight-decay", type=float, help="default 0 (paper)")
     p.add_argument("--crop-size", type=int, help="square training crop")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device")

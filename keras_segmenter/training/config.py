@@ -11,6 +11,7 @@ import math
 import os
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("sgd", "adamw")  # sgd: the paper's; adamw: for training from scratch
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
 
 # Paper section 4.2 for ADE20K, Pascal Context and Cityscapes. CamVid and
@@ -41,6 +42,7 @@ class RunConfig:
     iterations: int = None
     batch_size: int = None  # global, over all replicas and workers
     lr: float = None
+    optimizer: str = "sgd"
     end_lr: float = 1e-5
     poly_power: float = 0.9
     momentum: float = 0.9
@@ -77,6 +79,8 @@ class RunConfig:
                 setattr(self, key, value)
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}. Received: {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
         for flag in ("iterations", "batch_size", "keep_checkpoints"):

@@ -73,9 +73,13 @@ def build_model(config, num_classes):
 
 
 def make_optimizer(config):
-    """SGD, momentum 0.9, Nesterov, no weight decay, poly lr stepped every iteration."""
+    """The paper's SGD (momentum 0.9, Nesterov, no weight decay), or AdamW, with
+    the poly learning rate stepped every iteration."""
+    schedule = poly_schedule(config.lr, config.iterations, config.end_lr, config.poly_power)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     return keras.optimizers.SGD(
-        learning_rate=poly_schedule(config.lr, config.iterations, config.end_lr, config.poly_power),
+        learning_rate=schedule,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay or None,
