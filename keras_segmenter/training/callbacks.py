@@ -4,7 +4,6 @@ import math
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_segmenter.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -118,12 +117,3 @@ class Validation(keras.callbacks.Callback):
                     tf.summary.image("image | truth | prediction", self.preview_fn(self.model), max_outputs=8)
             self.writer.flush()
 
-
-def colorize(mask, palette, ignore_index=255):
-    """`(H, W)` class ids to `(H, W, 3)` uint8 colours (ignored pixels black)."""
-    palette = np.asarray(palette, "uint8").reshape(-1, 3)
-    mask = np.asarray(mask)
-    out = np.zeros(mask.shape + (3,), "uint8")
-    valid = (mask != ignore_index) & (mask < len(palette)) & (mask >= 0)
-    out[valid] = palette[mask[valid]]
-    return out

@@ -20,6 +20,7 @@ from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import latest_checkpoint
 from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.schedules import poly_schedule
+from keras_segmenter.visualization import as_palette, colorize
 from keras_segmenter.training.strategies import make_strategy
 
 # ---------------------------------------------------------------- model
@@ -171,6 +172,10 @@ def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
     samples = [(img.numpy(), m.numpy()) for img, m in dataset.take(count)]
     stats = NORMALIZATIONS[normalization]
     mean, std = np.array(stats["mean"]), np.array(stats["std"])
+    colours = np.concatenate([as_palette(palette), [[0, 0, 0]]])  # ignored pixels: black
+
+    def paint(class_map):
+        return colorize(np.where(class_map == ignore_index, len(colours) - 1, class_map), colours)
 
     def preview(model):
         panels = []
@@ -178,7 +183,7 @@ def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
             pred = np.argmax(np.asarray(model(image[None], training=False))[0], axis=-1)
             rgb = np.clip((image * std + mean) * 255, 0, 255).astype("uint8")
             panels.append(np.concatenate(
-                [rgb, cb.colorize(mask, palette, ignore_index), cb.colorize(pred, palette, ignore_index)], axis=1))
+                [rgb, paint(mask), paint(pred)], axis=1))
         height = max(p.shape[0] for p in panels)
         width = max(p.shape[1] for p in panels)
         return np.stack([np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels])
