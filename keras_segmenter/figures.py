@@ -180,7 +180,9 @@ def plot_attention_maps(model, image, patch, layers=(0, 1), per_head=False, cmap
     The first column shows the image with the query patch outlined; the next
     columns the attention of that patch to all patches at each layer
     (`patch_attention`), averaged over heads, or with `per_head=True` one row
-    per layer and one column per head. Each map is scaled to its own maximum.
+    per layer and one column per head. Each map is stretched from its own
+    minimum (dark) to its maximum (bright), so the figure shows where a head
+    attends relative to elsewhere, not how peaked it is.
 
     Args:
         model: a `Segmenter`.
@@ -214,7 +216,8 @@ def plot_attention_maps(model, image, patch, layers=(0, 1), per_head=False, cmap
             panels = [(axes[0, i + 1], maps[layer].mean(axis=0), f"layer {layer}")]
         for ax, attention, title in panels:
             ax.imshow(image)
-            ax.imshow(attention / max(attention.max(), 1e-12), cmap=cmap, alpha=0.7, vmin=0, vmax=1)
+            low, high = attention.min(), attention.max()
+            ax.imshow((attention - low) / max(high - low, 1e-12), cmap=cmap, alpha=0.7, vmin=0, vmax=1)
             ax.set_title(title)
     fig.tight_layout()
     return fig
