@@ -3,7 +3,7 @@ from keras import ops
 
 from keras_segmenter.layers.patch_grid import patch_grid_shape, to_patch_grid
 
-from keras_segmenter.layers.transformer_block import TransformerBlock
+from keras_segmenter.layers.transformer_block import transformer_blocks
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -64,19 +64,16 @@ class MaskTransformer(keras.layers.Layer):
             dtype=dtype,
             name="proj_dec",
         )
-        self.blocks = [
-            TransformerBlock(
-                hidden_dim,
-                num_heads or max(1, hidden_dim // 64),
-                mlp_dim or 4 * hidden_dim,
-                dropout=dropout,
-                drop_path_rate=drop_path_rate * i / max(1, num_layers - 1),
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
-                name=f"block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        self.blocks = transformer_blocks(
+            num_layers,
+            hidden_dim,
+            num_heads or max(1, hidden_dim // 64),
+            mlp_dim or 4 * hidden_dim,
+            dropout,
+            drop_path_rate,
+            layer_norm_epsilon,
+            dtype,
+        )
         self.decoder_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="decoder_norm"
         )

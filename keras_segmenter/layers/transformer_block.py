@@ -84,3 +84,23 @@ class TransformerBlock(keras.layers.Layer):
             "drop_path_rate": self.drop_path_rate,
             "layer_norm_epsilon": self.layer_norm_epsilon,
         }
+
+
+def transformer_blocks(
+    num_layers, hidden_dim, num_heads, mlp_dim, dropout, drop_path_rate, layer_norm_epsilon, dtype
+):
+    """`num_layers` blocks named `block_{i}` whose stochastic depth rises
+    linearly from 0 to `drop_path_rate`, as in the official encoder and decoder."""
+    return [
+        TransformerBlock(
+            hidden_dim,
+            num_heads,
+            mlp_dim,
+            dropout=dropout,
+            drop_path_rate=drop_path_rate * i / max(1, num_layers - 1),
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            name=f"block_{i}",
+        )
+        for i in range(num_layers)
+    ]

@@ -4,7 +4,7 @@ from keras_segmenter.layers.normalization import check_normalization
 from keras_segmenter.layers.patch_embedding import PatchEmbedding
 from keras_segmenter.layers.position_embedding import PositionEmbedding
 from keras_segmenter.layers.prefix_tokens import PrefixTokens
-from keras_segmenter.layers.transformer_block import TransformerBlock
+from keras_segmenter.layers.transformer_block import transformer_blocks
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -75,19 +75,16 @@ class ViTBackbone(keras.Model):
         self.embedding_dropout = keras.layers.Dropout(
             dropout, dtype=dtype, name="embedding_dropout"
         )
-        self.blocks = [
-            TransformerBlock(
-                hidden_dim,
-                num_heads,
-                mlp_dim,
-                dropout=dropout,
-                drop_path_rate=drop_path_rate * i / max(1, num_layers - 1),
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
-                name=f"block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        self.blocks = transformer_blocks(
+            num_layers,
+            hidden_dim,
+            num_heads,
+            mlp_dim,
+            dropout,
+            drop_path_rate,
+            layer_norm_epsilon,
+            dtype,
+        )
         self.encoder_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="encoder_norm"
         )
