@@ -18,6 +18,14 @@ def check_normalization(normalization):
     return normalization
 
 
+def normalize_images(images, normalization="vit", dtype="float32"):
+    """`(images / 255 - mean) / std` for RGB images in [0, 255] of any dtype."""
+    stats = NORMALIZATIONS[check_normalization(normalization)]
+    mean = ops.convert_to_tensor([255.0 * m for m in stats["mean"]], dtype)
+    std = ops.convert_to_tensor([255.0 * s for s in stats["std"]], dtype)
+    return (ops.cast(images, dtype) - mean) / std
+
+
 @keras.saving.register_keras_serializable(package="keras_segmenter")
 class ImageNormalization(keras.layers.Layer):
     """Turns RGB images in [0, 255] into the input a Segmenter expects.
@@ -38,15 +46,9 @@ class ImageNormalization(keras.layers.Layer):
     def __init__(self, normalization="vit", **kwargs):
         super().__init__(**kwargs)
         self.normalization = check_normalization(normalization)
-        stats = NORMALIZATIONS[normalization]
-        self.mean = [255.0 * m for m in stats["mean"]]
-        self.std = [255.0 * s for s in stats["std"]]
 
     def call(self, images):
-        images = ops.cast(images, self.compute_dtype)
-        mean = ops.convert_to_tensor(self.mean, self.compute_dtype)
-        std = ops.convert_to_tensor(self.std, self.compute_dtype)
-        return (images - mean) / std
+        return normalize_images(images, self.normalization, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

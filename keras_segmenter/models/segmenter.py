@@ -3,7 +3,7 @@ from keras import ops
 
 from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
-from keras_segmenter.layers.normalization import ImageNormalization
+from keras_segmenter.layers.normalization import normalize_images
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
 from keras_segmenter.models.vit_backbone import ViTBackbone
 
@@ -102,7 +102,7 @@ class Segmenter(keras.Model):
 
     def preprocess(self, images):
         """Normalizes RGB images in [0, 255] (any dtype) for this model."""
-        return ImageNormalization(self.normalization)(images)
+        return normalize_images(images, self.normalization)
 
     def predict_classes(self, images):
         """Class map `(batch, H, W)` int32 for RGB images in [0, 255]."""
