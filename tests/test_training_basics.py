@@ -151,3 +151,10 @@ def test_optimizer_choice():
     config.optimizer = "lamb"
     with pytest.raises(ValueError, match="--optimizer must be one of"):
         config.resolve()
+
+
+def test_camvid_defaults_are_the_from_scratch_recipe():
+    camvid = RunConfig(dataset="camvid").resolve()
+    assert (camvid.optimizer, camvid.lr, camvid.weight_decay, camvid.crop_size) == ("adamw", 1e-4, 0.05, 128)
+    paper = RunConfig(dataset="cityscapes", optimizer="adamw").resolve()
+    assert (paper.optimizer, paper.lr, paper.weight_decay) == ("adamw", 1e-2, 0.0)  # flags win

@@ -23,7 +23,7 @@ from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECIS
 
 # Run with no arguments: the README's first command.
 SAMPLE_RUN = dict(
-    dataset="camvid", model="seg_ti16_mask", crop_size=128, batch_size=4, lr=1e-2,
+    dataset="camvid", model="seg_ti16_mask", crop_size=128, batch_size=4, lr=1e-4,
     iterations=300, checkpoint_every=50, val_every=150, output_dir=os.path.join("runs", "sample"),
 )
 
@@ -41,8 +41,8 @@ def parse_args(argv):
     p.add_argument("--iterations", type=int, help="training iterations (paper: 160k ADE20K, 80k others)")
     p.add_argument("--batch-size", type=int, help="global batch size over all replicas and workers")
     p.add_argument("--lr", type=float, help="initial learning rate of the poly schedule")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (the paper's, default) or adamw (from scratch)")
-    p.add_argument("--weight-decay", type=float, help="default 0 (paper)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (the paper's; default except camvid) or adamw (camvid's default, from scratch)")
+    p.add_argument("--weight-decay", type=float, help="default 0 (paper); camvid 0.05")
     p.add_argument("--crop-size", type=int, help="square training crop")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device")
