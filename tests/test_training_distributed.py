@@ -59,7 +59,7 @@ _SCRIPT = textwrap.dedent(
     def config(out, **kw):
         base = dict(dataset="camvid", data_dir=".", init=init, iterations=args.get("iterations", 4),
                     checkpoint_every=args.get("every", 2), val_every=args.get("every", 2), batch_size=4,
-                    crop_size=32, lr=0.05, output_dir=out, preview_images=1, resume=args.get("resume", False))
+                    crop_size=32, optimizer="sgd", lr=0.05, output_dir=out, preview_images=1, resume=args.get("resume", False))
         base.update(kw)
         return RunConfig(**base)
 
