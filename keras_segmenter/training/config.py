@@ -18,8 +18,8 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
 # decay). CamVid and "folder" are this port's choices. CamVid (367 small
 # training images, no ImageNet weights offline) is the from-scratch CPU
 # recipe of the README: AdamW at 1e-4 learns far faster from scratch than
-# the paper's SGD (val mIoU 0.20 after 600 iterations against 0.14), on
-# 128 crops. crop None = the dataset's own `crop_size` from
+# the paper's SGD (pilots: val mIoU 0.20 after 600 iterations against 0.15
+# for SGD), on 128 crops. crop None = the dataset's own `crop_size` from
 # `keras_segmenter.data.get_dataset_info`.
 _PAPER = dict(optimizer="sgd", weight_decay=0.0)
 DATASET_DEFAULTS = {
