@@ -25,19 +25,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def product_shapes(preset, size, batch, num_classes):
-    """`(lhs_shape, rhs_shape)` of every matrix product of one forward pass."""
-    from keras_segmenter.models.presets import BACKBONE_PRESETS, MODEL_PRESETS
-
-    spec = MODEL_PRESETS[preset]
-    backbone = BACKBONE_PRESETS[spec["backbone"]]
-    patch, width = backbone["patch_size"], backbone["hidden_dim"]
-    heads, mlp = backbone["num_heads"], backbone["mlp_dim"]
+def product_shapes(model, size, batch):
+    """`(lhs_shape, rhs_shape)` of every matrix product of one forward pass of
+    the Segmenter `model` on `(batch, size, size, 3)` images."""
+    backbone, decoder, classes = model.backbone, model.decoder, model.num_classes
+    patch, width = backbone.patch_size, backbone.hidden_dim
     grid = (size // patch) ** 2
-    tokens = grid + (2 if backbone.get("distilled") else 1)
 
     # Dense layers see (batch, tokens, width) inputs, as in the model.
-    def block(n, d, h, m):
+    def block(n, layer):
+        d, h, m = layer.hidden_dim, layer.num_heads, layer.mlp_dim
         head_dim = d // h
         return [
             ((batch, n, d), (d, 3 * d)),  # qkv
@@ -49,18 +46,18 @@ def product_shapes(preset, size, batch, num_classes):
         ]
 
     shapes = [((batch, grid, patch * patch * 3), (patch * patch * 3, width))]
-    for _ in range(backbone["num_layers"]):
-        shapes += block(tokens, width, heads, mlp)
-    if spec["decoder"] == "linear":
-        return shapes + [((batch, grid, width), (width, num_classes))]
-    # Mask transformer, official defaults: width d, d // 64 heads, 2 blocks.
-    shapes.append(((batch, grid, width), (width, width)))  # proj_dec
-    for _ in range(2):
-        shapes += block(grid + num_classes, width, max(1, width // 64), 4 * width)
+    for layer in backbone.blocks:
+        shapes += block(grid + backbone.num_prefix_tokens, layer)
+    if model.decoder_type == "linear":
+        return shapes + [((batch, grid, width), (width, classes))]
+    dim = decoder.hidden_dim
+    shapes.append(((batch, grid, width), (width, dim)))  # proj_dec
+    for layer in decoder.blocks:
+        shapes += block(grid + classes, layer)
     shapes += [
-        ((batch, grid, width), (width, width)),  # proj_patch
-        ((batch, num_classes, width), (width, width)),  # proj_classes
-        ((batch, grid, width), (batch, width, num_classes)),  # masks
+        ((batch, grid, dim), (dim, dim)),  # proj_patch
+        ((batch, classes, dim), (dim, dim)),  # proj_classes
+        ((batch, grid, dim), (batch, dim, classes)),  # masks
     ]
     return shapes
 
@@ -91,7 +88,10 @@ def main():
     from machine import machine_info
 
     dtype = tf.float32 if args.precision == "float32" else tf.bfloat16
-    shapes = product_shapes(args.model, args.size, args.batch, args.num_classes)
+    import keras_segmenter as ks
+
+    model = ks.build_segmenter(args.model, args.num_classes, image_size=args.size)
+    shapes = product_shapes(model, args.size, args.batch)
     # Distinct operands for every product (identical ones would be merged by
     # the graph optimizer and computed once).
     operands = [
