@@ -59,8 +59,8 @@ def test_batch_of_two_equals_each_sample_alone(official):
     arrays, _ = cases(fixture)
     batch = nhwc(arrays["b2_64x64/input"])
     together = np.asarray(model(batch))
-    # PyTorch gives bit-identical results; oneDNN blocks a batch's products differently
-    # from one image's, and differently on each CPU, so both are only near the truth.
+    # PyTorch gives bit-identical results; TensorFlow's float32 kernels (Eigen, or oneDNN where
+    # it is on) block a batch's products unlike one image's, and unlike on another CPU.
     alone = np.asarray(model(batch[1:]))
     bound = max_difference(FLOORS[fixture]["logits"], "ours", "ours")
     assert np.abs(alone - together[1:]).max() <= bound
