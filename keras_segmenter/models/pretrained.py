@@ -254,22 +254,31 @@ def _read_preset_folder(path):
     return model
 
 
+def _read_keras(path):
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        reason = " ".join(str(error).split())
+        raise PresetError(f"{path}: not a readable .keras model: {reason}") from None
+
+
 def _read_model(path):
-    """A `Segmenter` or `ViTBackbone` from a local preset folder, run folder, .keras or .pth."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, PRESET_CONFIG)):
-        return _read_preset_folder(path)
+    """A `Segmenter` or `ViTBackbone` from a local preset folder, a folder holding
+    `model.keras` (a `fit.py` run), an official run folder, a .keras or a .pth file."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, PRESET_WEIGHTS)):
+            return _read_preset_folder(path)
+        if os.path.isfile(os.path.join(path, "model.keras")):
+            return _read_keras(os.path.join(path, "model.keras"))
+        return load_official(path)  # names the missing checkpoint.pth / variant.yml
     if path.endswith(".keras"):
-        try:
-            return keras.saving.load_model(path, compile=False)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            reason = " ".join(str(error).split())
-            raise PresetError(f"{path}: not a readable .keras model: {reason}") from None
-    if os.path.isdir(path) or path.endswith(".pth"):
+        return _read_keras(path)
+    if path.endswith(".pth"):
         return load_official(path)
     raise PresetError(
         f"{path}: unknown kind; expected a preset folder ({PRESET_CONFIG} + {PRESET_WEIGHTS}), an "
-        "official run folder or checkpoint.pth (with variant.yml), a .keras file, or ImageNet "
-        "weights (.npz / .safetensors)"
+        "official run folder or checkpoint.pth (with variant.yml), a .keras file or a folder "
+        "holding model.keras, or ImageNet weights (.npz / .safetensors)"
     )
 
 
