@@ -246,3 +246,6 @@ def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
     history = model.fit(dataset, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and 0.0 <= history.history["mIoU"][0] <= 1.0
     assert int(optimizer.iterations) == 2
+    # A loss of one's own: its ignored label is unknown, so no metric is added.
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert model.get_compile_config()["metrics"] is None

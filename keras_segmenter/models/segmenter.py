@@ -158,8 +158,9 @@ class Segmenter(keras.Model):
                 iterations: ADE20K's recipe, built by the trainer's
                 `make_optimizer`. Or any Keras optimizer.
             loss: `"auto"`: `SegmentationCrossEntropy(ignore_index=255)`.
-            metrics: `"auto"`: `[MeanIoU(num_classes, ignore_index=255)]`
-                named `"mIoU"`.
+            metrics: `"auto"`: with the `"auto"` loss,
+                `[MeanIoU(num_classes, ignore_index=255)]` named `"mIoU"`;
+                with a loss of your own, none (its ignored label is unknown).
             **kwargs: more `keras.Model.compile` arguments.
         """
         if optimizer == "auto" or loss == "auto" or metrics == "auto":
@@ -169,10 +170,10 @@ class Segmenter(keras.Model):
 
             if optimizer == "auto":
                 optimizer = make_optimizer(RunConfig(**DATASET_DEFAULTS["ade20k"]))
+            if metrics == "auto":
+                metrics = [make_metric(self.num_classes, ignore_index=255)] if loss == "auto" else None
             if loss == "auto":
                 loss = SegmentationCrossEntropy(ignore_index=255)
-            if metrics == "auto":
-                metrics = [make_metric(self.num_classes, ignore_index=255)]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def get_config(self):
