@@ -249,3 +249,11 @@ def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
     # A loss of one's own: its ignored label is unknown, so no metric is added.
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert model.get_compile_config()["metrics"] is None
+
+
+def test_an_existing_local_folder_wins_over_the_preset_name(tmp_path, monkeypatch):
+    # As the official README has users download runs: ./seg_tiny_mask/{checkpoint.pth,variant.yml}.
+    shutil.copytree(TINY, tmp_path / "seg_tiny_mask")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pretrained, "OFFICIAL_ROOT", "http://127.0.0.1:9/unreachable")
+    assert_same_weights(ks.Segmenter.from_preset("seg_tiny_mask"), load_official(TINY))

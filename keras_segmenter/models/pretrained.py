@@ -5,8 +5,9 @@ preset name (see `list_presets()`), an http(s) URL, or a local file or folder.
 Downloads go through `keras.utils.get_file` into
 `$KERAS_HOME/models/keras_segmenter/<host>/<path>/` (default `~/.keras`); a
 file found there is used without touching the network. Each file is written
-under a `.part` name and renamed once complete, so an interrupted download
-never leaves a file that looks cached: the next call fetches what is missing.
+under a temporary name (`<name>.part-<pid>`) and renamed once complete, so an
+interrupted download never leaves a file that looks cached (the next call
+fetches what is missing) and processes downloading at once share no file.
 The weights are read by the converters of `keras_segmenter.convert`.
 """
 
@@ -179,7 +180,7 @@ def _download(url):
     os.makedirs(os.path.dirname(target), exist_ok=True)  # else get_file falls back to /tmp
     try:
         partial = keras.utils.get_file(
-            fname + ".part", origin=url, cache_dir=_keras_home(), cache_subdir=folder,
+            f"{fname}.part-{os.getpid()}", origin=url, cache_dir=_keras_home(), cache_subdir=folder,
             force_download=True,
         )
     except Exception as error:  # get_file raises a bare Exception for HTTP errors
@@ -202,8 +203,14 @@ def _download_official(url):
 
 
 def _local_path(source):
-    """`source` (preset name, URL or path) as a local file or folder, downloading if needed."""
+    """`source` (path, preset name or URL) as a local file or folder, downloading if needed.
+
+    An existing path wins over a preset name: the official README has users
+    download runs into folders named like the presets (`seg_tiny_mask/`).
+    """
     source = os.fspath(source)
+    if os.path.exists(source):
+        return source
     name = _preset_name(source)
     if name in IMAGENET_PRESETS:
         return _download(IMAGENET_PRESETS[name]["url"])
@@ -213,8 +220,6 @@ def _local_path(source):
         if source.endswith((".keras", *IMAGENET_SUFFIXES)):
             return _download(source)
         return _download_official(source)
-    if os.path.exists(source):
-        return source
     raise PresetError(
         f"{source!r}: not a preset name (see keras_segmenter.list_presets()), an http(s) URL, "
         "or an existing file or folder"
