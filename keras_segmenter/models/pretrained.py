@@ -184,7 +184,7 @@ def _download(url):
             force_download=True,
         )
     except Exception as error:  # get_file raises a bare Exception for HTTP errors
-        reason = " ".join(str(error).split())
+        reason = " ".join(str(error).split()).replace(f"URL fetch failure on {url}: ", "")
         raise PresetError(
             f"cannot download {url} ({reason}). Offline? Fetch the file elsewhere and pass "
             "its local path (or its folder) to from_preset instead."
