@@ -18,6 +18,12 @@ from keras_segmenter.models.presets import (
     build_segmenter,
 )
 from keras_segmenter.models.attention import encoder_attention_maps
+from keras_segmenter.models.pretrained import (
+    IMAGENET_PRESETS,
+    SEGMENTER_PRESETS,
+    PresetError,
+    list_presets,
+)
 from keras_segmenter.models.segmenter import Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
 

@@ -82,6 +82,8 @@ def make_config(argv):
 
         config.data_dir = str(SAMPLE_DIR)
     try:
+        from keras_segmenter.models.pretrained import imagenet_weights_path  # NAME|URL -> cached file
+        config.backbone_weights = imagenet_weights_path(config.backbone_weights)
         config.resolve()
     except ValueError as e:
         raise SystemExit(f"fit.py: {e}")

@@ -108,6 +108,74 @@ class Segmenter(keras.Model):
         """Class map `(batch, H, W)` int32 for RGB images in [0, 255]."""
         return ops.cast(ops.argmax(self(self.preprocess(images)), axis=-1), "int32")
 
+    @classmethod
+    def from_preset(cls, source, num_classes=None, **kwargs):
+        """Loads a pretrained Segmenter in one line.
+
+        Downloads go through `keras.utils.get_file` into `$KERAS_HOME` once;
+        later calls read the cached files (see `keras_segmenter.list_presets()`).
+
+        Args:
+            source: a preset name such as `"ade20k/seg_base_mask"` (or
+                `"seg_base_mask"`); the http(s) URL of an official run folder
+                (`variant.yml` + `checkpoint.pth`); a local run folder,
+                `checkpoint.pth`, `.keras` file or folder written by
+                `save_to_preset`; or ImageNet ViT weights (an ImageNet preset
+                name, `.npz`, `.safetensors`), which need `num_classes`.
+            num_classes: int, optional. When it differs from the
+                checkpoint's, the decoder is new and randomly initialised
+                (the encoder keeps its weights). Defaults to the checkpoint's.
+            **kwargs: `dtype`, `dropout`, `drop_path_rate`, `decoder_dropout`,
+                `decoder_drop_path_rate` for the loaded model (for ImageNet
+                weights: any `ViTBackbone` argument, e.g. `image_size`, and
+                the `decoder*` arguments).
+
+        Example:
+
+        ```python
+        model = keras_segmenter.Segmenter.from_preset("ade20k/seg_tiny_mask")
+        model = keras_segmenter.Segmenter.from_preset("path/to/run", num_classes=19)
+        ```
+        """
+        from keras_segmenter.models.pretrained import load_segmenter
+
+        return load_segmenter(source, num_classes, **kwargs)
+
+    def save_to_preset(self, path):
+        """Writes the model as a preset folder (`config.json` + `model.weights.h5`)
+        that `Segmenter.from_preset(path)` reads back."""
+        from keras_segmenter.models.pretrained import save_preset
+
+        save_preset(self, path)
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Configures training; `"auto"` is the paper's recipe (section 4.2).
+
+        Args:
+            optimizer: `"auto"`: SGD with momentum 0.9 (Nesterov, as the
+                official timm `sgd`), no weight decay, learning rate 1e-3
+                decayed by the poly schedule (power 0.9, to 1e-5) over 160k
+                iterations: ADE20K's recipe, built by the trainer's
+                `make_optimizer`. Or any Keras optimizer.
+            loss: `"auto"`: `SegmentationCrossEntropy(ignore_index=255)`.
+            metrics: `"auto"`: with the `"auto"` loss,
+                `[MeanIoU(num_classes, ignore_index=255)]` named `"mIoU"`;
+                with a loss of your own, none (its ignored label is unknown).
+            **kwargs: more `keras.Model.compile` arguments.
+        """
+        if optimizer == "auto" or loss == "auto" or metrics == "auto":
+            from keras_segmenter.training.config import DATASET_DEFAULTS, RunConfig
+            from keras_segmenter.training.losses import SegmentationCrossEntropy
+            from keras_segmenter.training.run import make_metric, make_optimizer
+
+            if optimizer == "auto":
+                optimizer = make_optimizer(RunConfig(**DATASET_DEFAULTS["ade20k"]))
+            if metrics == "auto":
+                metrics = [make_metric(self.num_classes, ignore_index=255)] if loss == "auto" else None
+            if loss == "auto":
+                loss = SegmentationCrossEntropy(ignore_index=255)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
     def get_config(self):
         return {
             "name": self.name,

@@ -113,6 +113,30 @@ class ViTBackbone(keras.Model):
         self.normalization = normalization
         self.num_prefix_tokens = num_prefix_tokens
 
+    @classmethod
+    def from_preset(cls, source, **kwargs):
+        """Loads pretrained encoder weights in one line.
+
+        Args:
+            source: an ImageNet preset name such as `"vit_base_patch16_384"`
+                (see `keras_segmenter.list_presets()`), an http(s) URL or a
+                local path of AugReg `.npz` / timm `.safetensors` weights; or
+                any `Segmenter.from_preset` source, whose encoder is returned.
+            **kwargs: for ImageNet weights, `ViTBackbone` arguments such as
+                `image_size` (default 512: the position embedding is resized
+                to it), `dropout`, `drop_path_rate`, `dtype`; otherwise
+                `dtype`, `dropout`, `drop_path_rate`.
+        """
+        from keras_segmenter.models.pretrained import load_backbone
+
+        return load_backbone(source, **kwargs)
+
+    def save_to_preset(self, path):
+        """Writes the backbone as a preset folder (`config.json` + `model.weights.h5`)."""
+        from keras_segmenter.models.pretrained import save_preset
+
+        save_preset(self, path)
+
     def get_config(self):
         return {
             "name": self.name,
