@@ -188,21 +188,28 @@ def test_bad_requests_name_what_was_expected(prepared, tmp_path):
         eval_dataset("tfds:ade20k", data_dir, manual_dir=str(tmp_path))
 
 
-def test_a_bad_mask_in_the_records_names_its_file(prepared, tmp_path):
-    from keras_segmenter.data import tfds as ks_tfds
+def test_cli_prepares_and_a_bad_mask_names_its_record(prepared, tmp_path,
+                                                     capsys):
+    from keras_segmenter.data.__main__ import main
 
     manual = tmp_path / "manual"
+    (tmp_path / "empty").mkdir()
+    tfds_dir = str(tmp_path / "tfds")
+    assert main(["tfds", "--dataset", "camvid", "--manual-dir",
+                 str(tmp_path / "empty"), "--data-dir", tfds_dir]) == 2
+    assert "is empty" in capsys.readouterr().err
     _camvid(tmp_path / "raw", manual)
     bad = manual / "CamVid" / "valannot" / sorted(
         os.listdir(manual / "CamVid" / "valannot"))[0]
     Image.open(bad).convert("RGB").save(bad)
-    ks_tfds.prepare("camvid", str(manual), str(tmp_path / "tfds"))
+    assert main(["tfds", "--dataset", "camvid", "--manual-dir", str(manual),
+                 "--data-dir", tfds_dir]) == 0
     import tensorflow as tf
 
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=f"tfds:camvid/validation/CamVid/valannot/"
                              f"{bad.name}"):
-        _as_numpy(eval_dataset("tfds:camvid", str(tmp_path / "tfds")))
+        _as_numpy(eval_dataset("tfds:camvid", tfds_dir))
 
 
 def test_fit_accepts_a_tfds_dataset(tmp_path):
