@@ -141,6 +141,7 @@ def _same(a, b):
         all(np.array_equal(x, y) for x, y in zip(p, q)) for p, q in zip(a, b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ade20k", "pascal_context", "camvid"])
 def test_examples_equal_the_raw_folders(prepared, name):
     raw, data_dir, attempts = prepared
@@ -158,6 +159,7 @@ def test_examples_equal_the_raw_folders(prepared, name):
     assert not attempts
 
 
+@pytest.mark.slow
 def test_cityscapes_label_ids_are_mapped_to_train_ids(prepared):
     raw, data_dir, attempts = prepared
     # TFDS' cityscapes stores examples in its own (hashed) order.

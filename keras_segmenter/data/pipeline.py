@@ -166,8 +166,10 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
     padding to the crop size (0 for the image, 255 for the mask).
 
     Args:
-        name: str, dataset name (see `get_dataset_info`).
-        data_dir: str, dataset root.
+        name: str, dataset name (see `get_dataset_info`), or `"tfds:NAME"`
+            for its prepared TFDS copy (see `keras_segmenter.data.tfds`).
+        data_dir: str, dataset root; for `tfds:NAME`, the TFDS data folder
+            (None: TFDS' default).
         batch_size: int, global batch size. Defaults to 8. The last partial
             batch is dropped so every replica gets an equal share.
         crop_size: int, (height, width) or None for the dataset default.
@@ -176,7 +178,8 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
             reproducible.
         split: str. Defaults to `"train"`.
         repeat: bool, repeat forever. Defaults to True.
-        shuffle_buffer: int or None (whole split).
+        shuffle_buffer: int or None (whole split; for `tfds:NAME` it holds
+            the encoded images in memory).
         cat_max_ratio: float. Defaults to 0.75; 1.0 disables crop retries.
         **dataset_kwargs: dataset options (`num_classes`, `ignore_index`,
             `class_names`, `base_size`, ... for `folder`; `manual_dir` for
@@ -231,15 +234,16 @@ def eval_dataset(name, data_dir, split="val", normalization="vit",
     ground truth stays at the original resolution.
 
     Args:
-        name: str, dataset name.
-        data_dir: str, dataset root.
+        name: str, dataset name, or `"tfds:NAME"` (see `train_dataset`).
+        data_dir: str, dataset root, or the TFDS data folder.
         split: str. Defaults to `"val"`.
         normalization: str, key of `keras_segmenter.NORMALIZATIONS`.
         **dataset_kwargs: dataset options, as for `train_dataset`.
 
     Returns:
         A `tf.data.Dataset` of `(image, mask)`: float32 (H, W, 3) normalized
-        and int32 (H, W) with 255 = ignore, in sorted file order.
+        and int32 (H, W) with 255 = ignore, in sorted file order (TFDS'
+        order for `tfds:cityscapes`).
     """
     check_normalization(normalization)
     info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)

@@ -78,24 +78,24 @@ def read(name, split, data_dir=None, **unexpected):
             f"options. Received: {sorted(unexpected)}"
         )
     source = builder(name, data_dir)
-    _, image_key, mask_key, image_name, mask_name, label_ids = _SOURCES[
-        canonical_name(name)]
+    key = canonical_name(name)
+    _, image_key, mask_key, image_name, mask_name, label_ids = _SOURCES[key]
     if not source.is_prepared():
         raise FileNotFoundError(
-            f"tfds:{name} is not prepared in {source.data_dir}: run "
-            f"keras_segmenter.data.tfds.prepare({name!r}, MANUAL_DIR, "
-            f"data_dir={data_dir!r}) first."
+            f"tfds:{key} is not prepared in {source.data_dir}: run "
+            f"`python -m keras_segmenter.data tfds --dataset {key} "
+            f"--manual-dir DIR --data-dir {data_dir or 'DIR'}` first."
         )
     tfds_split = _SPLITS.get(split, split)
     if tfds_split not in source.info.splits:
         raise ValueError(
-            f"tfds:{name} has splits {sorted(source.info.splits)}. "
+            f"tfds:{key} has splits {sorted(source.info.splits)}. "
             f"Received: split={split!r}"
         )
     skip = tfds.decode.SkipDecoding()
     ds = source.as_dataset(split=tfds_split, shuffle_files=False,
                            decoders={image_key: skip, mask_key: skip})
-    prefix = f"tfds:{name}/{tfds_split}/"
+    prefix = f"tfds:{key}/{tfds_split}/"
 
     def pair(example):
         return (example[image_key], example[mask_key],
