@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, RunConfig  # noqa: E402
+from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, TFDS_DATASETS, RunConfig  # noqa: E402
 
 # Run with no arguments: the README's first command.
 SAMPLE_RUN = dict(
@@ -31,7 +31,7 @@ SAMPLE_RUN = dict(
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="a config.json of an earlier run; flags override it")
-    p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS))
+    p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS))
     p.add_argument("--data-dir", help="dataset root (default: the bundled CamVid sample for camvid)")
     p.add_argument("--num-classes", type=int, help="classes, for --dataset folder")
     p.add_argument("--ignore-index", type=int)

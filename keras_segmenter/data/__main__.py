@@ -1,4 +1,4 @@
-"""Command line: `python -m keras_segmenter.data check --dataset NAME ...`."""
+"""Command line: `python -m keras_segmenter.data check|tfds --dataset NAME`."""
 
 import argparse
 import sys
@@ -25,11 +25,33 @@ def _parser():
                        help="folder: list of file stems of the split")
     check.add_argument("--manual-dir", default=None,
                        help="ade20k: folder holding ADEChallengeData2016.zip")
+    tfds = commands.add_parser(
+        "tfds", help="write the TFDS copy of a dataset from its downloads")
+    tfds.add_argument("--dataset", required=True,
+                      help="ade20k, pascal_context, camvid, cityscapes")
+    tfds.add_argument("--manual-dir", required=True,
+                      help="folder holding the manual downloads")
+    tfds.add_argument("--data-dir", default=None,
+                      help="TFDS data folder (default: TFDS' own)")
     return parser
+
+
+def _prepare_tfds(args):
+    from keras_segmenter.data.tfds import prepare
+
+    try:
+        prepared = prepare(args.dataset, args.manual_dir, args.data_dir)
+    except (AssertionError, FileNotFoundError, ValueError) as e:
+        print(f"ERROR tfds:{args.dataset}: {e}", file=sys.stderr)
+        return 2
+    print(f"tfds:{args.dataset} prepared in {prepared.data_dir}")
+    return 0
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "tfds":
+        return _prepare_tfds(args)
     from keras_segmenter.data.check import check_dataset, format_report
 
     kwargs = {}

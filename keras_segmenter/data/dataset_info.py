@@ -5,6 +5,8 @@ import dataclasses
 from keras_segmenter.data import classes
 
 IGNORE_INDEX = 255
+# `tfds:NAME` reads the TFDS-prepared copy of NAME (same classes and sizes).
+TFDS_PREFIX = "tfds:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +218,7 @@ DATASETS = tuple(_BUILDERS)
 
 def canonical_name(name):
     """Validates a dataset name (`-` and `_` are interchangeable)."""
-    key = str(name).lower().replace("-", "_")
+    key = str(name).lower().replace("-", "_").removeprefix(TFDS_PREFIX)
     if key not in _BUILDERS:
         raise ValueError(
             f"Unknown dataset. Expected one of {sorted(_BUILDERS)}. "

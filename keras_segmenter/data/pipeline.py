@@ -5,7 +5,7 @@ import random
 import tensorflow as tf
 
 from keras_segmenter.data import augment
-from keras_segmenter.data.dataset_info import get_dataset_info
+from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
 from keras_segmenter.data.sources import scan
 from keras_segmenter.layers.normalization import (
     NORMALIZATIONS,
@@ -63,8 +63,12 @@ def load_pair(image_path, mask_path, label_table):
     Returns:
         `(image, raw_mask)`: uint8 (H, W, 3) and uint8 (H, W).
     """
-    image_bytes = tf.io.read_file(image_path)
-    mask_bytes = tf.io.read_file(mask_path)
+    return decode_pair(tf.io.read_file(image_path), tf.io.read_file(mask_path),
+                       image_path, mask_path, label_table)
+
+
+def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
+    """`load_pair` on file contents; the paths only name files in errors."""
     header = tf.io.decode_raw(
         tf.strings.substr(mask_bytes, 0, 26, unit="BYTE"), tf.uint8)
     header = tf.pad(header, [[0, tf.maximum(26 - tf.size(header), 0)]])
@@ -111,19 +115,30 @@ def _split_kwargs(name, kwargs):
 
 
 def _resolve(name, data_dir, split, kwargs):
+    """`(info, pairs, load)`: `load(*pair, label_table)` reads one pair."""
     info_kwargs, source_kwargs = _split_kwargs(name, kwargs)
-    result = scan(name, data_dir, split, **source_kwargs)
-    if not result.pairs:
-        raise FileNotFoundError(
-            f"No image/mask pairs found for dataset {name!r}, split "
-            f"{split!r} in {result.root}."
-        )
-    if result.label_ids:
+    if str(name).startswith(TFDS_PREFIX):
+        from keras_segmenter.data.tfds import read
+
+        pairs, label_ids = read(name[len(TFDS_PREFIX):], split, data_dir,
+                                **source_kwargs)
+        load = decode_pair
+    else:
+        result = scan(name, data_dir, split, **source_kwargs)
+        if not result.pairs:
+            raise FileNotFoundError(
+                f"No image/mask pairs found for dataset {name!r}, split "
+                f"{split!r} in {result.root}."
+            )
+        label_ids = result.label_ids
+        images = [p[0] for p in result.pairs]
+        masks = [p[1] for p in result.pairs]
+        pairs = tf.data.Dataset.from_tensor_slices((images, masks))
+        load = load_pair
+    if label_ids:
         info_kwargs["label_ids"] = True
     info = get_dataset_info(name, **info_kwargs)
-    images = [p[0] for p in result.pairs]
-    masks = [p[1] for p in result.pairs]
-    return info, images, masks
+    return info, pairs, load
 
 
 def _as_pair(size, name):
@@ -151,8 +166,10 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
     padding to the crop size (0 for the image, 255 for the mask).
 
     Args:
-        name: str, dataset name (see `get_dataset_info`).
-        data_dir: str, dataset root.
+        name: str, dataset name (see `get_dataset_info`), or `"tfds:NAME"`
+            for its prepared TFDS copy (see `keras_segmenter.data.tfds`).
+        data_dir: str, dataset root; for `tfds:NAME`, the TFDS data folder
+            (None: TFDS' default).
         batch_size: int, global batch size. Defaults to 8. The last partial
             batch is dropped so every replica gets an equal share.
         crop_size: int, (height, width) or None for the dataset default.
@@ -161,7 +178,8 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
             reproducible.
         split: str. Defaults to `"train"`.
         repeat: bool, repeat forever. Defaults to True.
-        shuffle_buffer: int or None (whole split).
+        shuffle_buffer: int or None (whole split; for `tfds:NAME` it holds
+            the encoded images in memory).
         cat_max_ratio: float. Defaults to 0.75; 1.0 disables crop retries.
         **dataset_kwargs: dataset options (`num_classes`, `ignore_index`,
             `class_names`, `base_size`, ... for `folder`; `manual_dir` for
@@ -177,7 +195,7 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
             f"batch_size={batch_size!r}"
         )
     check_normalization(normalization)
-    info, images, masks = _resolve(name, data_dir, split, dataset_kwargs)
+    info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
     crop = _as_pair(info.crop_size if crop_size is None else crop_size,
                     "crop_size")
     stats = NORMALIZATIONS[normalization]
@@ -187,10 +205,9 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
     base_size = tuple(info.base_size)
     ignore = info.ignore_index
 
-    def prepare(index, paths):
-        image_path, mask_path = paths
+    def prepare(index, pair):
         example_seed = tf.stack([tf.cast(seed, tf.int64), index])
-        image, raw_mask = load_pair(image_path, mask_path, table)
+        image, raw_mask = load(*pair, table)
         image, mask = augment.rescale_and_crop(
             image, raw_mask, table, base_size, crop, example_seed,
             ignore_index=ignore, cat_max_ratio=cat_max_ratio)
@@ -199,9 +216,8 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
         image = augment.normalize(image, stats["mean"], stats["std"])
         return augment.pad_to(image, mask, crop, ignore)
 
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
-    ds = ds.shuffle(shuffle_buffer or len(images), seed=seed,
-                    reshuffle_each_iteration=True)
+    ds = pairs.shuffle(shuffle_buffer or int(pairs.cardinality()), seed=seed,
+                       reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()
@@ -218,26 +234,26 @@ def eval_dataset(name, data_dir, split="val", normalization="vit",
     ground truth stays at the original resolution.
 
     Args:
-        name: str, dataset name.
-        data_dir: str, dataset root.
+        name: str, dataset name, or `"tfds:NAME"` (see `train_dataset`).
+        data_dir: str, dataset root, or the TFDS data folder.
         split: str. Defaults to `"val"`.
         normalization: str, key of `keras_segmenter.NORMALIZATIONS`.
         **dataset_kwargs: dataset options, as for `train_dataset`.
 
     Returns:
         A `tf.data.Dataset` of `(image, mask)`: float32 (H, W, 3) normalized
-        and int32 (H, W) with 255 = ignore, in sorted file order.
+        and int32 (H, W) with 255 = ignore, in sorted file order (TFDS'
+        order for `tfds:cityscapes`).
     """
     check_normalization(normalization)
-    info, images, masks = _resolve(name, data_dir, split, dataset_kwargs)
+    info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
     stats = NORMALIZATIONS[normalization]
     table = tf.constant(info.label_table(), tf.int32)
 
-    def prepare(image_path, mask_path):
-        image, raw_mask = load_pair(image_path, mask_path, table)
+    def prepare(*pair):
+        image, raw_mask = load(*pair, table)
         mask = tf.gather(table, tf.cast(raw_mask, tf.int32))
         return augment.normalize(image, stats["mean"], stats["std"]), mask
 
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = pairs.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

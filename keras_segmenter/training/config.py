@@ -30,6 +30,8 @@ DATASET_DEFAULTS = {
                    batch_size=8, crop_size=128),
     "folder": dict(_PAPER, lr=1e-3, iterations=20_000, batch_size=8, crop_size=None),
 }
+# `tfds:NAME` reads NAME from its TFDS-prepared copy, with NAME's defaults.
+TFDS_DATASETS = tuple(f"tfds:{name}" for name in DATASET_DEFAULTS if name != "folder")
 
 
 @dataclasses.dataclass
@@ -74,11 +76,12 @@ class RunConfig:
 
         Raises `ValueError` naming the flag and what was expected.
         """
-        if self.dataset not in DATASET_DEFAULTS:
+        if self.dataset not in DATASET_DEFAULTS and self.dataset not in TFDS_DATASETS:
             raise ValueError(
-                f"--dataset must be one of {sorted(DATASET_DEFAULTS)}. Received: {self.dataset!r}"
+                f"--dataset must be one of {sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS)}. "
+                f"Received: {self.dataset!r}"
             )
-        for key, value in DATASET_DEFAULTS[self.dataset].items():
+        for key, value in DATASET_DEFAULTS[self.dataset.removeprefix("tfds:")].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.precision not in PRECISIONS:
@@ -122,7 +125,7 @@ class RunConfig:
                 f"val_every={self.val_every}, checkpoint_every={self.checkpoint_every}"
             )
         if self.output_dir is None:
-            self.output_dir = os.path.join("runs", f"{self.dataset}_{self.model}")
+            self.output_dir = os.path.join("runs", f"{self.dataset.replace(':', '_')}_{self.model}")
         return self
 
     def to_dict(self):
