@@ -140,12 +140,13 @@ def test_checkpoints_are_atomic_and_restore_optimizer_state(tmp_path):
 
 
 def test_optimizer_choice():
+    from keras_segmenter.training.optimizers import TorchSGD
     from keras_segmenter.training.run import make_optimizer
 
     config = RunConfig(dataset="ade20k", data_dir=None)
     config.resolve()
     sgd = make_optimizer(config)
-    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.9
+    assert isinstance(sgd, TorchSGD) and sgd.nesterov and sgd.momentum == 0.9
     config.optimizer = "adamw"
     assert isinstance(make_optimizer(config), keras.optimizers.AdamW)
     config.optimizer = "lamb"

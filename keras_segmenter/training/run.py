@@ -19,6 +19,7 @@ from keras_segmenter.layers.normalization import NORMALIZATIONS
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import latest_checkpoint
 from keras_segmenter.training.losses import SegmentationCrossEntropy
+from keras_segmenter.training.optimizers import TorchSGD
 from keras_segmenter.training.schedules import poly_schedule
 from keras_segmenter.visualization import as_palette, colorize
 from keras_segmenter.training.strategies import make_strategy
@@ -74,12 +75,12 @@ def build_model(config, num_classes):
 
 
 def make_optimizer(config):
-    """The paper's SGD (momentum 0.9, Nesterov, no weight decay), or AdamW, with
-    the poly learning rate stepped every iteration."""
+    """The paper's SGD (momentum 0.9, Nesterov, no weight decay) with PyTorch's
+    semantics, or Keras' AdamW, with the poly learning rate stepped every iteration."""
     schedule = poly_schedule(config.lr, config.iterations, config.end_lr, config.poly_power)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-    return keras.optimizers.SGD(
+    return TorchSGD(
         learning_rate=schedule,
         momentum=config.momentum,
         nesterov=config.nesterov,

@@ -9,9 +9,13 @@ POWER = 0.9
 def poly_schedule(learning_rate, total_iterations, end_learning_rate=END_LEARNING_RATE, power=POWER):
     """Poly decay stepped every iteration, as the official Segmenter code.
 
-    `lr(it) = (lr0 - end) * (1 - it / total) ** power + end`, and `end`
-    after `total` iterations. Keras' `PolynomialDecay` computes exactly this
-    (its `cycle=False` clips `it` to `total`).
+    The official `PolynomialLR` (`segm/optim/scheduler.py`, stepped after
+    every iteration, no warm-up as the official `train.py` sets it): step `it`
+    (0-based) uses `lr(it) = (lr0 - end) * (1 - it / total) ** power + end`,
+    and `end` after `total` iterations. Keras' `PolynomialDecay` evaluated
+    at `optimizer.iterations` computes exactly this (its `cycle=False` clips
+    `it` to `total`), in float32; `tests/test_train_steps.py` checks it
+    against the official rates.
 
     Args:
         learning_rate: float, lr0.
