@@ -142,31 +142,8 @@ def upscaled_shape(height, width, window_size):
     return (window_size, long_side) if height < width else (long_side, window_size)
 
 
-def segment(model, image, window_size=None, window_stride=None, batch_size=4, probabilities=False):
-    """Class map of one image of any size by sliding-window inference.
-
-    Args:
-        model: an `ExportedModel` (or any callable from uint8 windows
-            `(n, window, window, 3)` to a dict with `logits`).
-        image: uint8 RGB array `(height, width, 3)`.
-        window_size: int, the window side: the training crop. Defaults to
-            the file's fixed input size (LiteRT); required for files that
-            take any size (ONNX, OpenVINO).
-        window_stride: int, step between windows. Defaults to
-            `max(window - 32, window // 2)`, as `predict.default_window`.
-        batch_size: int, windows per runtime call. Defaults to 4.
-        probabilities: bool, also return the softmax probabilities.
-
-    Returns:
-        int32 `(height, width)` class map, or `(class_map, probabilities)`
-        with float32 probabilities `(height, width, K)`.
-    """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
-        raise ValueError(
-            f"`image` must be a uint8 RGB array (height, width, 3). Received: dtype={image.dtype}, "
-            f"shape={image.shape}"
-        )
+def _check_window(model, window_size, window_stride):
+    """`(window_size, window_stride)` with the defaults filled in and checked."""
     fixed = getattr(model, "image_size", None)
     if window_size is None:
         if fixed is None or fixed[0] != fixed[1]:
@@ -182,7 +159,33 @@ def segment(model, image, window_size=None, window_stride=None, batch_size=4, pr
         raise ValueError(
             f"`window_stride` must be in [1, window_size]. Received: window_stride={window_stride}"
         )
+    return window_size, window_stride
 
+
+def sliding_window_logits(model, image, window_size=None, window_stride=None, batch_size=4):
+    """Window-averaged logits of one image, resized to its size.
+
+    Args:
+        model: an `ExportedModel` (or any callable from uint8 windows
+            `(n, window, window, 3)` to a dict with `logits`).
+        image: uint8 RGB array `(height, width, 3)`.
+        window_size: int, the window side: the training crop. Defaults to
+            the file's fixed input size (LiteRT); required for files that
+            take any size (ONNX, OpenVINO).
+        window_stride: int, step between windows. Defaults to
+            `max(window - 32, window // 2)`, as `predict.default_window`.
+        batch_size: int, windows per runtime call. Defaults to 4.
+
+    Returns:
+        float32 `(height, width, K)` logits.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+        raise ValueError(
+            f"`image` must be a uint8 RGB array (height, width, 3). Received: dtype={image.dtype}, "
+            f"shape={image.shape}"
+        )
+    window_size, window_stride = _check_window(model, window_size, window_stride)
     height, width = image.shape[:2]
     new_height, new_width = upscaled_shape(height, width, window_size)
     if (new_height, new_width) != (height, width):
@@ -205,7 +208,20 @@ def segment(model, image, window_size=None, window_stride=None, batch_size=4, pr
         for (r, c), window_logits in zip(batch, logits):
             total[r : r + window_size, c : c + window_size] += window_logits
             count[r : r + window_size, c : c + window_size] += 1
-    logits = resize_bilinear(total / count, height, width)
+    return resize_bilinear(total / count, height, width)
+
+
+def segment(model, image, window_size=None, window_stride=None, batch_size=4, probabilities=False):
+    """Class map of one image of any size by sliding-window inference.
+
+    Arguments as in `sliding_window_logits`; `probabilities=True` also
+    returns the softmax of the logits.
+
+    Returns:
+        int32 `(height, width)` class map, or `(class_map, probabilities)`
+        with float32 probabilities `(height, width, K)`.
+    """
+    logits = sliding_window_logits(model, image, window_size, window_stride, batch_size)
     class_map = np.argmax(logits, axis=-1).astype(np.int32)
     if not probabilities:
         return class_map
