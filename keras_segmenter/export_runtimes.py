@@ -30,6 +30,7 @@ LiteRT fall back to TensorFlow ops that the LiteRT interpreter cannot run):
 
 import os
 import pathlib
+import sys
 import tempfile
 
 import numpy as np
@@ -95,7 +96,18 @@ def _export_onnx(serve, path):
     )
 
 
+def _block_openvino_telemetry():
+    """Keeps OpenVINO's converter from sending usage statistics.
+
+    `openvino.convert_model` reports to Google Analytics unless the user
+    opted out (outside CI); when `openvino_telemetry` cannot be imported it
+    uses its own no-op stub. Only effective before `openvino` is imported.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)
+
+
 def _export_openvino(serve, path):
+    _block_openvino_telemetry()
     import openvino as ov
 
     ov_model = ov.convert_model(serve.get_concrete_function())

@@ -66,6 +66,11 @@ class ExportedModel:
 
     @staticmethod
     def _openvino(path):
+        import sys
+
+        # No usage statistics: OpenVINO falls back to a no-op stub without
+        # `openvino_telemetry` (see export_runtimes._block_openvino_telemetry).
+        sys.modules.setdefault("openvino_telemetry", None)
         import openvino
 
         # Float32 everywhere: the CPU plugin may otherwise run in bfloat16.
