@@ -329,7 +329,12 @@ def _export_runtime(parser, model, args):
         parser.error(str(error))
     except ImportError as error:
         parser.error(f"--format {args.format}: {error} (pip install 'keras-segmenter[export]')")
-    size = "any size" if args.image_size is None and args.format != "litert" else "fixed size"
+    if args.image_size is not None:
+        size = f"{args.image_size}x{args.image_size} only"
+    elif args.format == "litert":
+        size = "{}x{} only".format(*model.backbone.image_size)
+    else:
+        size = "any size"
     outputs = "segmentation, logits" + (", probabilities" if args.probabilities else "")
     print(
         f"Wrote {path} ({args.format}): images uint8 {IMAGES_SHAPE}, {size} -> {outputs}; "
