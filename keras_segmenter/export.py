@@ -1,7 +1,12 @@
-"""Export a Segmenter as a TensorFlow SavedModel for TF Serving.
+"""Export a Segmenter as a TensorFlow SavedModel for TF Serving, or for other runtimes.
 
     python -m keras_segmenter.export --model model.keras --out models/segmenter/1 \
         [--window-size 512 --window-stride 480] [--probabilities]
+    python -m keras_segmenter.export --model model.keras --format onnx --out segmenter.onnx
+
+`--format onnx|openvino|litert` writes the model for ONNX Runtime, OpenVINO
+or LiteRT instead (see `keras_segmenter.export_runtimes`); the rest of this
+docstring is about the default, `--format saved_model`.
 
 writes a SavedModel in TF Serving's versioned layout (`models/<name>/<version>/`)
 with two signatures, both doing normalization and sliding-window inference
@@ -230,23 +235,61 @@ def export_saved_model(
 
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
+    from keras_segmenter.export_runtimes import FORMATS, SUFFIXES
+
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.export",
-        description="Export a Segmenter .keras model as a SavedModel for TF Serving.",
+        description="Export a Segmenter .keras model as a SavedModel for TF Serving (default), "
+        "or for ONNX Runtime, OpenVINO or LiteRT.",
     )
     parser.add_argument("--model", required=True, help="a .keras file saved from a Segmenter")
     parser.add_argument(
-        "--out", required=True, help="SavedModel folder, a version folder such as models/segmenter/1"
+        "--out",
+        required=True,
+        help="saved_model: a version folder such as models/segmenter/1; onnx, openvino, litert: "
+        "a .onnx, .xml (plus its .bin) or .tflite file",
     )
-    parser.add_argument("--window-size", type=int, help="sliding window side (default: training crop)")
-    parser.add_argument("--window-stride", type=int, help="sliding window step (default: window - 32)")
+    parser.add_argument(
+        "--format",
+        choices=("saved_model",) + FORMATS,
+        default="saved_model",
+        help="saved_model (TF Serving, sliding window in the graph; default), or a one-pass graph "
+        "for onnx, openvino, litert (sliding window in keras_segmenter.runtime)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="onnx, openvino, litert: fixed input side (litert default: training crop; "
+        "onnx and openvino default: any size)",
+    )
+    parser.add_argument(
+        "--window-size", type=int, help="saved_model: sliding window side (default: training crop)"
+    )
+    parser.add_argument(
+        "--window-stride", type=int, help="saved_model: sliding window step (default: window - 32)"
+    )
     parser.add_argument("--probabilities", action="store_true", help="also output class probabilities")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="saved_model: windows per model call (default 4)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.model):
         parser.error(f"--model {args.model}: no such file (expected a .keras model file)")
-    if not pathlib.Path(args.out).name.isdigit():
+    if args.format != "saved_model":
+        if pathlib.Path(args.out).suffix != SUFFIXES[args.format]:
+            parser.error(f"--out {args.out}: --format {args.format} writes a {SUFFIXES[args.format]} file")
+        window_options = (args.window_size, args.window_stride)
+        if window_options != (None, None):
+            parser.error(
+                f"--window-size/--window-stride: --format {args.format} exports one pass of the "
+                "model; the window is chosen at run time (keras_segmenter.runtime.segment)"
+            )
+        if args.image_size is not None and args.image_size < 1:
+            parser.error(f"--image-size {args.image_size}: expected a positive int")
+    elif args.image_size is not None:
+        parser.error("--image-size: only for --format onnx, openvino or litert")
+    if args.format == "saved_model" and not pathlib.Path(args.out).name.isdigit():
         print(
             f"warning: TF Serving loads numbered version folders (models/<name>/<version>); "
             f"--out {args.out} does not end in a number",
@@ -256,6 +299,8 @@ def main(argv=None):
         model = load_model(args.model)
     except Exception as error:  # Keras raises many types for a bad file.
         parser.error(f"--model {args.model}: cannot load the model: {error}")
+    if args.format != "saved_model":
+        return _export_runtime(parser, model, args)
     try:
         module = export_saved_model(
             model, args.out, args.window_size, args.window_stride, args.probabilities,
@@ -268,6 +313,32 @@ def main(argv=None):
         f"Wrote {args.out}: signatures serving_default (images uint8 {IMAGES_SHAPE}) and "
         f"serving_bytes (image_bytes string (batch,)) -> {outputs}; window "
         f"{module.window_size}, stride {module.window_stride}, {module.num_classes} classes"
+    )
+    return 0
+
+
+def _export_runtime(parser, model, args):
+    """`main` for --format onnx, openvino, litert."""
+    from keras_segmenter.export_runtimes import export_runtime
+
+    try:
+        path = export_runtime(
+            model, args.format, args.out, args.image_size, args.probabilities, args.overwrite
+        )
+    except (ValueError, FileExistsError) as error:
+        parser.error(str(error))
+    except ImportError as error:
+        parser.error(f"--format {args.format}: {error} (pip install 'keras-segmenter[export]')")
+    if args.image_size is not None:
+        size = f"{args.image_size}x{args.image_size} only"
+    elif args.format == "litert":
+        size = "{}x{} only".format(*model.backbone.image_size)
+    else:
+        size = "any size"
+    outputs = "segmentation, logits" + (", probabilities" if args.probabilities else "")
+    print(
+        f"Wrote {path} ({args.format}): images uint8 {IMAGES_SHAPE}, {size} -> {outputs}; "
+        f"{num_classes_of(model)} classes"
     )
     return 0
 

@@ -20,8 +20,10 @@ class PadToMultiple(keras.layers.Layer):
 
     def call(self, images):
         shape = ops.shape(images)
-        pad_h = (-shape[1]) % self.multiple
-        pad_w = (-shape[2]) % self.multiple
+        # Non-negative operands: tf2onnx turns `(-size) % multiple` into a
+        # truncated remainder, which pads by a negative amount (crops).
+        pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
+        pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
         return tf.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
     def compute_output_shape(self, input_shape):
