@@ -55,6 +55,7 @@ def user_error_message(error):
             return None
         message = found.group(1) if found else error.message.split("[[")[0]
         message = message.split("}}")[-1]  # drop TensorFlow's function-node prefix
+        message = message.replace("\\'", "'").replace('\\"', '"')  # TensorFlow escapes quotes
     return " ".join(message.split()) or type(error).__name__
 
 

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from keras_segmenter.cli import reports_user_errors
+
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data")
@@ -28,7 +30,9 @@ def _parser():
     return parser
 
 
+@reports_user_errors
 def main(argv=None):
+    """Exit status 0: no fatal problem; 1: problems reported; 2: bad arguments."""
     args = _parser().parse_args(argv)
     from keras_segmenter.data.check import check_dataset, format_report
 
@@ -49,13 +53,8 @@ def main(argv=None):
         splits = ["train", "val"]
     fatal = 0
     for split in splits:
-        try:
-            num_pairs, problems = check_dataset(
-                args.dataset, args.data_dir, split, **kwargs)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"ERROR {args.dataset} [{split}]: {e}")
-            fatal += 1
-            continue
+        num_pairs, problems = check_dataset(
+            args.dataset, args.data_dir, split, **kwargs)
         print(format_report(args.dataset, split, num_pairs, problems))
         fatal += sum(p.fatal for p in problems)
     return 1 if fatal else 0
