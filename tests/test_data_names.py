@@ -127,6 +127,8 @@ def test_check_cli_user_mistakes_end_in_one_line_and_status_2(tmp_path, capsys):
     afile.write_text("x")
     line = cli_error(capsys, "--dataset", "camvid", "--data-dir", afile)
     assert f"{afile} is a file" in line and "not exist" not in line
+    line = cli_error(capsys, "--dataset", "camvid", "--data-dir", tmp_path, "--split", "train")
+    assert f"No images or masks found for dataset 'camvid', split 'train' in {tmp_path / 'train'}" in line
     assert "Unknown dataset" in cli_error(capsys, "--dataset", "camvidd", "--data-dir", tmp_path)
     assert "needs `num_classes`" in cli_error(capsys, "--dataset", "folder", "--data-dir", tmp_path)
     assert "No split 'val'" in cli_error(

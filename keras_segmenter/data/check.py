@@ -122,6 +122,9 @@ def check_dataset(name, data_dir, split="train", **kwargs):
 
     Returns:
         `(num_pairs, problems)`.
+
+    Raises:
+        FileNotFoundError: the split holds no image and no mask at all.
     """
     info_keys = {"num_classes", "ignore_index", "class_names", "palette",
                  "reduce_zero_label"}
@@ -139,6 +142,10 @@ def check_dataset(name, data_dir, split="train", **kwargs):
                  for p in result.images_without_mask]
     problems += [Problem("mask_without_image", p, "no image found", True)
                  for p in result.masks_without_image]
+    if not result.pairs and not problems:
+        raise FileNotFoundError(
+            f"No images or masks found for dataset {name!r}, split {split!r} "
+            f"in {result.root}: check --data-dir and --split.")
     if not result.pairs:
         problems.append(Problem("empty", result.root,
                                 "no image/mask pairs found", True))
