@@ -50,7 +50,7 @@ def test_same_stem_with_two_extensions_is_an_error_naming_both(tmp_path, which):
         assert first in str(error.value) and second in str(error.value)
 
 
-def test_symlinked_subfolders_are_followed_and_loops_end(tmp_path):
+def test_symlinked_subfolders_are_followed_and_loops_end(tmp_path, caplog):
     elsewhere = str(tmp_path / "elsewhere")
     camvid_copy(elsewhere, count=2, images="images", masks="masks")
     root = str(tmp_path / "data")
@@ -60,6 +60,7 @@ def test_symlinked_subfolders_are_followed_and_loops_end(tmp_path):
     os.symlink(os.path.join(root, "train"), os.path.join(root, "train", "loop"))  # a cycle
     pairs = list_pairs("camvid", root, "train")
     assert len(pairs) == 3
+    assert f"{os.path.join(root, 'train', 'loop')} links back to" in caplog.text
     assert (os.path.join(root, "train", "more", "p1.jpg"),
             os.path.join(root, "trainannot", "more", "p1.png")) in pairs
     num_pairs, problems = check_dataset("camvid", root, "train")

@@ -51,13 +51,17 @@ def _files_by_stem(folder, extensions, suffix=""):
     found = _Files()
     if not os.path.isdir(folder):
         return found
-    seen = set()
+    real_paths = {}  # folder walked -> its real path, to find symlink loops
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop, or a second link to a folder already read
-            dirnames[:] = []
-            continue
-        seen.add(real)
+        real = real_paths[dirpath] = os.path.realpath(dirpath)
+        parent = os.path.dirname(dirpath)
+        while parent in real_paths:
+            if real_paths[parent] == real:
+                logging.warning("%s links back to %s: a symlink loop, not followed "
+                                "again.", dirpath, parent)
+                dirnames[:], filenames = [], []
+                break
+            parent = os.path.dirname(parent)
         dirnames.sort()
         for filename in sorted(filenames):
             stem, ext = os.path.splitext(filename)
