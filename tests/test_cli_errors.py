@@ -1,6 +1,7 @@
 """keras_segmenter.cli: a user's mistake is one line and exit status 2, a bug keeps its traceback."""
 
 import pathlib
+import zipfile
 
 import keras
 import pytest
@@ -76,6 +77,12 @@ def test_predict_names_an_out_file_and_a_file_that_is_not_a_model(model_path, tm
     not_model.write_bytes(IMAGE.read_bytes())
     assert f"{not_model}: cannot load it as a .keras model" in predict_error(
         capsys, "--model", not_model, IMAGE, "--out", tmp_path / "o")
+    broken = tmp_path / "broken.keras"  # a .keras zip whose config.json is not JSON
+    with zipfile.ZipFile(model_path) as source, zipfile.ZipFile(broken, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"{not json" if name == "config.json" else source.read(name))
+    assert f"{broken}: cannot load it as a .keras model" in predict_error(
+        capsys, "--model", broken, IMAGE, "--out", tmp_path / "o")
     assert "is a folder" in predict_error(capsys, "--model", tmp_path, IMAGE, "--out", tmp_path / "o")
     assert "Unknown dataset" in predict_error(
         capsys, "--model", model_path, IMAGE, "--out", tmp_path / "o", "--dataset", "nope")
