@@ -59,6 +59,14 @@ def write_checkpoint(path, tensors, drop=()):
     return path
 
 
+def with_pickle(path, payload):
+    """The fixture's zip with `payload` as its `data.pkl`."""
+    with zipfile.ZipFile(TINY / "checkpoint.pth") as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, payload if name.endswith("data.pkl") else source.read(name))
+    return path
+
+
 def test_the_crafted_writer_reproduces_the_fixture(tmp_path):
     path = write_checkpoint(tmp_path / "c.pth", {KEY: GOOD, "scalar": dict(GOOD, size=(), stride=(), offset=5)})
     state = read_torch_checkpoint(path)["model"]
@@ -115,11 +123,7 @@ def test_storage_deleted_from_the_zip_is_named(tmp_path):
     b"\x80\x02K",  # truncated
 ])
 def test_malformed_pickle_is_a_checkpoint_error(tmp_path, payload):
-    path = write_checkpoint(tmp_path / "c.pth", {})
-    rewritten = tmp_path / "bad.pth"
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(rewritten, "w") as target:
-        for name in source.namelist():
-            target.writestr(name, payload if name.endswith("data.pkl") else source.read(name))
+    rewritten = with_pickle(tmp_path / "bad.pth", payload)
     with pytest.raises(CheckpointError, match="^" + re.escape(f"{rewritten}: ")):
         read_torch_checkpoint(rewritten)
 
@@ -137,3 +141,29 @@ def test_convert_cli_reports_a_crafted_checkpoint_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"tensor `model.{KEY}`" in lines[0] and "larger than its storage" in lines[0]
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_randomly_corrupted_pickles_read_or_raise_checkpoint_error(tmp_path):
+    """Flipped bytes in the fixture's real pickle: never another exception, never a crash."""
+    with zipfile.ZipFile(TINY / "checkpoint.pth") as archive:
+        original = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(200):
+        data = bytearray(original)
+        for i in rng.integers(0, len(data), size=rng.integers(1, 8)):
+            data[i] = rng.choice([0, 0x7F, 0x80, 0xFF, int(rng.integers(256))])
+        path = with_pickle(tmp_path / f"{trial}.pth", bytes(data))
+        try:
+            read_torch_checkpoint(path)
+            outcomes.add("read")
+        except CheckpointError as error:
+            assert str(error).startswith(f"{path}: ")
+            outcomes.add("error")
+    assert outcomes == {"read", "error"}
+
+
+def test_a_huge_memo_index_allocates_nothing(tmp_path):
+    # LONG_BINPUT 2**31 - 1: the C unpickler would size its memo array to match (16 GiB).
+    path = with_pickle(tmp_path / "memo.pth", b"\x80\x02K\x07r\xff\xff\xff\x7f.")
+    assert read_torch_checkpoint(path) == 7

@@ -81,7 +81,10 @@ def _int_tuple(value):
     return isinstance(value, (tuple, list)) and all(_is_int(v) for v in value)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# The pure-Python unpickler: its memo is a dict, where the C one allocates an
+# array as long as the largest memo index, so that a crafted LONG_BINPUT index
+# would ask for gigabytes.
+class _RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, path):
         super().__init__(file)
         self.path = path
