@@ -33,6 +33,8 @@ import weakref
 import numpy as np
 from PIL import Image, ImageOps
 
+from keras_segmenter.cli import UserError, check_file, reports_user_errors
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -336,42 +338,45 @@ def _parse_args(argv):
         parser.error("--whole runs without windows; leave out --window-size/--window-stride")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1]. Received: --alpha {args.alpha}")
-    if not os.path.isfile(args.model):
-        parser.error(f"--model {args.model}: no such file (expected a .keras model file)")
     return parser, args
 
 
 def load_model(path):
-    """Loads a `.keras` Segmenter (registers keras_segmenter's layers first)."""
+    """Loads a `.keras` Segmenter (registers keras_segmenter's layers first).
+
+    Raises:
+        UserError: `path` is missing, a folder, or not a loadable `.keras`
+            model; the message names the file.
+    """
     import keras
 
     import keras_segmenter  # noqa: F401  (registers the custom layers)
 
-    return keras.saving.load_model(path)
+    check_file(path, "a .keras model file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad file.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"{path}: cannot load it as a .keras model ({reason})") from None
 
 
+@reports_user_errors
 def main(argv=None):
-    """Command-line entry point; returns the exit status (0 ok, 1 some images failed)."""
-    parser, args = _parse_args(argv)
+    """Command-line entry point; returns the exit status (0 ok, 1 some images failed, 2 bad arguments)."""
+    _, args = _parse_args(argv)
     from keras_segmenter import visualization
 
-    try:
-        model = load_model(args.model)
-    except Exception as error:  # Keras raises many types for a bad file.
-        parser.error(f"--model {args.model}: cannot load the model: {error}")
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out} is a file; expected an output folder (created if needed)")
+    model = load_model(args.model)
     num_classes = num_classes_of(model)
-    try:
-        class_names, palette = _class_info(num_classes, args.dataset)
-        predictor = make_predictor(
-            model, args.window_size, args.window_stride, args.whole, args.batch_size
-        )
-    except ValueError as error:
-        parser.error(str(error))
+    class_names, palette = _class_info(num_classes, args.dataset)
+    predictor = make_predictor(model, args.window_size, args.window_stride, args.whole, args.batch_size)
 
     paths, errors = find_images(args.inputs)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed, done, used = len(errors), 0, set()
     for path in paths:

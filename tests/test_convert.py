@@ -18,6 +18,7 @@ from keras_segmenter.convert import (
     read_torch_checkpoint,
     read_variant,
 )
+from keras_segmenter.convert.__main__ import main as convert_main
 
 TINY = FIXTURES / "tiny_mask"
 
@@ -49,13 +50,71 @@ def test_cli_adds_a_fresh_decoder_to_an_imagenet_encoder(tmp_path):
     assert model.backbone.image_size == (512, 512)
 
 
-def test_cli_reports_unknown_formats_and_missing_arguments(tmp_path):
+def cli_error(capsys, *argv):
+    """Runs the converter in-process; returns its one-line error (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main([str(a) for a in argv])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_cli_reports_unknown_formats_and_missing_arguments(tmp_path, capsys):
     odd = tmp_path / "weights.bin"
     odd.write_bytes(b"1234")
-    result = run_cli(odd, "--out", tmp_path / "m.keras")
-    assert result.returncode == 1 and "weights.bin: unknown format" in result.stderr
-    result = run_cli(FIXTURES / "timm_vit", "--out", tmp_path / "m.keras")
-    assert result.returncode == 1 and "--num-classes" in result.stderr
+    assert "weights.bin: unknown format" in cli_error(capsys, odd, "--out", tmp_path / "m.keras")
+    assert "--num-classes" in cli_error(capsys, FIXTURES / "timm_vit", "--out", tmp_path / "m.keras")
+    assert "none.pth: no such file or folder" in cli_error(capsys, tmp_path / "none.pth", "--out", tmp_path / "m.keras")
+
+
+def test_cli_rejects_an_out_folder_before_converting(tmp_path, capsys):
+    (tmp_path / "m.keras").mkdir()
+    assert "m.keras is a folder" in cli_error(capsys, TINY, "--out", tmp_path / "m.keras")
+    assert "does not exist" in cli_error(capsys, TINY, "--out", tmp_path / "no" / "m.keras")
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("image_size: !!python/tuple\n  - 64\n  - 64", "image_size: 64",
+     "net_kwargs.image_size: expected (height, width) positive ints. Received: 64"),
+    ("n_cls: 7\n    n_layers", "n_cls: seven\n    n_layers",
+     "net_kwargs.decoder.n_cls: expected a positive int. Received: 'seven'"),
+    ("  d_model: 64", "  d_model: [64]", "net_kwargs.d_model: expected a positive int"),
+    ("net_kwargs:", "net_kwargs: 3\nx:", "net_kwargs: expected a mapping"),
+    ("name: mask_transformer", "name: [mask]", "net_kwargs.decoder.name: expected a string"),
+])
+def test_cli_names_the_malformed_variant_key(tmp_path, capsys, old, new, message):
+    run = copy_run(tmp_path)
+    text = (run / "variant.yml").read_text()
+    assert old in text
+    (run / "variant.yml").write_text(text.replace(old, new, 1))
+    error = cli_error(capsys, run, "--out", tmp_path / "m.keras")
+    assert f"{run / 'variant.yml'}: {message}" in error
+
+
+def test_cli_names_a_malformed_timm_config_and_a_missing_safetensors_key(tmp_path, capsys):
+    timm = tmp_path / "timm"
+    shutil.copytree(FIXTURES / "timm_vit", timm)
+    (timm / "config.json").write_text("{not json")
+    assert f"{timm / 'config.json'}: not a readable JSON file" in cli_error(
+        capsys, timm, "--out", tmp_path / "m.keras", "--num-classes", 3)
+    (timm / "config.json").write_text('{"model_args": {"num_heads": "two"}}')
+    assert "`model_args.num_heads` is a positive int" in cli_error(
+        capsys, timm, "--out", tmp_path / "m.keras", "--num-classes", 3)
+    (timm / "config.json").unlink()
+
+    from safetensors.numpy import load_file, save_file
+
+    for key in ("blocks.0.mlp.fc1.weight", "patch_embed.proj.weight", "norm.bias"):
+        state = load_file(str(timm / "model.safetensors"))
+        del state[key]
+        save_file(state, str(tmp_path / "cut.safetensors"))
+        assert f"cut.safetensors: missing key `{key}`" in cli_error(
+            capsys, tmp_path / "cut.safetensors", "--out", tmp_path / "m.keras", "--num-classes", 3)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    assert "junk.safetensors: not a readable safetensors file" in cli_error(
+        capsys, tmp_path / "junk.safetensors", "--out", tmp_path / "m.keras", "--num-classes", 3)
+    assert not (tmp_path / "m.keras").exists()
 
 
 def test_checkpoint_reads_without_torch_and_keeps_the_optimizer_state_apart():

@@ -143,4 +143,4 @@ def test_evaluate_cli_names_bad_arguments(tmp_path):
          "--dataset", "camvid", "--data-dir", str(CAMVID)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
-    assert done.returncode != 0 and "--model must be an existing .keras file" in done.stderr
+    assert done.returncode == 2 and "missing.keras: no such file" in done.stderr

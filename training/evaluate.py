@@ -24,6 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_segmenter.cli import UserError, reports_user_errors  # noqa: E402
+
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,31 +78,35 @@ def format_table(results):
     return "\n".join(lines)
 
 
+@reports_user_errors
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.model.endswith(".keras") or not os.path.isfile(args.model):
-        raise SystemExit(f"--model must be an existing .keras file. Received: --model={args.model}")
+    if not args.model.endswith(".keras"):
+        raise UserError(f"--model must be a .keras file. Received: --model={args.model}")
     if not os.path.isdir(args.data_dir):
-        raise SystemExit(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
+        raise UserError(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
+    if args.output and os.path.isdir(args.output):
+        raise UserError(f"--output {args.output} is a folder; expected the path of the JSON file to write")
 
-    import keras
-
-    import keras_segmenter  # noqa: F401  (registers the model's classes)
     from keras_segmenter.data import eval_dataset, get_dataset_info
     from keras_segmenter.inference import evaluate
+    from keras_segmenter.predict import load_model, num_classes_of
 
-    model = keras.saving.load_model(args.model, compile=False)
+    model = load_model(args.model)
+    num_classes = num_classes_of(model)
     info_kwargs = {}
     if args.dataset == "folder":
-        info_kwargs["num_classes"] = args.num_classes or model.num_classes
+        info_kwargs["num_classes"] = args.num_classes or num_classes
     info = get_dataset_info(args.dataset, **info_kwargs)
-    if info.num_classes != model.num_classes:
-        raise SystemExit(
-            f"{args.model} predicts {model.num_classes} classes but --dataset {args.dataset} "
+    if info.num_classes != num_classes:
+        raise UserError(
+            f"{args.model} predicts {num_classes} classes but --dataset {args.dataset} "
             f"has {info.num_classes}"
         )
     normalization = getattr(model, "normalization", "vit")
-    dataset = eval_dataset(args.dataset, args.data_dir, split=args.split, normalization=normalization)
+    dataset = eval_dataset(
+        args.dataset, args.data_dir, split=args.split, normalization=normalization, **info_kwargs
+    )
 
     results = evaluate(
         model,

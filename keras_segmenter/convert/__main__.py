@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from keras_segmenter.cli import UserError, reports_user_errors
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
@@ -32,7 +33,7 @@ def detect_format(source):
             if source.endswith(suffix):
                 return kind
     elif not os.path.exists(source):
-        raise CheckpointError(f"{source}: not found")
+        raise CheckpointError(f"{source}: no such file or folder")
     raise CheckpointError(
         f"{source}: unknown format; expected an official run folder (checkpoint.pth + "
         "variant.yml), a .pth, a timm model.safetensors (or its folder) or an AugReg .npz"
@@ -52,6 +53,7 @@ def convert(source, num_classes=None, decoder="mask", image_size=512):
     return kind, Segmenter(backbone, num_classes, decoder=decoder)
 
 
+@reports_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.convert",
@@ -65,11 +67,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.out.endswith(".keras"):
         parser.error(f"--out must end in .keras. Received: --out={args.out}")
-    try:
-        kind, model = convert(args.source, args.num_classes, args.decoder, args.image_size)
-    except (CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder; expected the path of the .keras file to write")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise UserError(f"--out {args.out}: folder {folder} does not exist")
+    kind, model = convert(args.source, args.num_classes, args.decoder, args.image_size)
     model.save(args.out)
     backbone = model.backbone
     print(f"source:        {args.source} ({kind})")

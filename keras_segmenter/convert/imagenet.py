@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 
+from keras_segmenter.cli import check_file
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
 from keras_segmenter.convert.weights import StateDict, port_backbone
 from keras_segmenter.models.vit_backbone import ViTBackbone
@@ -63,6 +64,23 @@ def augreg_to_timm(arrays, source="npz"):
     return state
 
 
+def _config_heads(path):
+    """The head count in a timm `config.json` (`model_args.num_heads`), or None."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = json.load(file)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable JSON file: {error}") from None
+    args = config.get("model_args", {}) if isinstance(config, dict) else None
+    heads = args.get("num_heads") if isinstance(args, dict) else 0
+    if heads is not None and not (isinstance(heads, int) and heads > 0):
+        raise CheckpointError(
+            f"{path}: expected a JSON object whose optional `model_args.num_heads` is a "
+            f"positive int, as timm writes it. Received: {json.dumps(config)[:200]}"
+        )
+    return heads
+
+
 def read_imagenet_vit(path):
     """Reads ImageNet ViT weights as `(timm_state_dict, num_heads or None, source)`.
 
@@ -73,8 +91,7 @@ def read_imagenet_vit(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "model.safetensors")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: not found")
+    check_file(path, "a timm model.safetensors (or its folder) or an AugReg .npz", CheckpointError)
     if path.endswith(".npz"):
         try:
             with np.load(path, allow_pickle=False) as arrays:
@@ -92,10 +109,7 @@ def read_imagenet_vit(path):
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from None
         config_path = os.path.join(os.path.dirname(path), "config.json")
-        heads = None
-        if os.path.isfile(config_path):
-            with open(config_path) as file:
-                heads = json.load(file).get("model_args", {}).get("num_heads")
+        heads = _config_heads(config_path) if os.path.isfile(config_path) else None
         return state, heads, path
     raise CheckpointError(
         f"{path}: unknown format; expected a timm `.safetensors` or an AugReg `.npz`"
@@ -136,11 +150,16 @@ def backbone_from_imagenet_vit(path, image_size=512, **kwargs):
         **kwargs: more `ViTBackbone` arguments (dropout, drop_path_rate, ...).
     """
     state, heads, source = read_imagenet_vit(path)
-    if "patch_embed.proj.weight" not in state:
-        raise CheckpointError(f"{source}: missing key `patch_embed.proj.weight`: not a ViT")
-    width, _, patch, _ = state["patch_embed.proj.weight"].shape
+    weights = StateDict(state, source)
+    kernel = weights.take("patch_embed.proj.weight")
+    if kernel.ndim != 4:
+        raise CheckpointError(
+            f"{source}: key `patch_embed.proj.weight` has shape {kernel.shape}; expected "
+            "(width, 3, patch, patch): not a ViT"
+        )
+    width, _, patch, _ = kernel.shape
     depth = sum(1 for key in state if key.startswith("blocks.") and key.endswith(".norm1.weight"))
-    mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
+    mlp_dim = weights.take("blocks.0.mlp.fc1.weight").shape[0]
     backbone = ViTBackbone(
         patch_size=patch,
         hidden_dim=width,
@@ -152,7 +171,6 @@ def backbone_from_imagenet_vit(path, image_size=512, **kwargs):
         name="backbone",
         **kwargs,
     )
-    weights = StateDict(state, source)
     port_backbone(backbone, weights)
     weights.check_all_used()
     return backbone

@@ -4,6 +4,7 @@ import os
 
 import yaml
 
+from keras_segmenter.cli import check_file
 from keras_segmenter.convert.torch_checkpoint import CheckpointError, read_torch_checkpoint
 from keras_segmenter.convert.weights import StateDict, port_segmenter
 from keras_segmenter.models.segmenter import Segmenter
@@ -32,10 +33,23 @@ def read_variant(path):
     return variant
 
 
-def _require(mapping, key, where):
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _require(mapping, key, where, valid=_is_count, expected="a positive int"):
+    """`mapping[key]`, or an error naming the key and what it should hold."""
+    if not isinstance(mapping, dict):
+        raise CheckpointError(f"{where}: expected a mapping. Received: {mapping!r}")
     if key not in mapping:
         raise CheckpointError(f"{where}: missing key `{key}`")
+    if not valid(mapping[key]):
+        raise CheckpointError(f"{where}.{key}: expected {expected}. Received: {mapping[key]!r}")
     return mapping[key]
+
+
+def _is_size(value):
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_count, value))
 
 
 def segmenter_from_variant(variant, source="variant.yml", dtype=None):
@@ -47,8 +61,8 @@ def segmenter_from_variant(variant, source="variant.yml", dtype=None):
     net = variant["net_kwargs"]
     where = f"{source}: net_kwargs"
     width = _require(net, "d_model", where)
-    decoder = _require(net, "decoder", where)
-    name = _require(decoder, "name", f"{where}.decoder")
+    decoder = _require(net, "decoder", where, lambda v: isinstance(v, dict), "a mapping")
+    name = _require(decoder, "name", f"{where}.decoder", lambda v: isinstance(v, str), "a string")
     decoders = {"mask_transformer": "mask", "linear": "linear"}
     if name not in decoders:
         raise CheckpointError(
@@ -63,7 +77,7 @@ def segmenter_from_variant(variant, source="variant.yml", dtype=None):
         num_layers=_require(net, "n_layers", where),
         num_heads=_require(net, "n_heads", where),
         mlp_dim=4 * width,
-        image_size=tuple(_require(net, "image_size", where)),
+        image_size=tuple(_require(net, "image_size", where, _is_size, "(height, width) positive ints")),
         distilled=bool(net.get("distilled", False)),
         dropout=net.get("dropout", 0.0),
         drop_path_rate=net.get("drop_path_rate", 0.1),
@@ -78,7 +92,10 @@ def segmenter_from_variant(variant, source="variant.yml", dtype=None):
             decoder_dropout=decoder.get("dropout", 0.1),
             decoder_drop_path_rate=decoder.get("drop_path_rate", 0.0),
         )
-    num_classes = decoder.get("n_cls", net.get("n_cls"))
+    if "n_cls" in decoder:
+        num_classes = _require(decoder, "n_cls", f"{where}.decoder")
+    else:
+        num_classes = _require(net, "n_cls", where)
     return Segmenter(backbone, num_classes, decoder=decoders[name], dtype=dtype, **kwargs)
 
 
@@ -99,8 +116,7 @@ def load_official(path, dtype=None):
     checkpoint = os.path.join(path, "checkpoint.pth") if os.path.isdir(path) else path
     variant_path = os.path.join(folder, "variant.yml")
     for needed in (checkpoint, variant_path):
-        if not os.path.isfile(needed):
-            raise CheckpointError(f"{needed}: not found (an official run has checkpoint.pth and variant.yml)")
+        check_file(needed, "an official run's checkpoint.pth and variant.yml", CheckpointError)
     model = segmenter_from_variant(read_variant(variant_path), variant_path, dtype=dtype)
     state = read_torch_checkpoint(checkpoint)
     if isinstance(state, dict) and "model" in state:

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from keras_segmenter.cli import reports_user_errors
+
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data")
@@ -48,7 +50,9 @@ def _prepare_tfds(args):
     return 0
 
 
+@reports_user_errors
 def main(argv=None):
+    """Exit status 0: no fatal problem; 1: problems reported; 2: bad arguments."""
     args = _parser().parse_args(argv)
     if args.command == "tfds":
         return _prepare_tfds(args)
@@ -71,13 +75,8 @@ def main(argv=None):
         splits = ["train", "val"]
     fatal = 0
     for split in splits:
-        try:
-            num_pairs, problems = check_dataset(
-                args.dataset, args.data_dir, split, **kwargs)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"ERROR {args.dataset} [{split}]: {e}")
-            fatal += 1
-            continue
+        num_pairs, problems = check_dataset(
+            args.dataset, args.data_dir, split, **kwargs)
         print(format_report(args.dataset, split, num_pairs, problems))
         fatal += sum(p.fatal for p in problems)
     return 1 if fatal else 0

@@ -15,6 +15,19 @@ _IMAGE_OK = {"RGB"}
 _IMAGE_WARN = {"L", "RGBA", "P", "LA", "I;16", "I;16B", "I", "RGBX"}
 
 
+# Mask mode -> (what it is, what to do); masks must be mode "L".
+_MASK_MODES = {
+    "P": ("palette", "save the palette indices, not the colours,"),
+    "I;16": ("16-bit", "class indices must be below 256: save them 8-bit"),
+    "I;16B": ("16-bit", "class indices must be below 256: save them 8-bit"),
+    "I": ("32-bit integer", "class indices must be below 256: save them"),
+    "RGB": ("RGB colour", "map each colour to its class index and save it"),
+    "RGBA": ("RGBA colour", "map each colour to its class index and save it"),
+    "LA": ("grayscale with alpha", "drop the alpha channel and save it"),
+    "1": ("1-bit", "save the 0/1 values"),
+}
+
+
 @dataclasses.dataclass
 class Problem:
     """One problem: `kind` (short key), `path`, `detail`, `fatal`."""
@@ -58,13 +71,13 @@ def check_pair(image_path, mask_path, label_table, num_classes):
                 "check that this is intended)", image.mode not in _IMAGE_WARN))
     if mask is not None:
         if mask.mode != "L":
-            kind = {"P": "palette", "I;16": "16-bit", "I": "32-bit",
-                    "RGB": "RGB", "RGBA": "RGBA"}.get(mask.mode, mask.mode)
+            kind, hint = _MASK_MODES.get(
+                mask.mode, (f"mode {mask.mode!r}", "save the class indices"))
             problems.append(Problem(
                 "mask_mode", mask_path,
                 f"{kind} mask (mode {mask.mode!r}): masks must be 8-bit "
-                "single-channel PNGs of class indices (mode 'L'); "
-                "TensorFlow would read palette colours, not indices", True))
+                f"single-channel PNGs of class indices (mode 'L'); {hint} "
+                "as mode 'L'", True))
         if not mask_path.lower().endswith(".png"):
             problems.append(Problem("mask_format", mask_path,
                                     "mask is not a PNG", True))
@@ -90,6 +103,14 @@ def check_pair(image_path, mask_path, label_table, num_classes):
     return problems
 
 
+def _no_mask(image_path, result):
+    misnamed = result.misnamed_masks.get(image_path)
+    if misnamed is None:
+        return "no mask found"
+    return (f"no mask found, but {misnamed} has its name: masks must be "
+            ".png files (lossless, so the class indices stay exact)")
+
+
 def check_dataset(name, data_dir, split="train", **kwargs):
     """Scans one split and returns every `Problem` found.
 
@@ -101,6 +122,9 @@ def check_dataset(name, data_dir, split="train", **kwargs):
 
     Returns:
         `(num_pairs, problems)`.
+
+    Raises:
+        FileNotFoundError: the split holds no image and no mask at all.
     """
     info_keys = {"num_classes", "ignore_index", "class_names", "palette",
                  "reduce_zero_label"}
@@ -111,10 +135,17 @@ def check_dataset(name, data_dir, split="train", **kwargs):
         info_kwargs["label_ids"] = True
     info = get_dataset_info(name, **info_kwargs)
     table = info.label_table()
-    problems = [Problem("image_without_mask", p, "no mask found", True)
-                for p in result.images_without_mask]
+    problems = [Problem("ambiguous", paths[0],
+                        f"{' and '.join(paths)} share a name: keep one", True)
+                for paths in result.ambiguous]
+    problems += [Problem("image_without_mask", p, _no_mask(p, result), True)
+                 for p in result.images_without_mask]
     problems += [Problem("mask_without_image", p, "no image found", True)
                  for p in result.masks_without_image]
+    if not result.pairs and not problems:
+        raise FileNotFoundError(
+            f"No images or masks found for dataset {name!r}, split {split!r} "
+            f"in {result.root}: check --data-dir and --split.")
     if not result.pairs:
         problems.append(Problem("empty", result.root,
                                 "no image/mask pairs found", True))

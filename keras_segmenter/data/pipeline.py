@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_segmenter.data import augment
 from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
-from keras_segmenter.data.sources import scan
+from keras_segmenter.data.sources import usable_scan
 from keras_segmenter.layers.normalization import (
     NORMALIZATIONS,
     check_normalization,
@@ -52,6 +52,19 @@ def _not_truncated(contents):
     ))
 
 
+# PNG colour types (IHDR byte 25) by number.
+_PNG_COLOUR_TYPES = ["grayscale", "?", "RGB", "palette", "grayscale+alpha",
+                     "?", "RGBA"]
+
+
+def _png_kind(bit_depth, colour_type):
+    """E.g. "16-bit grayscale", "8-bit palette": what a PNG header declares."""
+    colour_type = tf.cast(colour_type, tf.int32)
+    name = tf.gather(_PNG_COLOUR_TYPES, tf.where(colour_type > 6, 1, colour_type))
+    return tf.strings.join([tf.strings.as_string(tf.cast(bit_depth, tf.int32)),
+                            "-bit ", name])
+
+
 def load_pair(image_path, mask_path, label_table):
     """Reads and checks one pair; fatal problems raise naming the file.
 
@@ -83,8 +96,8 @@ def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
         _require(tf.logical_and(tf.equal(header[24], 8),
                                 tf.equal(header[25], 0)),
                  "Mask must be an 8-bit single-channel (mode 'L') PNG of "
-                 "label indices, not palette/RGB/16-bit: ", mask_path,
-                 _CHECK_HINT),
+                 "label indices: ", mask_path, " is a ",
+                 _png_kind(header[24], header[25]), " PNG", _CHECK_HINT),
     ]
     with tf.control_dependencies(checks):
         image = tf.io.decode_image(image_bytes, channels=3,
@@ -124,12 +137,7 @@ def _resolve(name, data_dir, split, kwargs):
                                 **source_kwargs)
         load = decode_pair
     else:
-        result = scan(name, data_dir, split, **source_kwargs)
-        if not result.pairs:
-            raise FileNotFoundError(
-                f"No image/mask pairs found for dataset {name!r}, split "
-                f"{split!r} in {result.root}."
-            )
+        result = usable_scan(name, data_dir, split, **source_kwargs)
         label_ids = result.label_ids
         images = [p[0] for p in result.pairs]
         masks = [p[1] for p in result.pairs]

@@ -23,6 +23,10 @@ class Scan:
         masks_without_image: list of mask paths.
         root: str, the folder that was scanned (for messages).
         label_ids: bool, Cityscapes masks are `labelIds` (need mapping).
+        ambiguous: list of tuples of paths that share one file stem (such
+            as `a.jpg` and `a.png`), so which one is meant is unknown.
+        misnamed_masks: dict, image path without mask -> a file in the
+            mask folder with the image's stem but not a mask extension.
     """
 
     pairs: list
@@ -30,27 +34,59 @@ class Scan:
     masks_without_image: list
     root: str
     label_ids: bool = False
+    ambiguous: list = dataclasses.field(default_factory=list)
+    misnamed_masks: dict = dataclasses.field(default_factory=dict)
+
+
+class _Files(dict):
+    """`{key: path}` of one folder; `duplicates` and `others` (other extensions) by key."""
+
+    def __init__(self):
+        super().__init__()
+        self.duplicates, self.others = {}, {}
 
 
 def _files_by_stem(folder, extensions, suffix=""):
-    found = {}
+    """The files of `folder` (symlinked subfolders followed) keyed by relative stem."""
+    found = _Files()
     if not os.path.isdir(folder):
         return found
-    for dirpath, _, filenames in os.walk(folder):
-        for filename in filenames:
+    real_paths = {}  # folder walked -> its real path, to find symlink loops
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = real_paths[dirpath] = os.path.realpath(dirpath)
+        parent = os.path.dirname(dirpath)
+        while parent in real_paths:
+            if real_paths[parent] == real:
+                logging.warning("%s links back to %s: a symlink loop, not followed "
+                                "again.", dirpath, parent)
+                dirnames[:], filenames = [], []
+                break
+            parent = os.path.dirname(parent)
+        dirnames.sort()
+        for filename in sorted(filenames):
             stem, ext = os.path.splitext(filename)
-            if ext.lower() not in extensions or not stem.endswith(suffix):
+            if not stem.endswith(suffix):
                 continue
             key = os.path.relpath(
                 os.path.join(dirpath, stem[: len(stem) - len(suffix)]), folder
             )
-            found[key] = os.path.join(dirpath, filename)
+            path = os.path.join(dirpath, filename)
+            if ext.lower() not in extensions:
+                found.others.setdefault(key, path)
+            elif key in found:
+                found.duplicates.setdefault(key, [found[key]]).append(path)
+            else:
+                found[key] = path
     return found
 
 
 def _match(images, masks, root, keys=None, label_ids=False):
+    wanted = set(images) | set(masks) if keys is None else set(keys)
+    ambiguous = [tuple(paths) for files in (images, masks)
+                 for k, paths in sorted(files.duplicates.items()) if k in wanted]
+    misnamed = {images[k]: masks.others[k] for k in images
+                if k in wanted and k not in masks and k in masks.others}
     if keys is not None:
-        wanted = set(keys)
         images = {k: v for k, v in images.items() if k in wanted}
         masks = {k: v for k, v in masks.items() if k in wanted}
         missing = [k for k in keys if k not in images]
@@ -60,7 +96,8 @@ def _match(images, masks, root, keys=None, label_ids=False):
     lonely_images = [images[k] for k in sorted(images) if k not in masks]
     lonely_images += [f"{k} (listed, no image found)" for k in missing]
     lonely_masks = [masks[k] for k in sorted(masks) if k not in images]
-    return Scan(pairs, lonely_images, lonely_masks, root, label_ids)
+    return Scan(pairs, lonely_images, lonely_masks, root, label_ids,
+                ambiguous, misnamed)
 
 
 def _read_list(path):
@@ -237,11 +274,41 @@ def scan(name, data_dir, split="train", **kwargs):
 
     key = canonical_name(name)
     data_dir = os.fspath(data_dir)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise NotADirectoryError(
+            f"Data directory {data_dir} is a file; expected the dataset's "
+            f"root folder (dataset {key!r})."
+        )
     if not os.path.isdir(data_dir) and not kwargs.get("manual_dir"):
         raise FileNotFoundError(
             f"Data directory {data_dir} does not exist (dataset {key!r})."
         )
     return _SCANNERS[key](data_dir, split, **kwargs)
+
+
+def usable_scan(name, data_dir, split="train", **kwargs):
+    """`scan`, raising unless the split has pairs and no ambiguous names.
+
+    Raises:
+        FileNotFoundError: no pair is found; names the folder.
+        ValueError: two files share a stem (`a.jpg` and `a.png`); names both.
+    """
+    result = scan(name, data_dir, split, **kwargs)
+    if result.ambiguous:
+        raise ValueError(
+            f"Ambiguous files in dataset {name!r}, split {split!r}: "
+            + "; ".join(" and ".join(paths) for paths in result.ambiguous)
+            + " share a name; keep one of each (run `python -m "
+            "keras_segmenter.data check` for a full report)."
+        )
+    if not result.pairs:
+        raise FileNotFoundError(
+            f"No image/mask pairs found for dataset {name!r}, split "
+            f"{split!r} in {result.root} ({len(result.images_without_mask)} "
+            f"images without mask, {len(result.masks_without_image)} masks "
+            "without image)."
+        )
+    return result
 
 
 def list_pairs(name, data_dir, split="train", **kwargs):
@@ -259,13 +326,6 @@ def list_pairs(name, data_dir, split="train", **kwargs):
 
     Raises:
         FileNotFoundError: naming the folder when no pair is found.
+        ValueError: naming both files when two share a stem.
     """
-    result = scan(name, data_dir, split, **kwargs)
-    if not result.pairs:
-        raise FileNotFoundError(
-            f"No image/mask pairs found for dataset {name!r}, split "
-            f"{split!r} in {result.root} ({len(result.images_without_mask)} "
-            f"images without mask, {len(result.masks_without_image)} masks "
-            "without image)."
-        )
-    return result.pairs
+    return usable_scan(name, data_dir, split, **kwargs).pairs
