@@ -33,6 +33,7 @@ import sys
 
 import tensorflow as tf
 
+from keras_segmenter.cli import LOG_NOTE
 from keras_segmenter.predict import class_probabilities, default_window, load_model, num_classes_of
 
 IMAGES_SHAPE = "(batch, height, width, 3)"
@@ -232,6 +233,7 @@ def main(argv=None):
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.export",
+        epilog=LOG_NOTE,
         description="Export a Segmenter .keras model as a SavedModel for TF Serving.",
     )
     parser.add_argument("--model", required=True, help="a .keras file saved from a Segmenter")

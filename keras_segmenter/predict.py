@@ -33,6 +33,8 @@ import weakref
 import numpy as np
 from PIL import Image, ImageOps
 
+from keras_segmenter.cli import LOG_NOTE
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -317,6 +319,7 @@ def _class_info(num_classes, dataset):
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.predict",
+        epilog=LOG_NOTE,
         description="Segment images with a trained Segmenter: writes <stem>_classes.png "
         "(class indices) and <stem>_overlay.png (colours and legend) per image.",
     )
