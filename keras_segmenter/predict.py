@@ -345,12 +345,16 @@ def _parse_args(argv):
 
 
 def load_model(path):
-    """Loads a `.keras` Segmenter (registers keras_segmenter's layers first)."""
+    """Loads a `.keras` Segmenter for inference (registers keras_segmenter's layers first).
+
+    Not compiled: inference needs no optimizer, and restoring the training
+    compile of a model whose `compile()` is custom only earns a warning.
+    """
     import keras
 
     import keras_segmenter  # noqa: F401  (registers the custom layers)
 
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, compile=False)
 
 
 def main(argv=None):
