@@ -1,5 +1,7 @@
 """Segmenter (Strudel et al., ICCV 2021) in Keras 3 on TensorFlow."""
 
+# First, before TensorFlow is imported: quiets its C++ logs in the command-line entry points.
+from keras_segmenter import cli  # noqa: F401
 from keras_segmenter import layers
 from keras_segmenter.metrics import MeanIoU
 from keras_segmenter.training.losses import SegmentationCrossEntropy

@@ -38,6 +38,7 @@ import sys
 
 import tensorflow as tf
 
+from keras_segmenter.cli import LOG_NOTE
 from keras_segmenter.predict import class_probabilities, default_window, load_model, num_classes_of
 
 IMAGES_SHAPE = "(batch, height, width, 3)"
@@ -239,6 +240,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.export",
+        epilog=LOG_NOTE,
         description="Export a Segmenter .keras model as a SavedModel for TF Serving (default), "
         "or for ONNX Runtime, OpenVINO or LiteRT.",
     )

@@ -403,7 +403,8 @@ def evaluate(
         object_sizes: bool, also compute mIoU by object size. Defaults to `True`.
         limit: optional int, evaluate only the first `limit` pairs.
         batch_size: int, windows per model call. Defaults to 4.
-        verbose: 0 silent, 1 progress bar. Defaults to 1.
+        verbose: 0 silent, 1 progress (a bar on a terminal, a line every 10 % of
+            the images otherwise). Defaults to 1.
 
     Returns:
         dict: `summarize_confusion` keys (`mIoU`, `aAcc`, `mAcc`, `IoU`,
@@ -411,10 +412,10 @@ def evaluate(
         `object_sizes`, `size_thresholds`, `num_images`, `confusion`
         (list of lists) and the settings used.
     """
-    import keras
     import numpy as np
 
     from keras_segmenter import metrics
+    from keras_segmenter.progress import Progress
 
     def pick(value, attribute, default=None):
         if value is not None:
@@ -443,7 +444,7 @@ def evaluate(
     if target is None and isinstance(dataset, tf.data.Dataset):
         cardinality = int(dataset.cardinality())
         target = cardinality if cardinality >= 0 else None
-    progress = keras.utils.Progbar(target, stateful_metrics=["mIoU"], unit_name="image") if verbose else None
+    progress = Progress(target, unit_name="image", stateful_metrics=["mIoU"]) if verbose else None
     count = 0
     for image, mask in dataset:
         if limit is not None and count >= limit:

@@ -33,7 +33,7 @@ import weakref
 import numpy as np
 from PIL import Image, ImageOps
 
-from keras_segmenter.cli import UserError, check_file, reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, UserError, check_file, reports_user_errors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -319,6 +319,7 @@ def _class_info(num_classes, dataset):
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.predict",
+        epilog=LOG_NOTE,
         description="Segment images with a trained Segmenter: writes <stem>_classes.png "
         "(class indices) and <stem>_overlay.png (colours and legend) per image.",
     )
@@ -342,7 +343,10 @@ def _parse_args(argv):
 
 
 def load_model(path):
-    """Loads a `.keras` Segmenter (registers keras_segmenter's layers first).
+    """Loads a `.keras` Segmenter for inference (registers keras_segmenter's layers first).
+
+    Not compiled: inference needs no optimizer, and restoring the training
+    compile of a model whose `compile()` is custom only earns a warning.
 
     Raises:
         UserError: `path` is missing, a folder, or not a loadable `.keras`

@@ -24,11 +24,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_segmenter.cli import UserError, reports_user_errors  # noqa: E402
+from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a .keras model saved by fit.py or the converter")
     p.add_argument("--dataset", required=True, help="ade20k, pascal_context, cityscapes, camvid, folder or tfds:NAME")
     p.add_argument("--data-dir", required=True, help="dataset root (for tfds:NAME, the TFDS data folder)")
@@ -59,10 +59,14 @@ def _json_safe(value):
 
 
 def format_table(results):
-    """Per-class IoU / Acc table and the summary lines, in percent."""
+    """Per-class IoU / Acc table and the summary lines, in percent.
+
+    A value that is not defined (a class absent from both truth and
+    prediction, an object size with no object) is shown as `-`.
+    """
     names = results.get("class_names") or [str(i) for i in range(len(results["IoU"]))]
     width = max(12, max(len(n) for n in names))
-    pct = lambda v: "   nan" if math.isnan(v) else f"{100 * v:6.2f}"  # noqa: E731
+    pct = lambda v: "     -" if math.isnan(v) else f"{100 * v:6.2f}"  # noqa: E731
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
     for name, iou, acc in zip(names, results["IoU"], results["Acc"]):
         lines.append(f"{name:<{width}}  {pct(iou)}  {pct(acc)}")

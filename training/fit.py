@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_segmenter.cli import LOG_NOTE, fit_next_steps  # noqa: E402
 from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, TFDS_DATASETS, RunConfig  # noqa: E402
 
 # Run with no arguments: the README's first command.
@@ -29,7 +30,7 @@ SAMPLE_RUN = dict(
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="a config.json of an earlier run; flags override it")
     p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS))
     p.add_argument("--data-dir", help="dataset root (default: the bundled CamVid sample for camvid)")
@@ -125,6 +126,7 @@ def main(argv=None):
         print(f"TensorBoard: tensorboard --logdir {os.path.join(config.output_dir, 'logs')}")
         for iteration, miou in summary["validation"]:
             print(f"  val mIoU @ {iteration:>7d}: {miou:.4f}")
+        print("\n".join(fit_next_steps(config, summary["model"])))
     print("SUMMARY " + json.dumps(summary), flush=True)
 
 

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from keras_segmenter.cli import UserError, reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
@@ -57,6 +57,7 @@ def convert(source, num_classes=None, decoder="mask", image_size=512):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_segmenter.convert",
+        epilog=LOG_NOTE,
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("source", help="official run folder / checkpoint.pth, timm safetensors or AugReg npz")

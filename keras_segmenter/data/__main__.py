@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from keras_segmenter.cli import reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, reports_user_errors
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data")
+    parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data", epilog=LOG_NOTE)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(
         "check", help="scan a dataset split and report every problem")

@@ -78,7 +78,9 @@ class Validation(keras.callbacks.Callback):
 
     The results (`val_mIoU`, `val_aAcc`, `val_mAcc`) go into the epoch logs,
     so CSVLogger and TensorBoard, placed after this callback, record them;
-    epochs without validation get NaN, so the CSV columns stay fixed.
+    epochs without validation get NaN, so the CSV columns stay fixed
+    (`keras_segmenter.progress.ProgressLogger` leaves them out of the
+    printed line).
     `preview_fn(model)`, if given, returns `(N, H, W, 3)` uint8 panels that
     are written to TensorBoard as images under `log_dir`.
     """

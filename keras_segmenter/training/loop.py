@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.progress import fit_verbosity
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training import run
 from keras_segmenter.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -139,7 +140,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
         epoch = iteration // steps
         metric.reset_state()
         total, count = 0.0, 0
-        progbar = keras.utils.Progbar(steps) if chief and verbose else None
+        progbar = keras.utils.Progbar(steps, verbose=fit_verbosity()) if chief and verbose else None
         for _ in range(steps):
             loss = float(train_step(iterator))
             iteration += 1

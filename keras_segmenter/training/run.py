@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import keras_segmenter as ks
 from keras_segmenter.layers.normalization import NORMALIZATIONS
+from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import latest_checkpoint
 from keras_segmenter.training.losses import SegmentationCrossEntropy
@@ -286,10 +287,12 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
     ]
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
+    callbacks.append(ProgressLogger())  # after every callback that adds to the logs
     # Keras' symbolic build needs the model built before BackupAndRestore.
     start = time.time()
     history = model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose
+        train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+        shuffle=False,  # train_ds shuffles itself; Keras cannot shuffle a tf.data.Dataset
     )
     seconds = time.time() - start
     iteration = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
