@@ -21,6 +21,7 @@ import keras_segmenter as ks
 from conftest import FIXTURES
 from keras_segmenter.convert import CheckpointError, backbone_from_imagenet_vit, load_official
 from keras_segmenter.models import pretrained
+from keras_segmenter.training.optimizers import TorchSGD
 
 TINY = FIXTURES / "tiny_mask"
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -232,7 +233,7 @@ def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
     model = ks.Segmenter(backbone, num_classes=3)
     model.compile()
     optimizer = model.optimizer
-    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
+    assert isinstance(optimizer, TorchSGD) and optimizer.nesterov
     assert optimizer.momentum == 0.9 and not optimizer.weight_decay
     schedule = optimizer.get_config()["learning_rate"]
     assert schedule["class_name"] == "PolynomialDecay"
