@@ -4,8 +4,9 @@ import os
 import platform
 
 # The CPU features that decide which oneDNN kernels TensorFlow's matrix
-# products get: AMX tiles with bfloat16, AVX-512 with bfloat16, AVX-512, AVX2.
-CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+# products get (AMX tiles with bfloat16, AVX-512 with bfloat16, AVX-512, AVX2),
+# and that turn them on by default (AVX-512 VNNI or bfloat16, AMX).
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
 
 
 def cpu_flags(cpuinfo="/proc/cpuinfo"):
