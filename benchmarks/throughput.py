@@ -18,8 +18,9 @@ after two warm-up calls.
   `tf.saved_model.load`, its `serving_default` signature (one window per
   image: the window is `--size`).
 - `onnx`, `openvino`, `litert`: `keras_segmenter.export_runtimes.export_runtime`
-  at the fixed size `--size`, run by `keras_segmenter.runtime.ExportedModel`
-  on the whole batch (which returns `segmentation` and the `logits`).
+  (any input size for ONNX and OpenVINO, `--size` for LiteRT), run by
+  `keras_segmenter.runtime.ExportedModel` on the whole batch (which returns
+  `segmentation` and the `logits`).
 
 Export and loading are not timed. `class_map_agreement` is the fraction of
 pixels whose class equals the float32 Keras model's (same weights), for
@@ -70,8 +71,9 @@ def runtime_function(args, reference, folder):
     from keras_segmenter.export_runtimes import export_runtime
     from keras_segmenter.runtime import ExportedModel
 
-    path = export_runtime(reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime]),
-                          image_size=args.size)
+    # Any input size for ONNX and OpenVINO (the export's default; OpenVINO
+    # 2026.0 fails to convert the fixed-size graph), --size for LiteRT.
+    path = export_runtime(reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime]))
     exported = ExportedModel(path)
     return lambda images: exported(images)["segmentation"], None
 
