@@ -85,15 +85,17 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--runtime", default="keras", choices=RUNTIMES)
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
-                        help="keras runtime only")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"], help="keras runtime only")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--xla", action="store_true", help="keras runtime only: compile with XLA (jit_compile=True)")
+    parser.add_argument("--xla", action="store_true",
+                        help="keras runtime only: compile with XLA (jit_compile=True)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     if args.runtime != "keras" and (args.precision != "float32" or args.xla):
-        parser.error(f"--precision and --xla apply to --runtime keras only (received --runtime {args.runtime})")
+        parser.error("--precision and --xla apply to --runtime keras only "
+                     f"(received --runtime {args.runtime})")
     if min(args.size, args.batch, args.runs, args.steps) < 1:
         parser.error("--size, --batch, --runs and --steps must be positive integers")
 

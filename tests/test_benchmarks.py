@@ -29,7 +29,8 @@ def run_benchmark(script, *args):
 
 def check_machine(machine):
     assert MACHINE_KEYS <= set(machine)
-    assert set(machine["cpu_flags"]) <= {"amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2"}
+    flags = {"amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2"}
+    assert set(machine["cpu_flags"]) <= flags
     assert set(machine["onednn"]) == {"TF_ENABLE_ONEDNN_OPTS", "onednn_on"}
 
 
@@ -97,3 +98,22 @@ def test_matmul_bound():
     # tiny: patch embedding, 2 encoder blocks, proj_dec, 2 decoder blocks, 3 mask products.
     assert out["products"] == 1 + 6 * 2 + 1 + 6 * 2 + 3 and out["gflops"] > 0
     check_machine(out["machine"])
+
+
+def test_cpu_flags_from_cpuinfo(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from machine import cpu_flags
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+        "flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    name, flags = cpu_flags(str(cpuinfo))
+    assert name == "Intel(R) Xeon(R) Platinum 8481C"
+    assert flags == {"amx_bf16": True, "amx_tile": True, "avx512_bf16": True, "avx512_vnni": False,
+                     "avx512f": True, "avx2": True}
+    assert cpu_flags(str(tmp_path / "missing")) == (None, {})
