@@ -117,3 +117,13 @@ def test_cpu_flags_from_cpuinfo(tmp_path):
     assert flags == {"amx_bf16": True, "amx_tile": True, "avx512_bf16": True, "avx512_vnni": False,
                      "avx512f": True, "avx2": True}
     assert cpu_flags(str(tmp_path / "missing")) == (None, {})
+
+
+def test_unknown_model_is_one_line_error():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "matmul_bound.py"), "--model", "seg_x16_mask"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--model seg_x16_mask: Unknown preset" in result.stderr
+    assert "Traceback" not in result.stderr
