@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_ti16_mask", help="a preset of keras_segmenter")
+    parser.add_argument("--model", default="seg_ti16_mask", help="a preset, or tiny (CI)")
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=683)
     parser.add_argument("--window", type=int, default=512)
@@ -40,12 +40,12 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    import keras_segmenter as ks
     from keras_segmenter.inference import make_inference_function
     from keras_segmenter.metrics import confusion_matrix
     from machine import machine_info
+    from models import build_model
 
-    model = ks.build_segmenter(args.model, args.num_classes, image_size=args.window)
+    model = build_model(args.model, args.num_classes, args.window)
     infer = make_inference_function(model, args.window, args.stride, batch_size=args.window_batch)
     rng = np.random.default_rng(0)
     image = tf.constant(rng.normal(size=(args.height, args.width, 3)), tf.float32)

@@ -35,7 +35,7 @@ def median_ms(fn, runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_ti16_mask")
+    parser.add_argument("--model", default="seg_ti16_mask", help="a preset, or tiny (CI)")
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=683)
@@ -48,12 +48,12 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    import keras_segmenter as ks
     from keras_segmenter.export import export_saved_model
     from keras_segmenter.predict import default_window, predict
     from machine import machine_info
+    from models import build_model
 
-    model = ks.build_segmenter(args.model, args.num_classes, image_size=args.window)
+    model = build_model(args.model, args.num_classes, args.window)
     window, stride = default_window(model, args.window, args.stride)
     image = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), np.uint8)
 

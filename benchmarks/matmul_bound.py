@@ -74,7 +74,7 @@ def flops(shapes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_s16_mask")
+    parser.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--num-classes", type=int, default=150)
@@ -86,11 +86,11 @@ def main():
     import tensorflow as tf
 
     from machine import machine_info
+    from models import build_model
 
     dtype = tf.float32 if args.precision == "float32" else tf.bfloat16
-    import keras_segmenter as ks
 
-    model = ks.build_segmenter(args.model, args.num_classes, image_size=args.size)
+    model = build_model(args.model, args.num_classes, args.size)
     shapes = product_shapes(model, args.size, args.batch)
     # Distinct operands for every product (identical ones would be merged by
     # the graph optimizer and computed once).

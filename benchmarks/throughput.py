@@ -1,12 +1,30 @@
-"""Inference throughput of a Segmenter model (images/s), as one JSON line.
+"""Inference throughput of a Segmenter (images/s), as one JSON line.
 
-    python benchmarks/throughput.py --model seg_s16_mask --size 512 --batch 4 \
-        [--precision float32|mixed_bfloat16|mixed_float16] [--runs 5] --json
+    python benchmarks/throughput.py --model seg_s16_mask --size 512 --batch 4 \\
+        [--precision float32|mixed_bfloat16|mixed_float16] [--xla] [--runs 5] --json
+    python benchmarks/throughput.py --runtime openvino --model seg_s16_mask --json
 
-Randomly initialised weights (speed does not depend on them). Each run
-times `--steps` forward passes of a compiled `tf.function` that returns the
-class map (argmax of the full-resolution logits, which are computed in the
-graph); the result is the median over runs, after warm-up.
+Randomly initialised weights (speed does not depend on them), the same
+random uint8 batch for every runtime. Each run times `--steps` calls that
+return the class map of the batch; the result is the median over runs,
+after two warm-up calls.
+
+`--runtime` picks what runs the model:
+
+- `keras` (default): a compiled `tf.function` of the Keras model, in
+  `--precision`, optionally with XLA; normalization, the full-resolution
+  logits and their argmax are in the graph (no copy of the logits to NumPy).
+- `saved_model`: `keras_segmenter.export.export_saved_model`, loaded with
+  `tf.saved_model.load`, its `serving_default` signature (one window per
+  image: the window is `--size`).
+- `onnx`, `openvino`, `litert`: `keras_segmenter.export_runtimes.export_runtime`
+  (any input size for ONNX and OpenVINO, `--size` for LiteRT), run by
+  `keras_segmenter.runtime.ExportedModel` on the whole batch (which returns
+  `segmentation` and the `logits`).
+
+Export and loading are not timed. `class_map_agreement` is the fraction of
+pixels whose class equals the float32 Keras model's (same weights), for
+every path but that reference itself.
 """
 
 import argparse
@@ -14,52 +32,102 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+RUNTIMES = ("keras", "saved_model", "onnx", "openvino", "litert")
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
+
+
+def runtime_function(args, reference, folder):
+    """`(class map function of a uint8 batch, timed model or None)` for `args.runtime`."""
+    import tensorflow as tf
+
+    from keras_segmenter.layers.normalization import ImageNormalization
+    from models import build_model
+
+    if args.runtime == "keras":
+        model = reference
+        if args.precision != "float32":
+            model = build_model(args.model, args.num_classes, args.size, args.precision)
+            model.set_weights(reference.get_weights())
+        normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+        forward = tf.function(
+            lambda x: tf.argmax(model(normalize(x), training=False), axis=-1, output_type=tf.int32),
+            jit_compile=args.xla,
+        )
+        return lambda images: forward(tf.constant(images)).numpy(), model
+    if args.runtime == "saved_model":
+        from keras_segmenter.export import export_saved_model
+
+        path = os.path.join(folder, "segmenter", "1")
+        export_saved_model(reference, path, window_size=args.size, batch_size=args.batch)
+        serving = tf.saved_model.load(path).signatures["serving_default"]
+        return lambda images: serving(images=tf.constant(images))["segmentation"].numpy(), None
+
+    from keras_segmenter.export_runtimes import export_runtime
+    from keras_segmenter.runtime import ExportedModel
+
+    # Any input size for ONNX and OpenVINO (the export's default; OpenVINO
+    # 2026.0 fails to convert the fixed-size graph), --size for LiteRT.
+    path = export_runtime(reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime]))
+    exported = ExportedModel(path)
+    return lambda images: exported(images)["segmentation"], None
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_s16_mask")
+    parser.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--num-classes", type=int, default=150)
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--runtime", default="keras", choices=RUNTIMES)
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"], help="keras runtime only")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--xla", action="store_true", help="compile with XLA (jit_compile=True)")
+    parser.add_argument("--xla", action="store_true",
+                        help="keras runtime only: compile with XLA (jit_compile=True)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
+    if args.runtime != "keras" and (args.precision != "float32" or args.xla):
+        parser.error("--precision and --xla apply to --runtime keras only "
+                     f"(received --runtime {args.runtime})")
+    if min(args.size, args.batch, args.runs, args.steps) < 1:
+        parser.error("--size, --batch, --runs and --steps must be positive integers")
 
+    import keras
     import numpy as np
-    import tensorflow as tf
 
-    import keras_segmenter as ks
     from machine import machine_info
+    from models import build_model
 
-    model = ks.build_segmenter(
-        args.model, args.num_classes, image_size=args.size, dtype=args.precision
-    )
-    # The class map: the full-resolution logits are computed in the graph,
-    # without timing a copy of (batch, size, size, classes) floats into NumPy.
-    forward = tf.function(
-        lambda x: tf.argmax(model(x, training=False), axis=-1), jit_compile=args.xla
-    )
-    images = tf.constant(
-        np.random.default_rng(0).normal(size=(args.batch, args.size, args.size, 3)), tf.float32
-    )
-    for _ in range(2):
-        forward(images).numpy()
-    rates = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            forward(images).numpy()
-        rates.append(args.batch * args.steps / (time.perf_counter() - start))
+    keras.utils.set_random_seed(0)
+    reference = build_model(args.model, args.num_classes, args.size, "float32")
+    images = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            class_map, model = runtime_function(args, reference, folder)
+        except ImportError as error:
+            parser.error(f"--runtime {args.runtime} needs {error.name}: pip install -e .[export]")
+        for _ in range(2):
+            result_map = class_map(images)
+        rates = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                class_map(images)
+            rates.append(args.batch * args.steps / (time.perf_counter() - start))
+    agreement = None
+    if model is not reference:
+        ks_reference = _reference_map(reference, images)
+        agreement = float(np.mean(np.asarray(result_map) == ks_reference))
     result = {
         "benchmark": "inference_throughput",
+        "runtime": args.runtime,
         "model": args.model,
         "size": args.size,
         "batch": args.batch,
@@ -67,13 +135,25 @@ def main():
         "xla": args.xla,
         "images_per_sec": round(statistics.median(rates), 3),
         "runs_images_per_sec": [round(r, 3) for r in rates],
-        "params": model.count_params(),
+        "class_map_agreement": agreement,
+        "params": reference.count_params(),
         "machine": machine_info(),
     }
     if not args.json:
-        print(f"{args.model} {args.size}px batch {args.batch} {args.precision}: "
+        print(f"{args.model} {args.size}px batch {args.batch} {args.runtime} {args.precision}: "
               f"{result['images_per_sec']} images/s (median of {args.runs})", file=sys.stderr)
     print(json.dumps(result))
+
+
+def _reference_map(reference, images):
+    """The float32 Keras model's class map of `images`."""
+    import tensorflow as tf
+
+    from keras_segmenter.layers.normalization import ImageNormalization
+
+    normalize = ImageNormalization(getattr(reference, "normalization", "vit"))
+    logits = reference(normalize(tf.constant(images)), training=False)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
 
 
 if __name__ == "__main__":

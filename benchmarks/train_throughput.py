@@ -12,17 +12,17 @@ is reported.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="seg_s16_mask")
+    p.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
     p.add_argument("--crop", type=int, default=512)
     p.add_argument("--batch", type=int, default=2, help="batch per replica")
     p.add_argument("--num-classes", type=int, default=150)
@@ -34,15 +34,13 @@ def main(argv=None):
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
-    import keras_segmenter as ks
     from keras_segmenter.training import SegmentationCrossEntropy, poly_schedule
+    from machine import machine_info
+    from models import build_model
 
-    model = ks.build_segmenter(
-        args.model, args.num_classes, image_size=args.crop,
-        dtype=None if args.precision == "float32" else args.precision,
-    )
+    model = build_model(args.model, args.num_classes, args.crop,
+                        None if args.precision == "float32" else args.precision)
     model.compile(
         optimizer=keras.optimizers.SGD(poly_schedule(1e-3, 160_000), momentum=0.9, nesterov=True),
         loss=SegmentationCrossEntropy(),
@@ -58,8 +56,8 @@ def main(argv=None):
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    gpus = tf.config.list_physical_devices("GPU")
     result = {
+        "benchmark": "train_throughput",
         "model": args.model,
         "crop": args.crop,
         "batch_per_replica": args.batch,
@@ -67,10 +65,7 @@ def main(argv=None):
         "images_per_second_per_replica": args.batch / median,
         "median_step_seconds": median,
         "timed_steps": args.steps,
-        "machine": (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-                    if gpus else f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        "machine": machine_info(),
     }
     if args.json:
         print(json.dumps(result))
