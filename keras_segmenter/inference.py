@@ -134,11 +134,11 @@ def _bands(size, window_size, window_stride, group):
     return anchors, first, last, edges
 
 
-def _add_block(total, block, row, col):
-    """`total` with `block` added at rows `row...` and columns `col...`."""
+def _padded(block, row, col, height, width):
+    """`block` placed at `(row, col)` in zeros of `(height, width, ...)` (`tf.pad` forwards
+    a block that already has that size)."""
     shape = tf.shape(block)
-    grid = tf.meshgrid(tf.range(shape[0]) + row, tf.range(shape[1]) + col, indexing="ij")
-    return tf.tensor_scatter_nd_add(total, tf.stack(grid, axis=-1), block)
+    return tf.pad(block, [[row, height - row - shape[0]], [col, width - col - shape[1]], [0, 0]])
 
 
 def _coverage(anchors, start, stop, window_size):
@@ -222,24 +222,32 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
         tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False) for dtype, _ in specs
     ]
 
-    def merge_windows(total, top, left, anchors):
-        """`total` (a block at `top`, `left`) plus the logits of windows at `anchors`."""
+    def merge_windows(carried, extent, top, left, anchors):
+        """`carried()`, the sums of earlier windows over a block of `extent` at `top`,
+        `left`, plus the logits of the windows at `anchors`, added in anchor order."""
 
-        def call(start, total):
+        def window_logits(start):
             batch = anchors[start : start + batch_size]
             windows = tf.gather_nd(view, batch[:, None, None, :] + window_pixels[None])
-            logits = tf.cast(model(windows, training=False), tf.float32)
+            return batch, tf.cast(model(windows, training=False), tf.float32)
 
-            def add(i, total):  # one at a time, in anchor order, like the official loop
-                return i + 1, _add_block(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
+        def add_all(total, batch, logits):
+            def add(i, total):  # one at a time, like the official loop
+                grid = tf.stack(tf.meshgrid(offsets + batch[i, 0] - top, offsets + batch[i, 1] - left, indexing="ij"), -1)
+                return i + 1, tf.tensor_scatter_nd_add(total, grid, logits[i])
 
             _, total = tf.while_loop(
                 lambda i, _: i < tf.shape(batch)[0], add, (0, total), parallel_iterations=1
             )
-            return start + batch_size, total
+            return total
+
+        def call(start, total):
+            batch, logits = window_logits(start)
+            return start + batch_size, add_all(total, batch, logits)
 
         _, total = tf.while_loop(
-            lambda start, _: start < tf.shape(anchors)[0], call, (0, total), parallel_iterations=1
+            lambda start, _: start < tf.shape(anchors)[0], call, (0, carried()),
+            parallel_iterations=1,
         )
         return total
 
@@ -274,12 +282,21 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
             left = col_edges[column]
             done_cols = col_edges[column + 1] - left
             extent_cols = cols[col_last[column] - 1] + size - left
-            total = tf.zeros([extent_rows, extent_cols, num_classes])
-            carried = tf.shape(col_carry)[1]
-            total = _add_block(total, col_carry, 0, 0)
-            total = _add_block(total, row_carry[:, left + carried : left + extent_cols], 0, carried)
+            # What earlier windows added: the columns carried from the previous
+            # block, and above the rest, the rows carried from the previous band.
+            def carried():
+                start = left + tf.shape(col_carry)[1]
+                above = _padded(
+                    row_carry[:, start : left + extent_cols], 0, 0, extent_rows,
+                    left + extent_cols - start,
+                )
+                return tf.concat([col_carry, above], axis=1)
+
             grid = tf.meshgrid(band_rows, cols[col_first[column] : col_last[column]], indexing="ij")
-            total = merge_windows(total, top, left, tf.reshape(tf.stack(grid, axis=-1), (-1, 2)))
+            total = merge_windows(
+                carried, (extent_rows, extent_cols), top, left,
+                tf.reshape(tf.stack(grid, axis=-1), (-1, 2)),
+            )
 
             count = _coverage(rows, top, top + done_rows, size)[:, None] * _coverage(
                 cols, left, left + done_cols, size
@@ -293,7 +310,8 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
             outs = finish(logits)
             pieces = [ta.write(column, _swap01(o, r)) for ta, o, (_, r) in zip(pieces, outs, specs)]
             carry_parts = carry_parts.write(column, _swap01(total[done_rows:, :done_cols], 3))
-            last_rows = last_rows.write(column, block[-1])
+            # gather copies the row: `block[-1]` would share, and keep, the block's buffer.
+            last_rows = last_rows.write(column, tf.gather(block, done_rows - 1))
             return (column + 1, total[:, done_cols:], block[:, -1:], carry_parts, last_rows, pieces)
 
         new_array = lambda: tf.TensorArray(tf.float32, 0, dynamic_size=True, infer_shape=False)  # noqa: E731
@@ -457,9 +475,11 @@ def segment(
         views += [(scaled, False)] + ([(tf.reverse(scaled, axis=[1]), True)] if flip else [])
 
     if len(views) == 1:
-        def finish(logits):
-            probs = tf.nn.softmax(logits, axis=-1)
-            return (classes_of(probs),) + ((tf.cast(probs, probabilities),) if probabilities else ())
+        def finish(logits):  # softmax is monotonic: the class map is the logits' argmax
+            classes = (classes_of(logits),)
+            if not probabilities:
+                return classes
+            return classes + (tf.cast(tf.nn.softmax(logits, axis=-1), probabilities),)
 
         specs = [(tf.int32, 2)] + ([(tf.as_dtype(probabilities), 3)] if probabilities else [])
         outputs = stream(views[0][0], finish, specs)
