@@ -141,6 +141,14 @@ def _padded(block, row, col, height, width):
     return tf.pad(block, [[row, height - row - shape[0]], [col, width - col - shape[1]], [0, 0]])
 
 
+def _add_block(total, block, row, col):
+    """`total` with `block` added at rows `row...` and columns `col...` (in place when
+    `total` has no other use)."""
+    shape = tf.shape(block)
+    grid = tf.meshgrid(tf.range(shape[0]) + row, tf.range(shape[1]) + col, indexing="ij")
+    return tf.tensor_scatter_nd_add(total, tf.stack(grid, axis=-1), block)
+
+
 def _coverage(anchors, start, stop, window_size):
     """How many windows at `anchors` cover each position of `[start, stop)`."""
     positions = tf.range(start, stop)[None]
@@ -233,8 +241,7 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
 
         def add_all(total, batch, logits):
             def add(i, total):  # one at a time, like the official loop
-                grid = tf.stack(tf.meshgrid(offsets + batch[i, 0] - top, offsets + batch[i, 1] - left, indexing="ij"), -1)
-                return i + 1, tf.tensor_scatter_nd_add(total, grid, logits[i])
+                return i + 1, _add_block(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
 
             _, total = tf.while_loop(
                 lambda i, _: i < tf.shape(batch)[0], add, (0, total), parallel_iterations=1

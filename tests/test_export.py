@@ -26,8 +26,9 @@ BIN = pathlib.Path(sys.executable).parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 WINDOW, STRIDE = 32, 24
 MAX_PIXELS = 1_000_000  # set at export by the CLI fixture
-# The exported probabilities are float16: half a step is at most 2**-12 below 1.
-FLOAT16_ATOL = 2**-12
+# The exported probabilities are float16: half a step is at most 2**-12 below 1,
+# plus the float32 round-off between the SavedModel and the eager run (1e-6 before).
+FLOAT16_ATOL = 2**-12 + 1e-6
 
 
 def run(*command):

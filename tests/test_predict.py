@@ -141,8 +141,9 @@ def test_predict_with_explicit_window_and_whole_image(model):
     np.testing.assert_array_equal(whole, np.argmax(logits.numpy(), axis=-1))
 
 
-# float16 keeps probabilities to half a step: at most 2**-12 below 1.
-FLOAT16_ATOL = 2**-12
+# float16 keeps probabilities to half a step (at most 2**-12 below 1), plus the
+# float32 round-off between the traced and the eager run (the 1e-6 used before).
+FLOAT16_ATOL = 2**-12 + 1e-6
 
 
 def test_predict_probabilities_are_compact_and_match_sliding_window(
