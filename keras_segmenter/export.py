@@ -52,18 +52,22 @@ def _checked(tensor, condition, message):
         return tf.identity(tensor)
 
 
-# Bytes of memory per windowed pixel (measured with benchmarks/memory.py, see
-# README) and for the process itself; the default limit fits one 24 GB machine.
-BYTES_PER_PIXEL = 100
+# Bytes of memory per windowed pixel: 64, plus half a byte per class for the
+# strip of `window - stride` rows carried between window rows (two float32
+# copies of 32 rows, a quarter byte per class at its worst, 993-row images);
+# 139 for 150 classes, above the 31-65 that benchmarks/memory.py measures
+# between 3 MP and 12 MP photos. Plus the process itself (TensorFlow, the
+# model, the window buffers); the default limit fits one 24 GB machine.
+BYTES_PER_PIXEL = 64
 FIXED_BYTES = 4 * 2**30
 MACHINE_BYTES = 24 * 2**30
 
 
 def default_max_pixels(num_classes, probabilities):
-    """Pixels per request that fit `MACHINE_BYTES`: class map, plus 2 x 2 x K bytes of
-    float16 probabilities (the tensor and its copy into the response) when returned."""
-    per_pixel = BYTES_PER_PIXEL + (4 * num_classes if probabilities else 0)
-    return (MACHINE_BYTES - FIXED_BYTES) // per_pixel
+    """Pixels per request that fit `MACHINE_BYTES`; with `probabilities`, 4 bytes more per
+    pixel and class (float16 probabilities and their copy into the response)."""
+    per_pixel = BYTES_PER_PIXEL + num_classes / 2 + (4 * num_classes if probabilities else 0)
+    return int((MACHINE_BYTES - FIXED_BYTES) // per_pixel)
 
 
 def windowed_pixels(batch, height, width, window_size):
@@ -363,7 +367,8 @@ def main(argv=None):
     parser.add_argument(
         "--max-pixels", type=int,
         help="refuse requests with more pixels (batch x height x width; default: what one 24 GB "
-        f"machine holds, {BYTES_PER_PIXEL} bytes per pixel plus 4 x classes with --probabilities)",
+        f"machine holds at {BYTES_PER_PIXEL} + classes / 2 bytes per pixel, plus 4 x classes "
+        "with --probabilities)",
     )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     args = parser.parse_args(argv)
