@@ -234,23 +234,18 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
         """`carried()`, the sums of earlier windows over a block of `extent` at `top`,
         `left`, plus the logits of the windows at `anchors`, added in anchor order."""
 
-        def window_logits(start):
+        def call(start, total):
             batch = anchors[start : start + batch_size]
             windows = tf.gather_nd(view, batch[:, None, None, :] + window_pixels[None])
-            return batch, tf.cast(model(windows, training=False), tf.float32)
+            logits = tf.cast(model(windows, training=False), tf.float32)
 
-        def add_all(total, batch, logits):
             def add(i, total):  # one at a time, like the official loop
                 return i + 1, _add_block(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
 
             _, total = tf.while_loop(
                 lambda i, _: i < tf.shape(batch)[0], add, (0, total), parallel_iterations=1
             )
-            return total
-
-        def call(start, total):
-            batch, logits = window_logits(start)
-            return start + batch_size, add_all(total, batch, logits)
+            return start + batch_size, total
 
         _, total = tf.while_loop(
             lambda start, _: start < tf.shape(anchors)[0], call, (0, carried()),
@@ -289,9 +284,10 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
             left = col_edges[column]
             done_cols = col_edges[column + 1] - left
             extent_cols = cols[col_last[column] - 1] + size - left
-            # What earlier windows added: the columns carried from the previous
-            # block, and above the rest, the rows carried from the previous band.
+
             def carried():
+                """What earlier windows added: the columns carried from the previous
+                block, and above the rest, the rows carried from the previous band."""
                 start = left + tf.shape(col_carry)[1]
                 above = _padded(
                     row_carry[:, start : left + extent_cols], 0, 0, extent_rows,
