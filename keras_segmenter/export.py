@@ -71,7 +71,11 @@ def default_max_pixels(num_classes, probabilities):
 
 
 def windowed_pixels(batch, height, width, window_size):
-    """Pixels the sliding window runs on: `batch x` the `upscaled_shape` area, in float64."""
+    """Pixels the sliding window runs on: `batch x` the `inference.upscaled_shape` area.
+
+    In float64, so that untrusted header sizes (up to 2**32 per side) cannot
+    overflow the int32 arithmetic of `upscaled_shape`.
+    """
     height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
     short, long = tf.minimum(height, width), tf.maximum(height, width)
     upscaled = window_size * tf.floor(long / tf.maximum(short, 1.0) * window_size)
