@@ -1,7 +1,7 @@
 """Export a Segmenter as a TensorFlow SavedModel for TF Serving, or for other runtimes.
 
     python -m keras_segmenter.export --model model.keras --out models/segmenter/1 \
-        [--window-size 512 --window-stride 480] [--probabilities]
+        [--window-size 512 --window-stride 480] [--probabilities] [--max-pixels N]
     python -m keras_segmenter.export --model model.keras --format onnx --out segmenter.onnx
 
 `--format onnx|openvino|litert` writes the model for ONNX Runtime, OpenVINO
@@ -18,8 +18,14 @@ with two signatures, both doing normalization and sliding-window inference
   must share their height and width.
 
 Both return `segmentation`, int32 `(batch, height, width)` class indices at
-the input size, and with `--probabilities` also `probabilities`, float32
-`(batch, height, width, num_classes)`.
+the input size, and with `--probabilities` also `probabilities`, float16
+`(batch, height, width, num_classes)` (see `predict.segment_image`). The
+sliding window is merged band by band (`inference.segment`), so memory grows
+with the pixels, not with pixels x classes x overlapping windows. A request
+with more pixels than `--max-pixels` (counted after the upscaling of images
+smaller than the window, summed over the batch) is refused with a clear
+error before inference; for encoded PNG/JPEG/GIF/BMP/WebP the size their
+header declares is checked before they are decoded.
 
 The export is a plain `tf.Module` holding the model's variables with
 `tf.function` signatures, saved by `tf.saved_model.save`. Loading it
@@ -39,7 +45,8 @@ import sys
 import tensorflow as tf
 
 from keras_segmenter.cli import LOG_NOTE
-from keras_segmenter.predict import class_probabilities, default_window, load_model, num_classes_of
+from keras_segmenter.inference import num_classes_of
+from keras_segmenter.predict import default_window, load_model, segment_image
 
 IMAGES_SHAPE = "(batch, height, width, 3)"
 
@@ -49,6 +56,91 @@ def _checked(tensor, condition, message):
     check = tf.debugging.Assert(condition, [message, "Received shape:", tf.shape(tensor)], summarize=8)
     with tf.control_dependencies([check]):
         return tf.identity(tensor)
+
+
+# Bytes of memory per windowed pixel: 64, plus half a byte per class for the
+# strip of `window - stride` rows carried between window rows (two float32
+# copies of 32 rows, a quarter byte per class at its worst, 993-row images);
+# 139 for 150 classes, above the 31-65 that benchmarks/memory.py measures
+# between 3 MP and 12 MP photos. Plus the process itself (TensorFlow, the
+# model, the window buffers); the default limit fits one 24 GB machine.
+BYTES_PER_PIXEL = 64
+FIXED_BYTES = 4 * 2**30
+MACHINE_BYTES = 24 * 2**30
+
+
+def default_max_pixels(num_classes, probabilities):
+    """Pixels per request that fit `MACHINE_BYTES`; with `probabilities`, 4 bytes more per
+    pixel and class (float16 probabilities and their copy into the response)."""
+    per_pixel = BYTES_PER_PIXEL + num_classes / 2 + (4 * num_classes if probabilities else 0)
+    return int((MACHINE_BYTES - FIXED_BYTES) // per_pixel)
+
+
+def windowed_pixels(batch, height, width, window_size):
+    """Pixels the sliding window runs on: `batch x` the `inference.upscaled_shape` area.
+
+    In float64, so that untrusted header sizes (up to 2**32 per side) cannot
+    overflow the int32 arithmetic of `upscaled_shape`.
+    """
+    height, width = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    short, long = tf.minimum(height, width), tf.maximum(height, width)
+    upscaled = window_size * tf.floor(long / tf.maximum(short, 1.0) * window_size)
+    return tf.cast(batch, tf.float64) * tf.where(short < window_size, upscaled, height * width)
+
+
+def check_pixel_limit(tensor, batch, height, width, window_size, max_pixels, what):
+    """`tensor` after a check that `batch` images of `height x width` fit `max_pixels`."""
+    pixels = windowed_pixels(batch, height, width, window_size)
+    check = tf.debugging.Assert(
+        pixels <= max_pixels,
+        [f"{what} exceed this model's limit of {max_pixels} pixels per request (batch x "
+         f"height x width, after upscaling images whose short side is below the {window_size} "
+         "window), set at export with --max-pixels; send smaller or fewer images. Received "
+         "batch, height, width:", tf.stack([tf.cast(v, tf.int64) for v in (batch, height, width)])],
+        summarize=3,
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
+
+
+def declared_size(data):
+    """`(height, width)` int64 that an encoded image's header declares, `(0, 0)` if unknown.
+
+    Reads PNG (IHDR), GIF (logical screen), BMP (info header) and WebP
+    (VP8/VP8L/VP8X) header bytes, and JPEG with `tf.image.extract_jpeg_shape`,
+    so that a small file declaring a huge image is refused before decoding.
+    """
+    head = tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, "\0" * 32]), 0, 32), tf.uint8)
+    b = tf.cast(head, tf.int64)
+
+    def number(start, count, big_endian=False):
+        order = range(count) if big_endian else reversed(range(count))
+        value = tf.constant(0, tf.int64)
+        for i in order:
+            value = value * 256 + b[start + i]
+        return value
+
+    prefix = lambda n: tf.strings.substr(data, 0, n)  # noqa: E731
+    bmp_height = number(22, 4)
+    bmp_height = tf.abs(tf.where(bmp_height >= 2**31, bmp_height - 2**32, bmp_height))
+    webp = tf.strings.substr(data, 12, 4)
+    vp8l = number(21, 4)
+    known = [
+        (tf.equal(prefix(8), b"\x89PNG\r\n\x1a\n"), (number(20, 4, True), number(16, 4, True))),
+        (tf.equal(prefix(3), b"GIF"), (number(8, 2), number(6, 2))),
+        (tf.equal(prefix(2), b"BM"), (bmp_height, number(18, 4))),
+        (tf.equal(webp, b"VP8X"), (number(27, 3) + 1, number(24, 3) + 1)),
+        (tf.equal(webp, b"VP8L"), ((vp8l // 2**14) % 2**14 + 1, vp8l % 2**14 + 1)),
+        (tf.equal(webp, b"VP8 "), (number(28, 2) % 2**14, number(26, 2) % 2**14)),
+    ]
+    size = tf.cond(
+        tf.equal(prefix(2), b"\xff\xd8"),
+        lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
+        lambda: tf.zeros([2], tf.int64),
+    )
+    for condition, (height, width) in reversed(known):
+        size = tf.where(condition, tf.stack([height, width]), size)
+    return size[0], size[1]
 
 
 def check_images(images):
@@ -79,12 +171,14 @@ def check_images(images):
     return tf.ensure_shape(images, (None, None, None, 3))
 
 
-def decode_images(image_bytes):
+def decode_images(image_bytes, window_size, max_pixels):
     """Decodes a `(batch,)` string tensor of JPEG/PNG/GIF/BMP into uint8 `(batch, H, W, 3)`.
 
     Grayscale and RGBA images become RGB (alpha dropped), 16-bit PNGs are
     scaled to 8 bits, animated GIFs give their first frame. All images must
-    have the same height and width. EXIF orientation is not applied.
+    have the same height and width. EXIF orientation is not applied. Each
+    image's declared size (`declared_size`) is checked against `max_pixels`
+    (for the whole batch) before it is decoded.
     """
     valid = tf.logical_and(tf.equal(tf.rank(image_bytes), 1), tf.size(image_bytes) > 0)
     image_bytes = _checked(
@@ -94,6 +188,11 @@ def decode_images(image_bytes):
     )
 
     def decode(data):
+        height, width = declared_size(data)
+        data = check_pixel_limit(
+            data, tf.size(image_bytes), height, width, window_size, max_pixels,
+            "`image_bytes` whose headers declare images that",
+        )
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
         return tf.ensure_shape(image, (None, None, 3))
 
@@ -115,15 +214,15 @@ def decode_images(image_bytes):
     )
 
 
-def make_segment_fn(model, window_size, window_stride, probabilities=False, batch_size=4):
+def make_segment_fn(model, window_size, window_stride, probabilities=False, batch_size=None):
     """A function from a checked uint8 batch `(B, H, W, 3)` to the serving outputs.
 
     Normalization, then sliding-window inference on each image
-    (`predict.class_probabilities`), mapped over the batch.
+    (`predict.segment_image`), mapped over the batch.
 
     Returns:
         A function returning `{"segmentation": int32 (B, H, W)}`, plus
-        `"probabilities"`: float32 `(B, H, W, K)` when `probabilities`.
+        `"probabilities"`: float16 `(B, H, W, K)` when `probabilities`.
     """
     from keras_segmenter.layers.normalization import ImageNormalization
 
@@ -131,19 +230,17 @@ def make_segment_fn(model, window_size, window_stride, probabilities=False, batc
     num_classes = num_classes_of(model)
     signature = {"segmentation": tf.TensorSpec((None, None), tf.int32)}
     if probabilities:
-        signature["probabilities"] = tf.TensorSpec((None, None, num_classes), tf.float32)
+        signature["probabilities"] = tf.TensorSpec((None, None, num_classes), tf.float16)
 
     def one(image):
-        probs = class_probabilities(
-            model, normalize, image, window_size, window_stride, batch_size=batch_size
+        classes, probs = segment_image(
+            model, normalize, image, window_size, window_stride, batch_size=batch_size,
+            probabilities=probabilities,
         )
-        outputs = {"segmentation": tf.argmax(probs, axis=-1, output_type=tf.int32)}
-        if probabilities:
-            outputs["probabilities"] = probs
-        return outputs
+        return {"segmentation": classes, **({"probabilities": probs} if probabilities else {})}
 
     def segment(images):
-        return tf.map_fn(one, images, fn_output_signature=signature)
+        return tf.map_fn(one, images, fn_output_signature=signature, parallel_iterations=1)
 
     return segment
 
@@ -162,8 +259,13 @@ class SegmenterServingModule(tf.Module):
         window_size: int, sliding window side. Defaults to the training crop.
         window_stride: int, step between windows. Defaults to
             `window_size - 32` (see `predict.default_window`).
-        probabilities: bool, also return `probabilities`. Defaults to `False`.
-        batch_size: int, windows per model call. Defaults to 4.
+        probabilities: bool, also return `probabilities` (float16, 2 x K bytes
+            per pixel). Defaults to `False`.
+        batch_size: int, windows per model call. Defaults to
+            `inference.windows_per_call` (about 256 MB of logits per call).
+        max_pixels: int, refuse requests with more pixels than this
+            (batch x height x width, after upscaling images smaller than the
+            window). Defaults to `default_max_pixels` (one 24 GB machine).
 
     Example:
 
@@ -175,7 +277,10 @@ class SegmenterServingModule(tf.Module):
     TensorShape([1, 40, 50])
     """
 
-    def __init__(self, model, window_size=None, window_stride=None, probabilities=False, batch_size=4):
+    def __init__(
+        self, model, window_size=None, window_stride=None, probabilities=False, batch_size=None,
+        max_pixels=None,
+    ):
         super().__init__(name="segmenter_serving")
         from keras_segmenter.inference import _check_window
 
@@ -186,18 +291,29 @@ class SegmenterServingModule(tf.Module):
         self.num_classes = num_classes_of(model)
         self.with_probabilities = bool(probabilities)
         self.batch_size = batch_size
+        if max_pixels is None:
+            max_pixels = default_max_pixels(self.num_classes, probabilities)
+        if not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}")
+        self.max_pixels = max_pixels
         # The tf.Variable behind each Keras variable (see the class docstring).
         self.model_variables = [variable.value for variable in model.variables]
         segment = make_segment_fn(model, window_size, window_stride, probabilities, batch_size)
 
         # Inputs have unknown rank: loaded signatures check only the dtype, so
         # the shapes are checked in the graph, where the message can be clear.
+        def limited(images):
+            shape = tf.shape(images)
+            return check_pixel_limit(
+                images, shape[0], shape[1], shape[2], window_size, max_pixels, "`images` that"
+            )
+
         self.serving_default = tf.function(
-            lambda images: segment(check_images(images)),
+            lambda images: segment(limited(check_images(images))),
             input_signature=[tf.TensorSpec(None, tf.uint8, name="images")],
         )
         self.serving_bytes = tf.function(
-            lambda image_bytes: segment(decode_images(image_bytes)),
+            lambda image_bytes: segment(limited(decode_images(image_bytes, window_size, max_pixels))),
             input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")],
         )
 
@@ -207,7 +323,8 @@ class SegmenterServingModule(tf.Module):
 
 
 def export_saved_model(
-    model, path, window_size=None, window_stride=None, probabilities=False, batch_size=4, overwrite=False
+    model, path, window_size=None, window_stride=None, probabilities=False, batch_size=None,
+    overwrite=False, max_pixels=None,
 ):
     """Writes `model` as a SavedModel with the TF Serving signatures.
 
@@ -215,8 +332,8 @@ def export_saved_model(
         model: a `keras_segmenter.Segmenter`.
         path: output folder, e.g. `models/segmenter/1` (TF Serving loads
             the numbered version folders of `models/segmenter`).
-        window_size, window_stride, probabilities, batch_size: as in
-            `SegmenterServingModule`.
+        window_size, window_stride, probabilities, batch_size, max_pixels: as
+            in `SegmenterServingModule`.
         overwrite: bool, allow writing into a non-empty folder. Defaults to
             `False`.
 
@@ -229,7 +346,9 @@ def export_saved_model(
             f"The export folder {str(path)!r} exists and is not empty: give a new version folder "
             "(e.g. models/segmenter/2) or pass overwrite=True (--overwrite)."
         )
-    module = SegmenterServingModule(model, window_size, window_stride, probabilities, batch_size)
+    module = SegmenterServingModule(
+        model, window_size, window_stride, probabilities, batch_size, max_pixels
+    )
     tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
     return module
 
@@ -270,9 +389,20 @@ def main(argv=None):
     parser.add_argument(
         "--window-stride", type=int, help="saved_model: sliding window step (default: window - 32)"
     )
-    parser.add_argument("--probabilities", action="store_true", help="also output class probabilities")
     parser.add_argument(
-        "--batch-size", type=int, default=4, help="saved_model: windows per model call (default 4)"
+        "--probabilities", action="store_true",
+        help="also output class probabilities, float16 (batch, height, width, classes): 2 x classes "
+        "bytes per pixel, e.g. 3.6 GB for a 12 MP photo and 150 classes",
+    )
+    parser.add_argument(
+        "--batch-size", type=int,
+        help="saved_model: windows per model call (default: as many as keep their logits near 256 MB)",
+    )
+    parser.add_argument(
+        "--max-pixels", type=int,
+        help="saved_model: refuse requests with more pixels (batch x height x width; default: what one 24 GB "
+        f"machine holds at {BYTES_PER_PIXEL} + classes / 2 bytes per pixel, plus 4 x classes "
+        "with --probabilities)",
     )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     args = parser.parse_args(argv)
@@ -306,7 +436,7 @@ def main(argv=None):
     try:
         module = export_saved_model(
             model, args.out, args.window_size, args.window_stride, args.probabilities,
-            args.batch_size, args.overwrite,
+            args.batch_size, args.overwrite, args.max_pixels,
         )
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
@@ -314,7 +444,8 @@ def main(argv=None):
     print(
         f"Wrote {args.out}: signatures serving_default (images uint8 {IMAGES_SHAPE}) and "
         f"serving_bytes (image_bytes string (batch,)) -> {outputs}; window "
-        f"{module.window_size}, stride {module.window_stride}, {module.num_classes} classes"
+        f"{module.window_size}, stride {module.window_stride}, {module.num_classes} classes, "
+        f"at most {module.max_pixels} pixels per request"
     )
     return 0
 

@@ -27,7 +27,7 @@ def _check_window(window_size, window_stride, batch_size):
             "`window_stride` must not exceed `window_size`, or pixels between windows get no "
             f"prediction. Received: window_size={window_size}, window_stride={window_stride}"
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
 
 
@@ -90,104 +90,330 @@ def upscaled_shape(height, width, window_size):
     return new_height, new_width
 
 
-def _window_logits(model, windows, batch_size):
-    """Runs `model` over `(N, ws, ws, 3)` windows, `batch_size` at a time."""
-    num_windows = tf.shape(windows)[0]
-    num_batches = (num_windows + batch_size - 1) // batch_size
-    outputs = tf.TensorArray(tf.float32, size=num_batches, infer_shape=False)
-
-    def body(i, outputs):
-        logits = model(windows[i * batch_size : (i + 1) * batch_size], training=False)
-        return i + 1, outputs.write(i, tf.cast(logits, tf.float32))
-
-    _, outputs = tf.while_loop(lambda i, _: i < num_batches, body, (0, outputs))
-    return outputs.concat()
+def num_classes_of(model):
+    """Number of classes a segmentation model predicts (`model.num_classes` or its output)."""
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        num_classes = model.output_shape[-1]
+    return int(num_classes)
 
 
-def sliding_window_logits(model, image, window_size, window_stride, batch_size=4):
+# One model call returns `windows x window^2 x classes` float32 logits (157 MB
+# for one 512 window of a 150-class model); by default as many windows go into
+# a call as keep them near this size, and the merge buffers scale with it.
+CALL_LOGITS_BYTES = 256 * 2**20
+MAX_WINDOWS_PER_CALL = 8
+
+
+def windows_per_call(window_size, num_classes, batch_size=None):
+    """`batch_size`, or by default as many windows as fit `CALL_LOGITS_BYTES` (1 to 8)."""
+    if batch_size is not None:
+        return batch_size
+    fitting = CALL_LOGITS_BYTES // (window_size * window_size * num_classes * 4)
+    return int(min(MAX_WINDOWS_PER_CALL, max(1, fitting)))
+
+
+def _bands(size, window_size, window_stride, group):
+    """Groups one axis' window anchors into bands that are merged one after the other.
+
+    Band `k` holds anchors `k * group` to `(k + 1) * group - 1`; the last
+    anchor (`size - window_size`, usually off the stride grid) joins the last
+    band, so that consecutive bands always overlap by `window - stride`.
+    Once band `k` is merged, positions `[edges[k], edges[k + 1])` are final.
+
+    Returns:
+        `(anchors, first, last, edges)`: the int32 anchors; per band the
+        index of its first anchor and one past its last; `num_bands + 1` edges.
+    """
+    anchors = window_anchors(size, window_size, window_stride)
+    count = tf.size(anchors)
+    num_bands = (tf.maximum(count - 1, 1) + group - 1) // group
+    first = tf.range(num_bands) * group
+    last = tf.concat([first[1:], [count]], axis=0)
+    edges = tf.concat([tf.gather(anchors, first), [tf.cast(size, tf.int32)]], axis=0)
+    return anchors, first, last, edges
+
+
+def _padded(block, row, col, height, width):
+    """`block` placed at `(row, col)` in zeros of `(height, width, ...)` (`tf.pad` forwards
+    a block that already has that size)."""
+    shape = tf.shape(block)
+    return tf.pad(block, [[row, height - row - shape[0]], [col, width - col - shape[1]], [0, 0]])
+
+
+def _add_block(total, block, row, col):
+    """`total` with `block` added at rows `row...` and columns `col...` (in place when
+    `total` has no other use)."""
+    shape = tf.shape(block)
+    grid = tf.meshgrid(tf.range(shape[0]) + row, tf.range(shape[1]) + col, indexing="ij")
+    return tf.tensor_scatter_nd_add(total, tf.stack(grid, axis=-1), block)
+
+
+def _coverage(anchors, start, stop, window_size):
+    """How many windows at `anchors` cover each position of `[start, stop)`."""
+    positions = tf.range(start, stop)[None]
+    inside = (positions >= anchors[:, None]) & (positions < anchors[:, None] + window_size)
+    return tf.reduce_sum(tf.cast(inside, tf.float32), axis=0)
+
+
+def _resize_weights(out_size, in_size):
+    """Source positions of a bilinear resize along one axis, as `tf.image.resize`.
+
+    Half-pixel centres, no antialiasing (torch `align_corners=False`): output
+    `i` reads input `(i + 0.5) * in_size / out_size - 0.5`, clamped.
+
+    Returns:
+        `(lower, upper, weight)` per output position: int32 source indices
+        and the float32 weight of `upper`.
+    """
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    source = (tf.cast(tf.range(out_size), tf.float32) + 0.5) * scale - 0.5
+    floor = tf.floor(source)
+    lower = tf.maximum(tf.cast(floor, tf.int32), 0)
+    upper = tf.minimum(tf.cast(tf.math.ceil(source), tf.int32), in_size - 1)
+    return lower, upper, source - floor
+
+
+def _interpolate(block, lower, upper, weight, axis):
+    """`block` linearly interpolated between indices `lower` and `upper` along `axis`."""
+    low = tf.gather(block, lower, axis=axis)
+    high = tf.gather(block, upper, axis=axis)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return low + (high - low) * tf.reshape(weight, shape)
+
+
+def _swap01(tensor, rank):
+    return tf.transpose(tensor, [1, 0] + list(range(2, rank)))
+
+
+def _stream(model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs):
+    """Merges a view's windows band by band and hands `finish` each finished block.
+
+    The one sliding-window implementation: the window logits are summed and
+    divided by the number of windows covering each pixel, then resized
+    bilinearly from the view's size to `out_size` (the official
+    `inference()`), but never for the whole image at once. Window rows are
+    merged one after the other, and within a row, `batch_size` window columns
+    at a time (one model call); a block becomes final as soon as no later
+    window covers it, and only the `window - stride` rows and columns that
+    later windows still add to are carried over. The bilinear resize of a
+    block needs its source rows and columns and the one before each (kept
+    from the previous block): an output pixel belongs to the block holding
+    the later of its two source rows and columns. Peak memory is a few
+    blocks of `batch_size` windows, plus a `window - stride` row strip.
+
+    Args:
+        model: maps `(B, window, window, 3)` to logits `(B, window, window, K)`.
+        view: float32 `(h, w, 3)`, both sides at least `window_size`.
+        out_size: `(H, W)` int32, the size the averaged logits are resized to.
+        window_size, window_stride, batch_size: ints.
+        num_classes: int K.
+        finish: maps float32 logits `(rows, cols, K)` at the output size to
+            a tuple of `(rows, cols, ...)` tensors.
+        specs: `(dtype, rank)` of each tensor `finish` returns.
+
+    Returns:
+        Tuple of the `finish` outputs joined into `(H, W, ...)` maps.
+    """
+    size, stride = window_size, window_stride
+    height, width = tf.shape(view)[0], tf.shape(view)[1]
+    rows, row_first, row_last, row_edges = _bands(height, size, stride, 1)
+    cols, col_first, col_last, col_edges = _bands(width, size, stride, batch_size)
+    resize = tf.logical_or(height != out_size[0], width != out_size[1])
+    row_lower, row_upper, row_weight = _resize_weights(out_size[0], height)
+    col_lower, col_upper, col_weight = _resize_weights(out_size[1], width)
+    offsets = tf.range(size)
+    window_pixels = tf.stack(tf.meshgrid(offsets, offsets, indexing="ij"), axis=-1)
+    logits_shape = tf.TensorShape([None, None, num_classes])
+    new_arrays = lambda: [  # noqa: E731
+        tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False) for dtype, _ in specs
+    ]
+
+    def merge_windows(carried, extent, top, left, anchors):
+        """`carried()`, the sums of earlier windows over a block of `extent` at `top`,
+        `left`, plus the logits of the windows at `anchors`, added in anchor order."""
+
+        def call(start, total):
+            batch = anchors[start : start + batch_size]
+            windows = tf.gather_nd(view, batch[:, None, None, :] + window_pixels[None])
+            logits = tf.cast(model(windows, training=False), tf.float32)
+
+            def add(i, total):  # one at a time, like the official loop
+                return i + 1, _add_block(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
+
+            _, total = tf.while_loop(
+                lambda i, _: i < tf.shape(batch)[0], add, (0, total), parallel_iterations=1
+            )
+            return start + batch_size, total
+
+        _, total = tf.while_loop(
+            lambda start, _: start < tf.shape(anchors)[0], call, (0, carried()),
+            parallel_iterations=1,
+        )
+        return total
+
+    def resized(block, top, left, prev_row, prev_col):
+        """The output pixels whose later source row and column lie in `block`."""
+        above, before = tf.shape(prev_row)[0], tf.shape(prev_col)[1]
+        bottom, right = top + tf.shape(block)[0], left + tf.shape(block)[1]
+        source = tf.concat(
+            [prev_row[:, left - before : right], tf.concat([prev_col, block], axis=1)], axis=0
+        )
+        y0 = tf.reduce_sum(tf.cast(row_upper < top, tf.int32))
+        y1 = tf.reduce_sum(tf.cast(row_upper < bottom, tf.int32))
+        x0 = tf.reduce_sum(tf.cast(col_upper < left, tf.int32))
+        x1 = tf.reduce_sum(tf.cast(col_upper < right, tf.int32))
+        origin_row, origin_col = top - above, left - before
+        out = _interpolate(
+            source, row_lower[y0:y1] - origin_row, row_upper[y0:y1] - origin_row,
+            row_weight[y0:y1], axis=0,
+        )
+        return _interpolate(
+            out, col_lower[x0:x1] - origin_col, col_upper[x0:x1] - origin_col,
+            col_weight[x0:x1], axis=1,
+        )
+
+    def row_band(band, row_carry, prev_row, outputs):
+        top = row_edges[band]
+        done_rows = row_edges[band + 1] - top
+        extent_rows = rows[row_last[band] - 1] + size - top
+        band_rows = rows[row_first[band] : row_last[band]]
+
+        def tile(column, col_carry, prev_col, carry_parts, last_rows, pieces):
+            left = col_edges[column]
+            done_cols = col_edges[column + 1] - left
+            extent_cols = cols[col_last[column] - 1] + size - left
+
+            def carried():
+                """What earlier windows added: the columns carried from the previous
+                block, and above the rest, the rows carried from the previous band."""
+                start = left + tf.shape(col_carry)[1]
+                above = _padded(
+                    row_carry[:, start : left + extent_cols], 0, 0, extent_rows,
+                    left + extent_cols - start,
+                )
+                return tf.concat([col_carry, above], axis=1)
+
+            grid = tf.meshgrid(band_rows, cols[col_first[column] : col_last[column]], indexing="ij")
+            total = merge_windows(
+                carried, (extent_rows, extent_cols), top, left,
+                tf.reshape(tf.stack(grid, axis=-1), (-1, 2)),
+            )
+
+            count = _coverage(rows, top, top + done_rows, size)[:, None] * _coverage(
+                cols, left, left + done_cols, size
+            )[None, :]
+            block = total[:done_rows, :done_cols] / count[..., None]
+            logits = tf.cond(
+                resize,
+                lambda: resized(block, top, left, prev_row, prev_col),
+                lambda: block,
+            )
+            outs = finish(logits)
+            pieces = [ta.write(column, _swap01(o, r)) for ta, o, (_, r) in zip(pieces, outs, specs)]
+            carry_parts = carry_parts.write(column, _swap01(total[done_rows:, :done_cols], 3))
+            # gather copies the row: `block[-1]` would share, and keep, the block's buffer.
+            last_rows = last_rows.write(column, tf.gather(block, done_rows - 1))
+            return (column + 1, total[:, done_cols:], block[:, -1:], carry_parts, last_rows, pieces)
+
+        new_array = lambda: tf.TensorArray(tf.float32, 0, dynamic_size=True, infer_shape=False)  # noqa: E731
+        state = (0, tf.zeros([extent_rows, 0, num_classes]), tf.zeros([done_rows, 0, num_classes]),
+                 new_array(), new_array(), new_arrays())
+        invariants = (tf.TensorShape([]), logits_shape, logits_shape, tf.TensorShape(None),
+                      tf.TensorShape(None), [tf.TensorShape(None)] * len(specs))
+        _, _, _, carry_parts, last_rows, pieces = tf.while_loop(
+            lambda column, *_: column < tf.size(col_first), tile, state,
+            shape_invariants=invariants, parallel_iterations=1,
+        )
+        outputs = [
+            ta.write(band, _swap01(piece.concat(), r))
+            for ta, piece, (_, r) in zip(outputs, pieces, specs)
+        ]
+        row_carry = tf.ensure_shape(_swap01(carry_parts.concat(), 3), logits_shape)
+        return band + 1, row_carry, tf.ensure_shape(last_rows.concat()[None], logits_shape), outputs
+
+    state = (0, tf.zeros([0, width, num_classes]), tf.zeros([0, width, num_classes]), new_arrays())
+    invariants = (tf.TensorShape([]), logits_shape, logits_shape, [tf.TensorShape(None)] * len(specs))
+    _, _, _, outputs = tf.while_loop(
+        lambda band, *_: band < tf.size(row_first), row_band, state,
+        shape_invariants=invariants, parallel_iterations=1,
+    )
+    return tuple(
+        tf.ensure_shape(ta.concat(), [None] * r) for ta, (_, r) in zip(outputs, specs)
+    )
+
+
+def _window_view(image, window_size):
+    """`image`, upscaled as the official `resize()` when its short side is below the window."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    new_height, new_width = upscaled_shape(height, width, window_size)
+    return tf.cond(
+        tf.logical_or(new_height != height, new_width != width),
+        lambda: tf.image.resize(image, tf.stack([new_height, new_width]), "bilinear"),
+        lambda: image,
+    )
+
+
+def sliding_window_logits(model, image, window_size, window_stride, batch_size=None):
     """Window-averaged logits at the (possibly upscaled) windowing resolution.
+
+    Holds the whole `(H', W', K)` map, so it is meant for tests and analysis;
+    `segment` never holds it.
 
     Args:
         model: a Keras model mapping `(B, h, w, 3)` to logits `(B, h, w, K)`.
         image: float `(H, W, 3)` normalized image.
         window_size: int, window side (the training crop size).
         window_stride: int, step between windows.
-        batch_size: int, windows per model call. Defaults to 4.
+        batch_size: int, windows per model call. Defaults to
+            `windows_per_call`.
 
     Returns:
         float32 `(H', W', K)` averaged logits, where `(H', W')` is
         `upscaled_shape(H, W, window_size)`.
     """
-    image = _as_single_image(image)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    new_height, new_width = upscaled_shape(height, width, window_size)
-    image = tf.cond(
-        tf.logical_or(new_height != height, new_width != width),
-        lambda: tf.image.resize(image, tf.stack([new_height, new_width]), "bilinear"),
-        lambda: image,
+    num_classes = num_classes_of(model)
+    _check_window(window_size, window_stride, batch_size)
+    batch_size = windows_per_call(window_size, num_classes, batch_size)
+    view = _window_view(_as_single_image(image), window_size)
+    (logits,) = _stream(
+        model, view, tf.shape(view)[:2], window_size, window_stride, batch_size, num_classes,
+        lambda logits: (logits,), [(tf.float32, 3)],
     )
-    rows = window_anchors(new_height, window_size, window_stride)
-    cols = window_anchors(new_width, window_size, window_stride)
-
-    # Gather every window at once: (rows, ws, W, 3) then (rows, ws, cols, ws, 3).
-    offsets = tf.range(window_size)
-    strips = tf.gather(image, rows[:, None] + offsets[None], axis=0)
-    grid = tf.gather(strips, cols[:, None] + offsets[None], axis=2)
-    windows = tf.reshape(tf.transpose(grid, (0, 2, 1, 3, 4)), (-1, window_size, window_size, 3))
-    logits = _window_logits(model, windows, batch_size)
-    num_classes = tf.shape(logits)[-1]
-
-    # Add windows one by one in anchor order, like the official loop, so the
-    # float32 sums are the same.
-    anchor_rows = tf.repeat(rows, tf.size(cols))
-    anchor_cols = tf.tile(cols, [tf.size(rows)])
-    pixel_grid = tf.stack(tf.meshgrid(offsets, offsets, indexing="ij"), axis=-1)
-
-    def add_window(i, total):
-        indices = pixel_grid + tf.stack([anchor_rows[i], anchor_cols[i]])
-        return i + 1, tf.tensor_scatter_nd_add(total, indices, logits[i])
-
-    total = tf.zeros(tf.stack([new_height, new_width, num_classes]), tf.float32)
-    _, total = tf.while_loop(
-        lambda i, _: i < tf.size(anchor_rows), add_window, (0, total)
-    )
-
-    def coverage(anchors, size):
-        positions = tf.range(size)[None]
-        inside = (positions >= anchors[:, None]) & (positions < anchors[:, None] + window_size)
-        return tf.reduce_sum(tf.cast(inside, tf.float32), axis=0)
-
-    count = coverage(rows, new_height)[:, None] * coverage(cols, new_width)[None, :]
-    return total / count[..., None]
+    return logits
 
 
-def _summed_probabilities(model, image, size, window_size, window_stride, batch_size, flip):
-    """Softmax of the window-averaged logits resized to `size`, plus its mirror if `flip`."""
-    views = [(image, False)] + ([(tf.reverse(image, axis=[1]), True)] if flip else [])
-    probs = 0.0
-    for view, flipped in views:
-        logits = sliding_window_logits(model, view, window_size, window_stride, batch_size)
-        logits = tf.image.resize(logits, size, "bilinear")
-        if flipped:
-            logits = tf.reverse(logits, axis=[1])
-        probs += tf.nn.softmax(logits, axis=-1)
-    return probs
-
-
-def sliding_window_inference(
-    model, image, window_size, window_stride, num_classes=None, batch_size=4, flip=False
+def segment(
+    model,
+    image,
+    window_size,
+    window_stride,
+    scales=(1.0,),
+    flip=False,
+    base_size=None,
+    batch_size=None,
+    probabilities=None,
 ):
-    """Class probabilities of one image by sliding-window inference.
+    """Class map (and probabilities) of one image by the paper's sliding-window inference.
 
-    Reproduces the official `segm.model.utils.inference` (Segmenter, ICCV
-    2021, section 4.2): an image whose short side is below `window_size` is
-    first upscaled bilinearly so the short side equals the window; square
-    windows are taken at `window_anchors` on both axes; window logits are
-    summed and divided by the number of windows covering each pixel; the
-    averaged logits are resized bilinearly (half-pixel centres, no
-    antialiasing, as torch `align_corners=False`) to the input size; the
-    softmax comes last. With `flip=True` the probabilities of the image and
-    of its left-right mirror (mirrored back) are averaged.
+    The official `segm.model.utils.inference` (Segmenter, ICCV 2021, section
+    4.2), for each view of the image: an image whose short side is below
+    `window_size` is first upscaled bilinearly so the short side equals the
+    window; square windows are taken at `window_anchors` on both axes;
+    window logits are summed and divided by the number of windows covering
+    each pixel; the averaged logits are resized bilinearly (half-pixel
+    centres, no antialiasing, as torch `align_corners=False`) to the input
+    size; the softmax comes last. The views are the image rescaled to each
+    of `scales` (see `rescaled_shape`) and, with `flip`, their left-right
+    mirrors (mirrored back); their probabilities are averaged, and the class
+    map is their argmax.
+
+    Memory: windows are merged band by band (see `_stream`), so one view
+    never holds all window logits nor a `(H, W, K)` logits map. Several views
+    (`flip` or more than one scale) hold one float32 `(H, W, K)` sum of their
+    probabilities, as the official average over views needs it until the
+    last view.
 
     Runs eagerly or inside a `tf.function` with unknown height and width.
 
@@ -198,9 +424,98 @@ def sliding_window_inference(
             (see `ImageNormalization`).
         window_size: int, window side, the training crop size.
         window_stride: int, step between windows.
-        num_classes: optional int K; when given, the output's last dimension
-            is checked against it and set statically.
-        batch_size: int, windows per model call. Defaults to 4.
+        scales: sequence of float ratios. Defaults to `(1.0,)`.
+        flip: bool, also average the left-right mirrored prediction.
+            Defaults to `False`.
+        base_size: optional `(long, short)`, rescale as the official test
+            pipeline (see `rescaled_shape`); `None` scales the input size.
+        batch_size: int, windows per model call. Defaults to
+            `windows_per_call` (about 256 MB of logits per call).
+        probabilities: optional dtype (e.g. `tf.float32`, `tf.float16`):
+            also return the probabilities in it. Defaults to `None` (class
+            map only).
+
+    Returns:
+        `(classes, probs)`: int32 `(H, W)` class indices, and `(H, W, K)`
+        probabilities of dtype `probabilities` (`None` without it).
+
+    Example:
+
+    >>> backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1,
+    ...                           num_heads=2, mlp_dim=32, image_size=32)
+    >>> model = ks.Segmenter(backbone, num_classes=4)
+    >>> classes, probs = segment(model, np.zeros((20, 70, 3), "float32"), 32, 24,
+    ...                          probabilities=tf.float16)
+    >>> classes.shape, probs.dtype  # windowed at 32x112, then back to 20x70
+    (TensorShape([20, 70]), tf.float16)
+    """
+    num_classes = num_classes_of(model)
+    _check_window(window_size, window_stride, batch_size)
+    batch_size = windows_per_call(window_size, num_classes, batch_size)
+    if not scales or any(not (isinstance(s, (int, float)) and s > 0) for s in scales):
+        raise ValueError(f"`scales` must be positive numbers. Received: scales={scales!r}")
+    image = _as_single_image(image)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    size = tf.stack([height, width])
+
+    def stream(view, finish, specs):
+        return _stream(
+            model, _window_view(view, window_size), size, window_size, window_stride,
+            batch_size, num_classes, finish, specs,
+        )
+
+    def classes_of(probs):
+        return tf.argmax(probs, axis=-1, output_type=tf.int32)
+
+    views = []
+    for scale in scales:
+        new_height, new_width = rescaled_shape(height, width, scale, base_size)
+        scaled = tf.cond(
+            tf.logical_or(new_height != height, new_width != width),
+            lambda: tf.image.resize(image, tf.stack([new_height, new_width]), "bilinear"),
+            lambda: image,
+        )
+        views += [(scaled, False)] + ([(tf.reverse(scaled, axis=[1]), True)] if flip else [])
+
+    if len(views) == 1:
+        def finish(logits):  # softmax is monotonic: the class map is the logits' argmax
+            classes = (classes_of(logits),)
+            if not probabilities:
+                return classes
+            return classes + (tf.cast(tf.nn.softmax(logits, axis=-1), probabilities),)
+
+        specs = [(tf.int32, 2)] + ([(tf.as_dtype(probabilities), 3)] if probabilities else [])
+        outputs = stream(views[0][0], finish, specs)
+        classes, probs = outputs[0], (outputs[1] if probabilities else None)
+    else:
+        total = 0.0
+        for view, flipped in views:
+            (probs,) = stream(view, lambda logits: (tf.nn.softmax(logits, axis=-1),), [(tf.float32, 3)])
+            total += tf.reverse(probs, axis=[1]) if flipped else probs
+        classes = classes_of(total)
+        probs = tf.cast(total / len(views), probabilities) if probabilities else None
+    if probs is not None:
+        probs = tf.ensure_shape(probs, (None, None, num_classes))
+    return classes, probs
+
+
+def sliding_window_inference(
+    model, image, window_size, window_stride, num_classes=None, batch_size=None, flip=False
+):
+    """Class probabilities of one image by sliding-window inference.
+
+    `segment` at one scale, returning float32 probabilities (the official
+    `inference()` output).
+
+    Args:
+        model: a Keras model mapping normalized images `(B, h, w, 3)` to
+            logits `(B, h, w, K)`, e.g. a `keras_segmenter.Segmenter`.
+        image: float `(H, W, 3)` or `(1, H, W, 3)` normalized image.
+        window_size: int, window side, the training crop size.
+        window_stride: int, step between windows.
+        num_classes: optional int K, checked against the model's.
+        batch_size: int, windows per model call. Defaults to
+            `windows_per_call`.
         flip: bool, also average the left-right flipped prediction.
             Defaults to `False`.
 
@@ -216,18 +531,15 @@ def sliding_window_inference(
     >>> probs.shape  # upscaled to 32x112 for the windows, then back
     TensorShape([20, 70, 4])
     """
-    _check_window(window_size, window_stride, batch_size)
-    image = _as_single_image(image)
-    probs = _summed_probabilities(
-        model, image, tf.shape(image)[:2], window_size, window_stride, batch_size, flip
-    )
-    probs = probs / (2.0 if flip else 1.0)
-    if num_classes is not None:
-        tf.debugging.assert_equal(
-            tf.shape(probs)[-1], num_classes, message="model output classes != num_classes"
+    if num_classes is not None and num_classes != num_classes_of(model):
+        raise ValueError(
+            f"`num_classes` differs from the model's {num_classes_of(model)}. "
+            f"Received: num_classes={num_classes}"
         )
-        probs = tf.ensure_shape(probs, (None, None, num_classes))
-    return probs
+    return segment(
+        model, image, window_size, window_stride, flip=flip, batch_size=batch_size,
+        probabilities=tf.float32,
+    )[1]
 
 
 def rescaled_shape(height, width, scale=1.0, base_size=None):
@@ -272,14 +584,14 @@ def multi_scale_inference(
     scales=OFFICIAL_SCALES,
     flip=True,
     base_size=None,
-    batch_size=4,
+    batch_size=None,
 ):
     """Multi-scale (and flip) sliding-window probabilities of one image.
 
-    For each scale the image is resized bilinearly to `rescaled_shape`, run
-    through `sliding_window_inference` (with its mirror when `flip`), and the
-    probabilities, resized to the input size before the softmax as in the
-    official `merge_windows`, are averaged over all scales and flips
+    `segment` with the paper's scales: for each scale the image is resized
+    bilinearly to `rescaled_shape`, windowed (with its mirror when `flip`),
+    and the probabilities, resized to the input size before the softmax as
+    in the official `merge_windows`, are averaged over all scales and flips
     (Segmenter, ICCV 2021, section 4.2, "multi-scale").
 
     Args:
@@ -292,29 +604,31 @@ def multi_scale_inference(
         flip: bool, add left-right flipped predictions. Defaults to `True`.
         base_size: optional `(long, short)`, rescale as the official test
             pipeline (see `rescaled_shape`); `None` scales the input size.
-        batch_size: int, windows per model call. Defaults to 4.
+        batch_size: int, windows per model call. Defaults to
+            `windows_per_call`.
 
     Returns:
         float32 `(H, W, K)` averaged probabilities.
     """
+    return segment(
+        model, image, window_size, window_stride, scales, flip, base_size, batch_size, tf.float32
+    )[1]
+
+
+def _traced(model, window_size, window_stride, scales, flip, base_size, batch_size, probabilities):
     _check_window(window_size, window_stride, batch_size)
-    if not scales or any(not (isinstance(s, (int, float)) and s > 0) for s in scales):
-        raise ValueError(f"`scales` must be positive numbers. Received: scales={scales!r}")
-    image = _as_single_image(image)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    size = tf.stack([height, width])
-    probs = 0.0
-    for scale in scales:
-        new_height, new_width = rescaled_shape(height, width, scale, base_size)
-        scaled = tf.cond(
-            tf.logical_or(new_height != height, new_width != width),
-            lambda: tf.image.resize(image, tf.stack([new_height, new_width]), "bilinear"),
-            lambda: image,
+    batch_size = windows_per_call(window_size, num_classes_of(model), batch_size)
+    scales = tuple(float(s) for s in scales)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True)
+    def infer(image):
+        classes, probs = segment(
+            model, image, window_size, window_stride, scales, flip, base_size, batch_size,
+            tf.float32 if probabilities else None,
         )
-        probs += _summed_probabilities(
-            model, scaled, size, window_size, window_stride, batch_size, flip
-        )
-    return probs / (len(scales) * (2 if flip else 1))
+        return probs if probabilities else classes
+
+    return infer
 
 
 def make_inference_function(
@@ -324,13 +638,14 @@ def make_inference_function(
     scales=(1.0,),
     flip=False,
     base_size=None,
-    batch_size=4,
+    batch_size=None,
 ):
     """A `tf.function` from one normalized image `(H, W, 3)` to `(H, W, K)` probabilities.
 
     Traced once with unknown height and width, so images of every size reuse
     the same graph. `scales=(1.0,)`, `flip=False` and `base_size=None` is
-    plain `sliding_window_inference`.
+    plain `sliding_window_inference`. For class maps, `make_segment_function`
+    never holds the `(H, W, K)` map.
 
     Args:
         model: a Keras segmentation model returning logits.
@@ -340,21 +655,30 @@ def make_inference_function(
         flip: bool, flip averaging. Defaults to `False`.
         base_size: optional `(long, short)`, official test resize (see
             `rescaled_shape`).
-        batch_size: int, windows per model call. Defaults to 4.
+        batch_size: int, windows per model call. Defaults to
+            `windows_per_call`.
 
     Returns:
         A `tf.function` taking a float32 `(H, W, 3)` tensor.
     """
-    _check_window(window_size, window_stride, batch_size)
-    scales = tuple(float(s) for s in scales)
+    return _traced(model, window_size, window_stride, scales, flip, base_size, batch_size, True)
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True)
-    def infer(image):
-        return multi_scale_inference(
-            model, image, window_size, window_stride, scales, flip, base_size, batch_size
-        )
 
-    return infer
+def make_segment_function(
+    model,
+    window_size,
+    window_stride,
+    scales=(1.0,),
+    flip=False,
+    base_size=None,
+    batch_size=None,
+):
+    """A `tf.function` from one normalized image `(H, W, 3)` to its int32 class map `(H, W)`.
+
+    `segment` traced once for unknown height and width; the arguments are
+    those of `make_inference_function`.
+    """
+    return _traced(model, window_size, window_stride, scales, flip, base_size, batch_size, False)
 
 
 def evaluate(
@@ -371,7 +695,7 @@ def evaluate(
     class_names=None,
     object_sizes=True,
     limit=None,
-    batch_size=4,
+    batch_size=None,
     verbose=1,
 ):
     """Evaluates a model with the paper's protocol; ground truth at its own resolution.
@@ -381,8 +705,10 @@ def evaluate(
     probabilities come back at the mask's resolution, and the argmax is
     accumulated in a confusion matrix (and in small/medium/large object
     confusions, see `keras_segmenter.metrics.object_size_confusion`).
-    Defaults follow the official `segm/eval/miou.py`: window = training crop,
-    stride = crop - 32, rescale to `info.base_size`.
+    Defaults follow the official `segm/eval/miou.py`: window = the model's
+    training crop (`model.backbone.image_size`, not the dataset's crop: a
+    model trained on 128 crops is evaluated with 128 windows), stride =
+    window - 32 (see `predict.default_window`), rescale to `info.base_size`.
 
     Args:
         model: a Keras segmentation model returning logits.
@@ -392,7 +718,8 @@ def evaluate(
         info: optional `DatasetInfo`-like object with `num_classes`,
             `class_names`, `ignore_index`, `crop_size`, `base_size`.
         num_classes: int, overrides `info.num_classes`.
-        window_size: int, defaults to `info.crop_size`.
+        window_size: int, defaults to the model's training crop (to
+            `info.crop_size` for a model without `backbone.image_size`).
         window_stride: int, defaults to `window_size - 32`.
         multi_scale: bool, scales (0.5, ..., 1.75). Defaults to `False`.
         flip: bool, flip averaging; defaults to `multi_scale`.
@@ -402,7 +729,8 @@ def evaluate(
         class_names: sequence of str, defaults to `info.class_names`.
         object_sizes: bool, also compute mIoU by object size. Defaults to `True`.
         limit: optional int, evaluate only the first `limit` pairs.
-        batch_size: int, windows per model call. Defaults to 4.
+        batch_size: int, windows per model call. Defaults to
+            `windows_per_call`.
         verbose: 0 silent, 1 progress (a bar on a terminal, a line every 10 % of
             the images otherwise). Defaults to 1.
 
@@ -415,6 +743,7 @@ def evaluate(
     import numpy as np
 
     from keras_segmenter import metrics
+    from keras_segmenter.predict import default_window
     from keras_segmenter.progress import Progress
 
     def pick(value, attribute, default=None):
@@ -425,16 +754,15 @@ def evaluate(
     num_classes = pick(num_classes, "num_classes")
     if num_classes is None:
         raise ValueError("`evaluate` needs `num_classes` or `info`. Received neither.")
-    window_size = pick(window_size, "crop_size")
-    if window_size is None:
-        raise ValueError("`evaluate` needs `window_size` or `info.crop_size`. Received neither.")
-    window_stride = window_size - 32 if window_stride is None else window_stride
+    if getattr(getattr(model, "backbone", None), "image_size", None) is None:
+        window_size = pick(window_size, "crop_size")  # no training crop to default to
+    window_size, window_stride = default_window(model, window_size, window_stride)
     ignore_index = pick(ignore_index, "ignore_index", 255)
     class_names = pick(class_names, "class_names")
     base_size = pick(base_size, "base_size") or None
     flip = multi_scale if flip is None else flip
     scales = OFFICIAL_SCALES if multi_scale else (1.0,)
-    infer = make_inference_function(
+    infer = make_segment_function(
         model, window_size, window_stride, scales, flip, base_size and tuple(base_size), batch_size
     )
 
@@ -457,7 +785,7 @@ def evaluate(
             raise ValueError(
                 f"Image {count}: image size {tuple(image.shape[:2])} differs from mask {mask.shape}"
             )
-        pred = tf.argmax(infer(image), axis=-1, output_type=tf.int32)
+        pred = infer(image)
         confusion += metrics.confusion_matrix(mask, pred, num_classes, ignore_index).numpy()
         if object_sizes:
             size_confusion += metrics.object_size_confusion(

@@ -78,11 +78,22 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
     info = types.SimpleNamespace(num_classes=11, class_names=None, ignore_index=255,
                                  crop_size=64, base_size=None)
     results = evaluate(tiny_model, pairs, info, verbose=0)
-    assert results["window_size"] == 64 and results["window_stride"] == 32
-    preds = [np.argmax(sliding_window_inference(tiny_model, x, 64, 32).numpy(), -1) for x, _ in pairs]
+    # The window is the model's 32 training crop, not the dataset's 64 crop;
+    # the stride is max(32 - 32, 32 // 2) (see predict.default_window).
+    assert results["window_size"] == 32 and results["window_stride"] == 16
+    preds = [np.argmax(sliding_window_inference(tiny_model, x, 32, 16).numpy(), -1) for x, _ in pairs]
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 2
     check_against_numpy(results, preds, [m for _, m in pairs])
     assert results["num_images"] == 3 and 0 < results["mIoU"] < 1
+
+
+def test_evaluate_window_falls_back_to_the_dataset_crop_without_a_training_crop():
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Dense(11)(inputs))  # no backbone.image_size
+    info = types.SimpleNamespace(num_classes=11, class_names=None, ignore_index=255,
+                                 crop_size=64, base_size=None)
+    results = evaluate(model, camvid_pairs()[:1], info, object_sizes=False, verbose=0)
+    assert results["window_size"] == 64 and results["window_stride"] == 32
 
 
 def test_evaluate_rescales_like_the_official_pipeline(tiny_model):

@@ -1,10 +1,13 @@
 """SavedModel export for TF Serving: signatures, parity with predict(), fresh loading, bad requests."""
 
+import io
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import keras
 import numpy as np
@@ -22,6 +25,10 @@ VOC_PNG = DATA / "voc_val_sample_1_160.png"
 BIN = pathlib.Path(sys.executable).parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 WINDOW, STRIDE = 32, 24
+MAX_PIXELS = 1_000_000  # set at export by the CLI fixture
+# The exported probabilities are float16: half a step is at most 2**-12 below 1,
+# plus the float32 round-off between the SavedModel and the eager run (1e-6 before).
+FLOAT16_ATOL = 2**-12 + 1e-6
 
 
 def run(*command):
@@ -50,8 +57,10 @@ def exported(model, tmp_path_factory):
     result = run(
         sys.executable, "-m", "keras_segmenter.export", "--model", root / "tiny.keras",
         "--out", out, "--window-size", WINDOW, "--window-stride", STRIDE, "--probabilities",
+        "--max-pixels", MAX_PIXELS,
     )
     assert "serving_default" in result.stdout and "stride 24" in result.stdout
+    assert f"at most {MAX_PIXELS} pixels" in result.stdout
     return out
 
 
@@ -79,6 +88,7 @@ def test_layout_and_saved_model_cli_show(exported):
     for outputs in (default, encoded):
         assert "outputs['segmentation']" in outputs and "DT_INT32" in outputs
         assert "outputs['probabilities']" in outputs and "(-1, -1, -1, 5)" in outputs
+        assert "DT_HALF" in outputs
 
 
 @pytest.mark.slow
@@ -95,7 +105,7 @@ def test_saved_model_cli_run_matches_the_keras_model(model, exported, tmp_path):
     assert segmentation.dtype == np.int32 and segmentation.shape == (1, 180, 240)
     expected = predict(model, image, window_size=WINDOW, window_stride=STRIDE)
     np.testing.assert_array_equal(segmentation[0], expected)
-    np.testing.assert_allclose(probabilities[0], expected_probabilities(model, image), atol=1e-6)
+    np.testing.assert_allclose(probabilities[0], expected_probabilities(model, image), atol=FLOAT16_ATOL)
     assert len(np.unique(expected)) > 1
 
 
@@ -144,7 +154,7 @@ def test_loads_and_runs_without_keras_segmenter_or_keras(model, exported, tmp_pa
         predict(model, voc[::-1].copy(), window_size=WINDOW, window_stride=STRIDE),
     )
     np.testing.assert_allclose(
-        outputs["probabilities"][0], expected_probabilities(model, voc), atol=1e-6
+        outputs["probabilities"][0], expected_probabilities(model, voc), atol=FLOAT16_ATOL
     )
     # The bytes signature decodes the JPEG with TensorFlow; PIL may decode a
     # few pixel values differently, so compare with predict() on TF's pixels.
@@ -210,6 +220,67 @@ def test_bad_requests_of_wrong_dtype_or_bytes(loaded):
     assert encoded(image_bytes=tf.stack([png, png]))["segmentation"].shape == (2, 8, 8)
 
 
+@pytest.mark.slow
+def test_loaded_model_refuses_requests_above_its_pixel_limit(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"limit of {MAX_PIXELS} pixels") as error:
+        loaded.signatures["serving_default"](images=tf.zeros((5, 500, 500, 3), tf.uint8))
+    assert "--max-pixels" in str(error.value) and "[5 500 500]" in str(error.value)
+
+
+def huge_png(height, width):
+    """A valid 1-bit grayscale PNG of `height x width` zeros: about 48 KB for 20000 x 20000."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    pixels = zlib.compress(row * height, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_declared_size_reads_the_headers(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8))
+    encoded = {}
+    for name, kwargs in {
+        "PNG": {}, "JPEG": {}, "GIF": {}, "BMP": {}, "WEBP": {"lossless": True},
+        "WEBP lossy": {"quality": 80},
+    }.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format=name.split()[0], **kwargs)
+        encoded[name] = buffer.getvalue()
+    buffer = io.BytesIO()
+    image.convert("RGBA").save(buffer, format="WEBP", quality=80, exif=b"Exif\0\0")
+    encoded["WEBP extended"] = buffer.getvalue()
+    for name, data in encoded.items():
+        height, width = export.declared_size(tf.constant(data))
+        assert (int(height), int(width)) == (37, 53), name
+    assert [int(v) for v in export.declared_size(tf.constant(huge_png(20000, 20000)))] == [20000, 20000]
+    assert [int(v) for v in export.declared_size(tf.constant(b"not an image"))] == [0, 0]
+
+
+def test_module_refuses_requests_above_the_pixel_limit(model):
+    module = export.SegmenterServingModule(model, max_pixels=2000)
+    assert module.serving_default(tf.zeros((1, 40, 50, 3), tf.uint8))["segmentation"].shape == (1, 40, 50)
+    # Two 40 x 50 images, and one 10 x 150 image windowed at 32 x 480 (upscaled to the window).
+    for images in (tf.zeros((2, 40, 50, 3), tf.uint8), tf.zeros((1, 10, 150, 3), tf.uint8)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 2000 pixels per request"):
+            module.serving_default(images)
+    jpeg = tf.io.encode_jpeg(tf.zeros((64, 64, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="headers declare") as error:
+        module.serving_bytes(tf.stack([jpeg]))
+    assert "[1 64 64]" in str(error.value)
+
+
+def test_a_small_png_declaring_20000x20000_is_refused_before_decoding(model):
+    data = huge_png(20000, 20000)
+    assert len(data) < 60_000
+    module = export.SegmenterServingModule(model)  # default limit: one 24 GB machine
+    assert module.max_pixels < 20000 * 20000
+    with pytest.raises(tf.errors.InvalidArgumentError, match="headers declare") as error:
+        module.serving_bytes(tf.constant([data]))
+    assert "[1 20000 20000]" in str(error.value)
+
+
 def test_module_signatures_in_process(model, tmp_path):
     """Without --probabilities only `segmentation` is returned; default window from the crop."""
     module = export.SegmenterServingModule(model)
@@ -227,6 +298,8 @@ def test_export_refuses_bad_arguments(model, tmp_path, capsys):
         export.export_saved_model(model, tmp_path / "1")
     with pytest.raises(ValueError, match="window_stride"):
         export.SegmenterServingModule(model, window_size=32, window_stride=40)
+    with pytest.raises(ValueError, match="max_pixels"):
+        export.SegmenterServingModule(model, max_pixels=0)
     with pytest.raises(SystemExit) as exit_info:
         export.main(["--model", str(tmp_path / "none.keras"), "--out", str(tmp_path / "2")])
     assert exit_info.value.code == 2

@@ -130,13 +130,21 @@ def pointwise_model():
 
 
 @pytest.mark.parametrize(
-    "shape,window,stride",
-    [((50, 70), 24, 16), ((24, 24), 24, 8), ((30, 19), 24, 24), ((61, 44), 32, 7)],
+    "shape,window,stride,batch_size",
+    [
+        ((50, 70), 24, 16, 3),
+        ((24, 24), 24, 8, 3),
+        ((30, 19), 24, 24, 3),
+        ((61, 44), 32, 7, 3),
+        ((61, 44), 32, 7, 1),  # one window column per merged block
+        ((97, 83), 24, 20, 2),  # last anchors 4 px after the previous ones
+        ((9, 70), 24, 10, 2),  # upscaled 2.7x: each block owns a few output rows
+    ],
 )
-def test_pipeline_matches_numpy_transcription(pointwise_model, shape, window, stride):
+def test_pipeline_matches_numpy_transcription(pointwise_model, shape, window, stride, batch_size):
     model, predict = pointwise_model
     image = np.random.default_rng(1).normal(size=shape + (3,)).astype("float32")
-    probs = sliding_window_inference(model, image, window, stride, batch_size=3)
+    probs = sliding_window_inference(model, image, window, stride, batch_size=batch_size)
     expected = _official_inference(predict, image.astype(np.float64), window, stride)
     # float32 against a float64 transcription: observed max 2.3e-7.
     np.testing.assert_allclose(probs.numpy(), expected, rtol=0, atol=5e-7)

@@ -141,6 +141,31 @@ def test_predict_with_explicit_window_and_whole_image(model):
     np.testing.assert_array_equal(whole, np.argmax(logits.numpy(), axis=-1))
 
 
+# float16 keeps probabilities to half a step (at most 2**-12 below 1), plus the
+# float32 round-off between the traced and the eager run (the 1e-6 used before).
+FLOAT16_ATOL = 2**-12 + 1e-6
+
+
+def test_predict_probabilities_are_compact_and_match_sliding_window(
+    model, model_path, tmp_path, capsys
+):
+    image = np.asarray(Image.open(VOC_PNG).convert("RGB"))
+    class_map, probs = predict(model, image, window_size=32, window_stride=24, probabilities=True)
+    assert probs.dtype == np.float16 and probs.shape == image.shape[:2] + (5,)
+    np.testing.assert_array_equal(class_map, predict(model, image, window_size=32, window_stride=24))
+    normalized = ks.ImageNormalization(model.normalization)(image[None])[0]
+    expected = sliding_window_inference(model, normalized, 32, 24).numpy()
+    np.testing.assert_allclose(probs.astype(np.float32), expected, rtol=0, atol=FLOAT16_ATOL)
+
+    status = predict_module.main(
+        ["--model", str(model_path), str(VOC_PNG), "--out", str(tmp_path), "--probabilities", "--window-size", "32",
+         "--window-stride", "24"]
+    )
+    assert status == 0, capsys.readouterr().err
+    saved = np.load(tmp_path / f"{VOC_PNG.stem}_probabilities.npy")
+    np.testing.assert_array_equal(saved, probs)
+
+
 def test_predict_rejects_bad_input(model):
     with pytest.raises(ValueError, match=r"uint8 RGB array \(height, width, 3\)"):
         predict(model, np.zeros((20, 20, 3), np.float32))

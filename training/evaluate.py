@@ -6,9 +6,9 @@
 
 As the official `segm/eval/miou.py`: each image is rescaled as the dataset's
 test pipeline (`base_size`, e.g. ADE20K short side 512; `--original-size`
-keeps it as it is), predicted with sliding windows of the training crop size
-and stride crop - 32, the probabilities are resized to the ground truth's
-original resolution, and mIoU, per-class IoU, aAcc and mAcc are computed with
+keeps it as it is), predicted with sliding windows of the model's training
+crop size (not the dataset's) and stride crop - 32, the probabilities are
+resized to the ground truth's original resolution, and mIoU, per-class IoU, aAcc and mAcc are computed with
 MMSegmentation's definitions. mIoU by object size (paper Table 4) uses
 connected components of each ground-truth class as objects: small < 32^2,
 medium 32^2..96^2, large >= 96^2 pixels (COCO's limits). `--multi-scale`
@@ -35,9 +35,11 @@ def parse_args(argv):
     p.add_argument("--split", default="val", help="evaluation split (default: val)")
     p.add_argument("--multi-scale", action="store_true", help="scales 0.5..1.75 with flips")
     p.add_argument("--flip", action="store_true", help="flip averaging (on with --multi-scale)")
-    p.add_argument("--window-size", type=int, help="default: the dataset's training crop")
+    p.add_argument("--window-size", type=int,
+                   help="default: the model's training crop (its backbone image_size)")
     p.add_argument("--window-stride", type=int, help="default: window size - 32")
-    p.add_argument("--window-batch-size", type=int, default=4, help="windows per model call")
+    p.add_argument("--window-batch-size", type=int,
+                   help="windows per model call (default: as many as keep their logits near 256 MB)")
     p.add_argument("--original-size", action="store_true",
                    help="do not rescale images to the dataset's base size before windowing")
     p.add_argument("--no-object-sizes", action="store_true", help="skip mIoU by object size")

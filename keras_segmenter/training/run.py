@@ -154,15 +154,17 @@ def make_evaluate_fn(dataset, num_classes, ignore_index, window_size=None, windo
 
     def evaluate(model):
         if window_size:
-            from keras_segmenter.inference import make_inference_function
+            from keras_segmenter.inference import make_segment_function
 
-            infer = make_inference_function(model, window_size, window_stride or window_size)
+            infer = make_segment_function(model, window_size, window_stride or window_size)
         else:
-            whole = tf.function(lambda image: model(image[None], training=False)[0], reduce_retracing=True)
-            infer = whole
+            infer = tf.function(
+                lambda image: tf.argmax(model(image[None], training=False)[0], -1, output_type=tf.int32),
+                reduce_retracing=True,
+            )
         metric = make_metric(num_classes, ignore_index)
         for image, mask in dataset:
-            pred = tf.argmax(infer(tf.cast(image, tf.float32)), axis=-1, output_type=tf.int32)
+            pred = infer(tf.cast(image, tf.float32))
             metric.update_state(mask[None], pred[None])
         return metric.results()
 
