@@ -141,7 +141,7 @@ def _as_pair(size, name):
 def train_dataset(name, data_dir, batch_size=8, crop_size=None,
                   normalization="vit", seed=None, split="train", repeat=True,
                   shuffle_buffer=None, cat_max_ratio=augment.CAT_MAX_RATIO,
-                  **dataset_kwargs):
+                  start=0, **dataset_kwargs):
     """Training batches with the MMSegmentation augmentation recipe.
 
     Per example: random keep-ratio rescale to the base scale times a ratio
@@ -163,6 +163,9 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
         repeat: bool, repeat forever. Defaults to True.
         shuffle_buffer: int or None (whole split).
         cat_max_ratio: float. Defaults to 0.75; 1.0 disables crop retries.
+        start: int, examples to skip: with the same seed, the stream
+            continues where one that yielded `start` examples stopped (to
+            resume a run). Defaults to 0.
         **dataset_kwargs: dataset options (`num_classes`, `ignore_index`,
             `class_names`, `base_size`, ... for `folder`; `manual_dir` for
             `ade20k`; `split_file`, ...).
@@ -204,7 +207,7 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
                     reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.enumerate()
+    ds = ds.enumerate().skip(start)  # skipped before decoding: only paths
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
