@@ -119,6 +119,8 @@ def make_config(argv):
         config.resolve()
     except (ValueError, TypeError) as e:
         usage_error(str(e))
+    if config.data_dir is None:
+        usage_error(f"--data-dir is required for --dataset {config.dataset}")
     return config, bool(args.dry_run)
 
 

@@ -13,7 +13,7 @@ class Checkpointer(keras.callbacks.Callback):
     """Saves the model and optimizer every `model.fit` epoch.
 
     Each epoch is a chunk of `steps_per_epoch` iterations; at its end the
-    state is saved as `ckpt-<iteration>.weights.h5` (see
+    state is saved as `ckpt-<iteration>.npz` (see
     `checkpoints.save_checkpoint`), keeping the last `keep`. Put it last in
     the callback list: a checkpoint then means that everything of its epoch
     (validation, `history.csv` row) is done, so a run killed earlier redoes

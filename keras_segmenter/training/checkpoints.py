@@ -1,10 +1,12 @@
 """Numbered training checkpoints, written atomically, and resuming from them.
 
-A checkpoint is `ckpt-<iteration>.weights.h5`: the model weights, the
-optimizer state with its iteration counter (once the model is compiled) and,
-in the group `rng`, the state of every random-seed generator (dropout, drop
-path), so that a resumed run draws the same masks as an uninterrupted one.
-`latest.json` names the newest. Every file goes through `atomic_write`
+A checkpoint is `ckpt-<iteration>.npz`: every model weight, the optimizer
+state with its iteration counter (once the model is compiled) and the state
+of every random-seed generator (dropout, drop path), so that a resumed run
+draws the same masks as an uninterrupted one; each array is stored with its
+variable path, and the zip's CRCs make a damaged file detectable. It is
+written through Python's file I/O (not HDF5, which segfaults when the disk
+fills during a write). `latest.json` names the newest. Every file goes through `atomic_write`
 (temporary name, fsync, rename), so a run killed at any moment, or stopped by
 a full disk, leaves the previous checkpoint intact and `latest.json` naming a
 complete file; older checkpoints are deleted only after a newer one is
@@ -17,11 +19,8 @@ import glob
 import json
 import os
 import re
-import shutil
-import tempfile
-import warnings
 
-_NAME = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+_NAME = re.compile(r"ckpt-(\d+)\.npz$")
 _TMP_PREFIX = "tmp-"
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 LATEST = "latest.json"
@@ -104,15 +103,28 @@ def _seed_states(model):
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
+def _state(model):
+    """`{"weights": [...], "optimizer": [...], "rng": [...]}`: the variables a run needs."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return {
+        "weights": list(model.weights),
+        "optimizer": list(optimizer.variables) if optimizer is not None else [],
+        "rng": _seed_states(model),
+    }
+
+
 def _write_checkpoint(model, path):
-    import h5py
     import numpy as np
 
-    model.save_weights(path, overwrite=True)
-    with h5py.File(path, "a") as f:
-        group = f.create_group("rng")
-        for i, state in enumerate(_seed_states(model)):
-            group[str(i)] = np.asarray(state.numpy())
+    arrays = {}
+    for group, variables in _state(model).items():
+        for i, variable in enumerate(variables):
+            arrays[f"{group}/{i}"] = np.asarray(variable.numpy())
+            arrays[f"{group}/{i}.path"] = np.array(variable.path)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def save_checkpoint(model, directory, iteration, epoch=None, keep=2, write=True):
@@ -124,9 +136,8 @@ def save_checkpoint(model, directory, iteration, epoch=None, keep=2, write=True)
         iteration: int, the training iteration reached.
         epoch: int or None, the `model.fit` epoch reached.
         keep: int, how many checkpoints to keep. Defaults to 2.
-        write: bool, False on non-chief workers of a multi-worker run: the
-            weights are still gathered (all workers must take part) but go
-            to a temporary folder that is removed.
+        write: bool, False on non-chief workers of a multi-worker run
+            (nothing is written).
 
     Returns:
         The checkpoint path (or None when `write=False`).
@@ -135,13 +146,8 @@ def save_checkpoint(model, directory, iteration, epoch=None, keep=2, write=True)
         DiskFullError: the disk is full; the previous checkpoint and
             `latest.json` are untouched.
     """
-    name = f"ckpt-{iteration:08d}.weights.h5"
+    name = f"ckpt-{iteration:08d}.npz"
     if not write:
-        scratch = tempfile.mkdtemp()
-        try:
-            _write_checkpoint(model, os.path.join(scratch, name))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         return None
     os.makedirs(directory, exist_ok=True)
     final = atomic_write(os.path.join(directory, name), lambda tmp: _write_checkpoint(model, tmp))
@@ -156,7 +162,7 @@ def save_checkpoint(model, directory, iteration, epoch=None, keep=2, write=True)
 def list_checkpoints(directory):
     """`[(path, iteration)]` of the numbered checkpoints, oldest first."""
     found = []
-    for path in glob.glob(os.path.join(directory, "ckpt-*.weights.h5")):
+    for path in glob.glob(os.path.join(directory, "ckpt-*.npz")):
         match = _NAME.search(os.path.basename(path))
         if match:
             found.append((path, int(match.group(1))))
@@ -164,17 +170,14 @@ def list_checkpoints(directory):
 
 
 def unreadable_reason(path):
-    """Why the checkpoint at `path` cannot be read (every array is read), or None."""
-    import h5py
-
-    def read(name, item):
-        if isinstance(item, h5py.Dataset):
-            item[()]
+    """Why the checkpoint at `path` cannot be read (every array is read and CRC-checked), or None."""
+    import numpy as np
 
     try:
-        with h5py.File(path, "r") as f:
-            f.visititems(read)
-    except Exception as e:  # h5py reports truncation and corruption as OSError, KeyError, RuntimeError...
+        with np.load(path, allow_pickle=False) as arrays:
+            for key in arrays.files:
+                arrays[key]
+    except Exception as e:  # zipfile and numpy report damage as BadZipFile, OSError, ValueError, EOFError...
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
 
@@ -205,36 +208,33 @@ def restore_checkpoint(model, path):
 
     The model must be built and compiled like the one that was saved; the
     optimizer is built first so that its state (iteration included) loads.
+    Nothing is assigned unless every array fits; otherwise `ValueError`
+    names the first variable that does not, with both shapes.
     """
-    import h5py
+    import numpy as np
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
-    hint = "same --model, --dataset classes and --precision are needed to resume"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.load_weights(path)
-        except ValueError as e:
-            raise ValueError(f"Checkpoint {path} does not match this model ({hint}): {e}") from e
-    # Keras only warns when the optimizer state or a sublayer does not fit;
-    # resuming without them would silently restart the schedule.
-    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
-    if skipped:
-        raise ValueError(f"Checkpoint {path} does not match this model ({hint}): {skipped[0]}")
-    states = _seed_states(model)
-    with h5py.File(path, "r") as f:
-        saved = f["rng"] if "rng" in f else {}
-        if len(saved) != len(states):
-            raise ValueError(
-                f"Checkpoint {path} does not match this model ({hint}): it has {len(saved)} "
-                f"random-seed states, the model {len(states)}"
-            )
-        for i, state in enumerate(states):
-            state.assign(saved[str(i)][()])
+    hint = "same --model, --dataset classes, --crop-size and --precision are needed to resume"
+    pairs = []
+    with np.load(path, allow_pickle=False) as arrays:
+        for group, variables in _state(model).items():
+            saved = sum(1 for key in arrays.files if key.startswith(f"{group}/") and not key.endswith(".path"))
+            if saved != len(variables):
+                raise ValueError(
+                    f"Checkpoint {path} does not match this model ({hint}): it holds {saved} {group} "
+                    f"arrays, the model has {len(variables)}"
+                )
+            for i, variable in enumerate(variables):
+                value = arrays[f"{group}/{i}"]
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise ValueError(
+                        f"Checkpoint {path} does not match this model ({hint}): {arrays[f'{group}/{i}.path']} "
+                        f"has shape {tuple(value.shape)}, the model's {variable.path} {tuple(variable.shape)}"
+                    )
+                pairs.append((variable, value))
+    for variable, value in pairs:
+        variable.assign(value)
     return model
 
 

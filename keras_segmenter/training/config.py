@@ -109,8 +109,6 @@ class RunConfig:
             for key, value in SAMPLE_DEFAULTS.items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
-        elif self.data_dir is None:
-            raise ValueError(f"--data-dir is required for --dataset {self.dataset}")
         for key, value in DATASET_DEFAULTS[self.dataset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
