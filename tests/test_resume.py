@@ -64,6 +64,9 @@ def test_resume_reads_the_runs_config_and_accepts_only_flags_that_cannot_change_
     assert "--output-dir" in _user_error(capsys, ["--resume"])
     assert (run / "config.json").read_text() == before  # nothing written
 
+    err = _user_error(capsys, ["--output-dir", str(run), "--data-dir", str(CAMVID)])  # forgot --resume
+    assert "already holds a run's checkpoints; add --resume" in err
+    assert (run / "config.json").read_text() == before
     err = _user_error(capsys, ["--output-dir", str(tmp_path / "rnu"), "--resume"])  # misspelt
     assert "rnu/config.json does not exist" in err and not (tmp_path / "rnu").exists()
     os.remove(run / "checkpoints" / "ckpt-00000002.npz")
@@ -156,3 +159,29 @@ def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     for column in ("loss", "mIoU", "learning_rate", "val_mIoU"):
         np.testing.assert_allclose([float(r[column]) for r in resumed_rows], [float(r[column]) for r in full_rows],
                                    rtol=1e-5, err_msg=column)
+
+
+def _limit_file_size():
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_training_is_a_one_line_error(tmp_path):
+    import keras_segmenter as ks
+
+    init = tmp_path / "tiny.keras"
+    ks.Segmenter(ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32), 11).save(init)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        _fit(out, "--dataset", "camvid", "--data-dir", CAMVID, "--init", init, "--crop-size", 32, "--batch-size", 2,
+             "--iterations", 2, "--checkpoint-every", 2, "--val-every", 2, "--val-images", 1),
+        capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("fit.py: error: ") and "ckpt-00000002.npz: the disk is full" in last
+    assert f"--output-dir {out} --resume" in last
+    assert os.listdir(out / "checkpoints") == []  # no temporary file, no latest.json naming a broken file

@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, RunConfig  # noqa: E402
+from keras_segmenter.training.checkpoints import list_checkpoints  # noqa: E402
 from keras_segmenter.training.config import is_bundled_sample  # noqa: E402
 
 # Flags that cannot change what a resumed run computes.
@@ -79,8 +80,6 @@ def _flag(key):
 
 def _resume_config(args):
     """The config of the run in `--output-dir`, to continue it unchanged."""
-    from keras_segmenter.training.checkpoints import list_checkpoints
-
     changed = [_flag(k) for k, v in vars(args).items() if v is not None and k not in RESUME_FLAGS]
     if changed:
         usage_error(
@@ -121,6 +120,9 @@ def make_config(argv):
         usage_error(str(e))
     if config.data_dir is None:
         usage_error(f"--data-dir is required for --dataset {config.dataset}")
+    if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
+        usage_error(f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
+                    "it, or choose another --output-dir.")
     return config, bool(args.dry_run)
 
 
@@ -158,7 +160,7 @@ def main(argv=None):
     print(describe(config), flush=True)
     if dry_run:
         return
-    from keras_segmenter.training.checkpoints import DiskFullError
+    from keras_segmenter.training.checkpoints import is_disk_full
     from keras_segmenter.training.strategies import make_strategy
 
     strategy = make_strategy(config.strategy)  # first: multi-worker must precede any TF op
@@ -170,8 +172,11 @@ def main(argv=None):
         else:
             model, summary = run.train(config, strategy=strategy)
             summary["weights_sha256"] = loop.weights_digest(model)
-    except DiskFullError as e:
-        print(f"fit.py: error: {e}", file=sys.stderr)
+    except OSError as e:  # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError
+        if not is_disk_full(e):
+            raise
+        print(f"fit.py: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
+              f"continue with --output-dir {config.output_dir} --resume", file=sys.stderr)
         raise SystemExit(1)
     if summary.get("model"):
         print(f"\nModel:       {summary['model']}")

@@ -30,7 +30,8 @@ class DiskFullError(OSError):
     """Writing a run's file failed for lack of space; the old file is intact."""
 
 
-def _is_disk_full(error):
+def is_disk_full(error):
+    """True for the errors of a write that found no space (ENOSPC, EFBIG, EDQUOT)."""
     text = str(error)
     return getattr(error, "errno", None) in _DISK_FULL or any(
         marker in text for marker in ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
@@ -67,7 +68,7 @@ def atomic_write(path, write):
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(error, Exception) and _is_disk_full(error):
+        if isinstance(error, Exception) and is_disk_full(error):
             raise DiskFullError(f"{path}: the disk is full, nothing was written ({error})".splitlines()[0]) from None
         raise
     return path

@@ -102,11 +102,12 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
             gradients = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            return loss, confusion_matrix(masks, predictions, num_classes, ignore_index)
+            return loss, tf.cast(confusion_matrix(masks, predictions, num_classes, ignore_index), tf.float64)
 
         images, masks = next(iterator)
-        # Summed over all replicas of all workers: the global loss and confusion.
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=(images, masks)), axis=None)
+        loss, confusion = strategy.run(step, args=(images, masks))
+        # Summed over all replicas of all workers: the global loss and confusion matrix.
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (loss, confusion))
 
     steps = config.checkpoint_every
     log_callbacks = []
@@ -137,7 +138,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     last_loss = math.nan
     while iteration < config.iterations:
         epoch = iteration // steps
-        confusion = np.zeros((num_classes, num_classes), np.int64)
+        confusion = np.zeros((num_classes, num_classes))
         total, count = 0.0, 0
         progbar = keras.utils.Progbar(steps) if chief and verbose else None
         for _ in range(steps):
