@@ -201,7 +201,7 @@ def _start_workers(tmp_path, args):
     return procs
 
 
-def _finish(procs, timeout=300):
+def _finish(procs, timeout=600):
     outputs = []
     try:
         for proc in procs:
