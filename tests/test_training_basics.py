@@ -17,6 +17,7 @@ from keras_segmenter.training import (
     restore_checkpoint,
     save_checkpoint,
 )
+from keras_segmenter.training.checkpoints import DiskFullError, atomic_write_text, remove_temporary_files, resume
 
 
 def test_poly_schedule_matches_formula():
@@ -110,17 +111,18 @@ def test_checkpoints_are_atomic_and_restore_optimizer_state(tmp_path):
     save_checkpoint(model, directory, 2, epoch=1, keep=2)
     # A run killed while writing the next checkpoint leaves a temp file and
     # a truncated latest.json: the completed checkpoint is still found.
-    with open(os.path.join(directory, "tmp-123-ckpt-00000004.weights.h5"), "wb") as f:
+    with open(os.path.join(directory, "tmp-123-ckpt-00000004.npz"), "wb") as f:
         f.write(b"partial")
     with open(os.path.join(directory, "latest.json"), "w") as f:
         f.write('{"iteration": 4, "pa')
     latest = latest_checkpoint(directory)
-    assert latest["iteration"] == 2 and latest["path"].endswith("ckpt-00000002.weights.h5")
+    assert latest["iteration"] == 2 and latest["path"].endswith("ckpt-00000002.npz")
+    assert remove_temporary_files(directory) == [os.path.join(directory, "tmp-123-ckpt-00000004.npz")]
 
     model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     save_checkpoint(model, directory, 4, epoch=2, keep=1)
     assert json.load(open(os.path.join(directory, "latest.json")))["iteration"] == 4
-    assert not os.path.exists(os.path.join(directory, "ckpt-00000002.weights.h5"))  # keep=1
+    assert not os.path.exists(os.path.join(directory, "ckpt-00000002.npz"))  # keep=1
 
     restored = _tiny_compiled_model()
     restore_checkpoint(restored, latest_checkpoint(directory)["path"])
@@ -159,3 +161,96 @@ def test_camvid_defaults_are_the_from_scratch_recipe():
     assert (camvid.optimizer, camvid.lr, camvid.weight_decay, camvid.crop_size) == ("adamw", 1e-4, 0.05, 128)
     paper = RunConfig(dataset="cityscapes", optimizer="adamw").resolve()
     assert (paper.optimizer, paper.lr, paper.weight_decay) == ("adamw", 1e-2, 0.0)  # flags win
+
+
+def _dropout_model():
+    keras.utils.set_random_seed(1)
+    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.2)
+    model = ks.Segmenter(backbone, 3, decoder_dropout=0.2)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=SegmentationCrossEntropy())
+    return model
+
+
+def test_checkpoint_restores_dropout_random_state_so_the_next_step_is_identical(tmp_path):
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 3, size=(2, 32, 32)).astype("int32")
+    model = _dropout_model()
+    model.train_on_batch(x, y)
+    save_checkpoint(model, str(tmp_path), 1)
+    model.train_on_batch(x, y)
+    expected = model.get_weights()
+    model.train_on_batch(x, y)  # the seed states move on
+    restore_checkpoint(model, latest_checkpoint(str(tmp_path))["path"])
+    model.train_on_batch(x, y)  # same drop-path / dropout masks as the second step
+    for a, b in zip(expected, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+    model = _tiny_compiled_model()
+    directory = str(tmp_path)
+    for iteration in (2, 4, 6):
+        save_checkpoint(model, directory, iteration, keep=3)
+    newest = os.path.join(directory, "ckpt-00000006.npz")
+    with open(newest, "r+b") as f:  # cut short, as a disk failure would
+        f.truncate(os.path.getsize(newest) // 2)
+    middle = os.path.join(directory, "ckpt-00000004.npz")
+    data = bytearray(open(middle, "rb").read())
+    data[len(data) // 3] ^= 0xFF  # one flipped byte: the zip CRC catches it
+    open(middle, "wb").write(bytes(data))
+    lines = []
+    assert resume(_tiny_compiled_model(), directory, lines.append) == 2
+    assert "ckpt-00000006.npz is unreadable" in lines[0] and "ckpt-00000004.npz is unreadable" in lines[1]
+    assert lines[2].startswith("Resumed from") and "ckpt-00000002.npz" in lines[2]
+    os.remove(os.path.join(directory, "ckpt-00000002.npz"))
+    with pytest.raises(ValueError, match="only unreadable checkpoints"):
+        resume(_tiny_compiled_model(), directory, lines.append)
+
+
+_DISK_FULL_SCRIPT = """
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from test_training_basics import _tiny_compiled_model
+from keras_segmenter.training.checkpoints import DiskFullError, save_checkpoint
+model = _tiny_compiled_model()
+model.optimizer.build(model.trainable_variables)
+save_checkpoint(model, sys.argv[1], 2)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    save_checkpoint(model, sys.argv[1], 4)
+except DiskFullError as e:
+    print("DISKFULL", e)
+"""
+
+
+def test_a_full_disk_is_an_error_that_leaves_the_last_checkpoint_named(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(_DISK_FULL_SCRIPT)
+    directory = tmp_path / "ckpt"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, str(script), str(directory), tests], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests])))
+    assert proc.returncode == 0, proc.stderr[-3000:]  # no crash
+    assert "DISKFULL" in proc.stdout and "ckpt-00000004.npz: the disk is full" in proc.stdout
+    assert sorted(os.listdir(directory)) == ["ckpt-00000002.npz", "latest.json"]  # temp file removed
+    assert json.load(open(directory / "latest.json"))["iteration"] == 2
+    assert latest_checkpoint(str(directory))["iteration"] == 2
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "latest.json"
+    atomic_write_text(str(path), "old")
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise OSError(28, "No space left on device")
+
+    from keras_segmenter.training.checkpoints import atomic_write
+
+    with pytest.raises(DiskFullError, match="latest.json: the disk is full"):
+        atomic_write(str(path), broken)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["latest.json"]

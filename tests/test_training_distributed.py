@@ -9,7 +9,9 @@ import os
 import socket
 import subprocess
 import sys
+import signal
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -18,12 +20,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny Segmenter, synthetic data whose two half-batches have very different
 # numbers of ignored pixels (so a per-replica mean would differ from the
-# global one), and one of three runs: "mirrored" (2 logical CPUs vs one
-# device), "worker" (multi-worker custom loop, TF_CONFIG from the env) or
-# "fit" (model.fit, optionally dying after N iterations).
+# global one), and one of four runs: "mirrored" (2 logical CPUs vs one
+# device), "worker" (multi-worker custom loop, TF_CONFIG from the env, each
+# worker its own shard of the data), "single" (the same custom loop on one
+# device fed both shards in one batch) or "fit" (model.fit). "kill_at_image":
+# N kills the process (SIGKILL) while it validates its N-th image; "slow"
+# makes every training batch take that many seconds, so a test can kill the
+# run from outside between two checkpoints.
 _SCRIPT = textwrap.dedent(
     """
-    import json, sys, types
+    import json, os, signal, sys, time, types
     args = json.loads(sys.argv[1])
     import tensorflow as tf
     if args["mode"] == "mirrored":
@@ -46,66 +52,90 @@ _SCRIPT = textwrap.dedent(
         y[1::4, :3] = 255
         return x, y
 
-    def train_ds(batch, seed=0):
-        return tf.data.Dataset.from_tensor_slices(data(16, 0)).repeat().batch(batch)
+    def slow(images, masks):
+        if args.get("slow"):
+            images = tf.ensure_shape(tf.py_function(lambda t: (time.sleep(args["slow"]), t)[1], [images], tf.float32),
+                                     images.shape)
+        return images, masks
 
-    eval_ds = tf.data.Dataset.from_tensor_slices(data(3, 1))
+    def train_ds(batch, seed=0, start=0):
+        return tf.data.Dataset.from_tensor_slices(data(16, 0)).repeat().batch(batch).skip(start).map(slow)
+
+    def shard(batch, worker):  # worker 1's images are not worker 0's
+        x, y = data(8, 10 + worker)
+        return tf.data.Dataset.from_tensor_slices((x, np.where(y == 255, 255, (y + worker) % K))).repeat().batch(batch)
+
+    def worker_ds(batch, seed, start):  # seed = config seed (0) + 1000 * worker
+        return shard(batch, seed // 1000).skip(start).map(slow)
+
+    def both_shards_ds(batch, seed, start):
+        pair = tf.data.Dataset.zip(shard(batch // 2, 0), shard(batch // 2, 1))
+        return pair.map(lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))).skip(start)
+
+    images_seen = [0]
+
+    def count_and_maybe_kill(image):
+        images_seen[0] += 1
+        if images_seen[0] == args.get("kill_at_image"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return image
+
+    eval_ds = tf.data.Dataset.from_tensor_slices(data(3, 1)).map(
+        lambda x, y: (tf.ensure_shape(tf.py_function(count_and_maybe_kill, [x], tf.float32), x.shape), y))
     info = types.SimpleNamespace(num_classes=K, ignore_index=255, palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]],
                                  window_size=None, window_stride=None)
     init = args["out"] + "_init.keras"
-    if not args.get("resume"):
-        _tiny_model(K).save(init)
+    if not os.path.exists(init):
+        _tiny_model(K, dropout=args.get("dropout", 0.0)).save(init)
 
     def config(out, **kw):
         base = dict(dataset="camvid", data_dir=".", init=init, iterations=args.get("iterations", 4),
                     checkpoint_every=args.get("every", 2), val_every=args.get("every", 2), batch_size=4,
-                    crop_size=32, optimizer="sgd", lr=0.05, output_dir=out, preview_images=1, resume=args.get("resume", False))
+                    crop_size=32, optimizer="sgd", lr=0.05, output_dir=out, preview_images=1,
+                    resume=args.get("resume", False), seed=0, deterministic=True)
         base.update(kw)
         return RunConfig(**base)
 
-    class StopAfter(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.optimizer.iterations) >= args["stop_after"]:
-                raise KeyboardInterrupt("killed")
-
-    def report(model, summary, history=None):
+    def report(model, summary):
+        history = os.path.join(args["out"], "history.csv")
         summary.update(weights_sha256=loop.weights_digest(model),
-                       weights=[float(np.sum(w)) for w in model.get_weights()],
-                       history=history)
+                       weights=[w.tolist() for w in model.get_weights()],
+                       history_rows=open(history).read() if summary.get("model") else None)
         print("RESULT " + json.dumps(summary), flush=True)
 
     if args["mode"] == "mirrored":
         results = {}
         for name, strategy in (("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
                                ("single", tf.distribute.OneDeviceStrategy("/cpu:0"))):
-            model, summary = run.train(config(args["out"] + "_" + name), strategy=strategy, train_ds=train_ds(4),
+            model, summary = run.train(config(args["out"] + "_" + name, deterministic=False), strategy=strategy,
+                                       train_ds=train_ds(4),
                                        eval_ds=eval_ds, info=info, verbose=0)
             summary["replicas"] = strategy.num_replicas_in_sync
             summary["history_rows"] = open(summary["history"]).read()
             summary["weights"] = [w.tolist() for w in model.get_weights()]
             results[name] = summary
         print("RESULT " + json.dumps(results), flush=True)
-    elif args["mode"] == "worker":
-        model, summary = loop.train_custom_loop(config(args["out"]), strategy, make_train_ds=train_ds,
-                                                eval_ds=eval_ds, info=info, stop_after=args.get("stop_after"),
-                                                verbose=False)
+    elif args["mode"] in ("worker", "single"):
+        if args["mode"] == "single":
+            strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+        model, summary = loop.train_custom_loop(config(args["out"]), strategy,
+                                                make_train_ds=worker_ds if args["mode"] == "worker" else both_shards_ds,
+                                                eval_ds=eval_ds, info=info, verbose=False)
         report(model, summary)
     else:
-        extra = [StopAfter()] if args.get("stop_after") else []
-        model, summary = run.train(config(args["out"]), train_ds=train_ds(4), eval_ds=eval_ds, info=info,
-                                   extra_callbacks=extra, verbose=0)
+        model, summary = run.train(config(args["out"]), train_ds=train_ds(4), eval_ds=eval_ds, info=info, verbose=0)
         report(model, summary)
     """
 )
 
 
-def _tiny_model(num_classes):
+def _tiny_model(num_classes, dropout=0.0):
     import keras
     import keras_segmenter as ks
 
     keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.0)
-    return ks.Segmenter(backbone, num_classes, decoder_dropout=0.0)
+    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=dropout)
+    return ks.Segmenter(backbone, num_classes, decoder_dropout=dropout)
 
 
 def _run(tmp_path, args, env=None, timeout=300):
@@ -158,7 +188,7 @@ def _free_ports(n):
     return ports
 
 
-def _run_workers(tmp_path, args, timeout=240):
+def _start_workers(tmp_path, args):
     script = tmp_path / "train_script.py"
     script.write_text(_SCRIPT)
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
@@ -169,6 +199,10 @@ def _run_workers(tmp_path, args, timeout=240):
             [sys.executable, str(script), json.dumps(args)],
             cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
+    return procs
+
+
+def _finish(procs, timeout=600):
     outputs = []
     try:
         for proc in procs:
@@ -182,46 +216,82 @@ def _run_workers(tmp_path, args, timeout=240):
     return outputs
 
 
+def _kill_after_checkpoint(procs, checkpoints, iteration, timeout=300):
+    """SIGKILLs `procs` as soon as `checkpoints/latest.json` reaches `iteration`."""
+    deadline = time.time() + timeout
+    latest = os.path.join(checkpoints, "latest.json")
+    while time.time() < deadline and all(proc.poll() is None for proc in procs):
+        try:
+            if json.load(open(latest))["iteration"] >= iteration:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+    return _finish(procs)
+
+
+def _column(rows, name):
+    lines = [line.split(",") for line in rows.splitlines()]
+    i = lines[0].index(name)
+    return [float(line[i]) for line in lines[1:]]
+
+
 @pytest.mark.slow
-def test_multi_worker_custom_loop_identical_weights_and_restart(tmp_path):
-    out = str(tmp_path / "mw")
-    _tiny_model(4).save(out + "_init.keras")  # both workers start from it ("resume" keeps it)
-    first = _run_workers(tmp_path, {"mode": "worker", "out": out, "iterations": 6, "stop_after": 5, "resume": True})
-    for proc in first:  # killed after iteration 5: checkpoints 2 and 4 are complete
-        assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr, proc.stderr[-3000:]
-    latest = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
-    assert latest["iteration"] == 4
-    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
-        "ckpt-00000002.weights.h5", "ckpt-00000004.weights.h5", "latest.json"]
+def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_exactly(tmp_path):
+    args = {"iterations": 6, "every": 2}
+    for out in ("mw", "killed"):  # both workers start from it
+        _tiny_model(4).save(str(tmp_path / out) + "_init.keras")
+    full = [_result(p) for p in _finish(_start_workers(tmp_path, dict(args, mode="worker", out=str(tmp_path / "mw"))))]
+    single = _result(_run(tmp_path, dict(args, mode="single", out=str(tmp_path / "one"))))
+    assert [r["worker"] for r in full] == [0, 1] and all(r["num_workers"] == 2 for r in full)
+    assert full[0]["weights_sha256"] == full[1]["weights_sha256"]
+    assert full[0]["model"] and full[1]["model"] is None
+    # Train mIoU and loss over the global batch (both workers' shards), as one device computes them.
+    for column in ("mIoU", "loss"):
+        np.testing.assert_allclose(_column(full[0]["history_rows"], column), _column(single["history_rows"], column),
+                                   rtol=1e-6, err_msg=column)
+    for a, b in zip(full[0]["weights"], single["weights"]):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5)
 
-    second = _run_workers(tmp_path, {"mode": "worker", "out": out, "iterations": 6, "resume": True})
-    results = [_result(proc) for proc in second]
-    assert [r["worker"] for r in results] == [0, 1]
-    assert all(r["num_workers"] == 2 and r["iteration"] == 6 for r in results)
-    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
-    assert np.isfinite(results[0]["final_loss"])
-    assert results[0]["model"] and os.path.exists(results[0]["model"]) and results[1]["model"] is None
-    assert json.load(open(os.path.join(out, "checkpoints", "latest.json")))["iteration"] == 6
-
-
-@pytest.mark.slow
-def test_killed_fit_run_resumes_at_same_iteration_and_learning_rate(tmp_path):
-    full = _result(_run(tmp_path, {"mode": "fit", "out": str(tmp_path / "full"), "iterations": 8}))
     out = str(tmp_path / "killed")
-    killed = _run(tmp_path, {"mode": "fit", "out": out, "iterations": 8, "stop_after": 5})
-    assert killed.returncode != 0 and "KeyboardInterrupt" in killed.stderr
+    procs = _start_workers(tmp_path, dict(args, mode="worker", out=out, slow=0.3))
+    for proc in _kill_after_checkpoint(procs, os.path.join(out, "checkpoints"), 2):
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert json.load(open(os.path.join(out, "checkpoints", "latest.json")))["iteration"] < 6
+    resumed = [_result(p) for p in _finish(_start_workers(tmp_path, dict(args, mode="worker", out=out, resume=True)))]
+    assert all(r["iteration"] == 6 for r in resumed)
+    assert resumed[0]["weights_sha256"] == resumed[1]["weights_sha256"]
+    for a, b in zip(resumed[0]["weights"], full[0]["weights"]):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+    for column in ("mIoU", "loss", "val_mIoU"):
+        np.testing.assert_allclose(_column(resumed[0]["history_rows"], column),
+                                   _column(full[0]["history_rows"], column), rtol=1e-6, err_msg=column)
+
+
+@pytest.mark.slow
+def test_fit_run_killed_during_validation_redoes_it_and_ends_as_the_uninterrupted_run(tmp_path):
+    args = {"mode": "fit", "iterations": 8, "dropout": 0.1}
+    full = _result(_run(tmp_path, dict(args, out=str(tmp_path / "full"))))
+    out = str(tmp_path / "killed")
+    # The eval set has 3 images and the preview reads 1 first: image 6 is the second validation (iteration 4).
+    killed = _run(tmp_path, dict(args, out=out, kill_at_image=6))
+    assert killed.returncode == -signal.SIGKILL
     checkpoints = os.path.join(out, "checkpoints")
-    assert json.load(open(os.path.join(checkpoints, "latest.json")))["iteration"] == 4  # nothing lost
+    assert json.load(open(os.path.join(checkpoints, "latest.json")))["iteration"] == 2
     assert not os.path.exists(os.path.join(out, "model.keras"))
 
-    resumed_proc = _run(tmp_path, {"mode": "fit", "out": out, "iterations": 8, "resume": True})
+    resumed_proc = _run(tmp_path, dict(args, out=out, resume=True))
     resumed = _result(resumed_proc)
-    assert "Resumed from" in resumed_proc.stdout and "ckpt-00000004" in resumed_proc.stdout
+    assert "Resumed from" in resumed_proc.stdout and "ckpt-00000002" in resumed_proc.stdout
     assert resumed["iteration"] == full["iteration"] == 8
-    assert resumed["learning_rate"] == pytest.approx(full["learning_rate"], rel=1e-6)
-    # No randomness in the model, and the 4-batch synthetic data restarts in
-    # phase with iteration 4: the resumed run ends with the same weights.
-    np.testing.assert_allclose(resumed["weights"], full["weights"], rtol=1e-4, atol=1e-4)
-    assert sorted(os.listdir(checkpoints)) == ["ckpt-00000006.weights.h5", "ckpt-00000008.weights.h5", "latest.json"]
-    rows = open(os.path.join(out, "history.csv")).read().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3"]  # chunk 2 appended after resume
+    assert resumed["learning_rate"] == full["learning_rate"]
+    for a, b in zip(resumed["weights"], full["weights"]):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+    assert sorted(os.listdir(checkpoints)) == ["ckpt-00000006.npz", "ckpt-00000008.npz", "latest.json"]
+    # every epoch once, validation at iteration 4 redone: the same rows as the uninterrupted run
+    assert [row.split(",")[0] for row in resumed["history_rows"].splitlines()[1:]] == ["0", "1", "2", "3"]
+    for column in ("loss", "mIoU", "val_mIoU", "learning_rate"):
+        np.testing.assert_allclose(_column(resumed["history_rows"], column), _column(full["history_rows"], column),
+                                   rtol=1e-6, err_msg=column)

@@ -4,12 +4,18 @@
     python training/fit.py --dataset ade20k --data-dir ~/data/ade20k \\
         --model seg_b16_mask --backbone-weights ~/weights/B_16-i21k.npz
     python training/fit.py --output-dir runs/ade20k_b16 --resume     # continue a killed run
+    python training/fit.py ... --dry-run         # print the resolved recipe and exit
     TF_CONFIG=... python training/fit.py --strategy multi_worker ...  # one process per machine
 
-Defaults per dataset are the paper's (see `keras_segmenter.training.config`);
-every flag overrides them and the full config is written to
-`<output-dir>/config.json`, next to `checkpoints/`, `history.csv`, `logs/`
-(TensorBoard) and the final `model.keras`.
+Defaults depend only on what is trained: the bundled CamVid sample (no
+--data-dir) gets a short demo recipe, a real dataset the paper's (see
+`keras_segmenter.training.config`); every flag overrides only itself. The
+full config is printed first and written to `<output-dir>/config.json`, next
+to `checkpoints/`, `history.csv`, `logs/` (TensorBoard) and the final
+`model.keras`. `--resume` continues the run in `--output-dir` from its own
+config.json; only --keep-checkpoints (and --dry-run) may be given with it.
+With --seed, TensorFlow's ops run deterministically, so a resumed run ends
+with the same weights as an uninterrupted one.
 """
 
 import argparse
@@ -20,13 +26,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_segmenter.cli import LOG_NOTE, fit_next_steps  # noqa: E402
+from keras_segmenter.training.checkpoints import list_checkpoints  # noqa: E402
 from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, TFDS_DATASETS, RunConfig  # noqa: E402
+from keras_segmenter.training.config import is_bundled_sample  # noqa: E402
 
-# Run with no arguments: the README's first command.
-SAMPLE_RUN = dict(
-    dataset="camvid", model="seg_ti16_mask", crop_size=128, batch_size=4, lr=1e-4,
-    iterations=300, checkpoint_every=50, val_every=150, output_dir=os.path.join("runs", "sample"),
-)
+# Flags that cannot change what a resumed run computes.
+RESUME_FLAGS = ("output_dir", "resume", "keep_checkpoints", "dry_run")
 
 
 def parse_args(argv):
@@ -37,7 +42,7 @@ def parse_args(argv):
     p.add_argument("--num-classes", type=int, help="classes, for --dataset folder")
     p.add_argument("--ignore-index", type=int)
     p.add_argument("--model", help="a preset, e.g. seg_ti16_mask, seg_s16_linear, seg_b16_mask")
-    p.add_argument("--backbone-weights", help="ImageNet ViT weights: timm .safetensors or AugReg .npz")
+    p.add_argument("--backbone-weights", help="ImageNet ViT weights: a preset name (ks.list_presets()), a URL, or a timm .safetensors / AugReg .npz file")
     p.add_argument("--init", help="start from an official Segmenter run folder / checkpoint.pth or a .keras model")
     p.add_argument("--iterations", type=int, help="training iterations (paper: 160k ADE20K, 80k others)")
     p.add_argument("--batch-size", type=int, help="global batch size over all replicas and workers")
@@ -48,8 +53,9 @@ def parse_args(argv):
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device")
     p.add_argument("--output-dir")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the newest checkpoint")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --output-dir (its config.json) from its newest readable checkpoint")
+    p.add_argument("--seed", type=int, help="default 0; given, TF ops also run deterministically (exact resume)")
     p.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (and log lines)")
     p.add_argument("--val-every", type=int, help="iterations between validations (multiple of --checkpoint-every)")
     p.add_argument("--val-images", type=int, help="validate on the first N images only")
@@ -59,66 +65,123 @@ def parse_args(argv):
     p.add_argument("--dropout", type=float)
     p.add_argument("--drop-path-rate", type=float)
     p.add_argument("--decoder-dropout", type=float)
-    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: die after N iterations
+    p.add_argument("--dry-run", action="store_true", default=None, help="print the resolved recipe and exit")
     return p.parse_args(argv)
 
 
+def usage_error(message):
+    """A user mistake: one line on stderr, exit code 2."""
+    print(f"fit.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def _resume_config(args):
+    """The config of the run in `--output-dir`, to continue it unchanged."""
+    changed = [_flag(k) for k, v in vars(args).items() if v is not None and k not in RESUME_FLAGS]
+    if changed:
+        usage_error(
+            f"{', '.join(changed)} cannot be given with --resume: a resumed run continues with its own "
+            f"config.json (only --output-dir and --keep-checkpoints are allowed)."
+        )
+    if not args.output_dir:
+        usage_error("--resume needs --output-dir, the folder of the run to continue.")
+    path = os.path.join(args.output_dir, "config.json")
+    if not os.path.isfile(path):
+        usage_error(f"--resume: {path} does not exist; --output-dir must be the folder of an earlier run.")
+    if not list_checkpoints(os.path.join(args.output_dir, "checkpoints")):
+        usage_error(f"--resume: no checkpoint in {os.path.join(args.output_dir, 'checkpoints')}; nothing to resume.")
+    config = RunConfig.load(path)
+    config.output_dir, config.resume = args.output_dir, True
+    if args.keep_checkpoints is not None:
+        config.keep_checkpoints = args.keep_checkpoints
+    return config
+
+
 def make_config(argv):
+    """The resolved `RunConfig` of the command line, and whether it is a dry run."""
     args = parse_args(argv)
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise SystemExit(f"--config {args.config}: no such file")
-        config = RunConfig.load(args.config)
-    elif not argv:
-        config = RunConfig(**SAMPLE_RUN)
-    else:
-        config = RunConfig()
-    for key, value in vars(args).items():
-        if key not in ("config", "stop_after") and value is not None:
-            setattr(config, key, value)
-    if config.data_dir is None:
-        if config.dataset != "camvid":
-            raise SystemExit(f"--data-dir is required for --dataset {config.dataset}")
-        from keras_segmenter.data import SAMPLE_DIR
-
-        config.data_dir = str(SAMPLE_DIR)
     try:
-        from keras_segmenter.models.pretrained import imagenet_weights_path  # NAME|URL -> cached file
-        config.backbone_weights = imagenet_weights_path(config.backbone_weights)
+        if args.resume:
+            config = _resume_config(args)
+        else:
+            if args.config and not os.path.isfile(args.config):
+                usage_error(f"--config {args.config}: no such file")
+            config = RunConfig.load(args.config) if args.config else RunConfig()
+            for key, value in vars(args).items():
+                if key not in ("config", "dry_run") and value is not None:
+                    setattr(config, key, value)
+            if args.seed is not None:
+                config.deterministic = True
+            from keras_segmenter.models.pretrained import imagenet_weights_path  # NAME|URL -> cached file
+
+            config.backbone_weights = imagenet_weights_path(config.backbone_weights)
         config.resolve()
-    except ValueError as e:
-        raise SystemExit(f"fit.py: {e}")
-    return config, args.stop_after
+    except (ValueError, TypeError) as e:
+        usage_error(str(e))
+    if config.data_dir is None:
+        usage_error(f"--data-dir is required for --dataset {config.dataset}")
+    if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
+        usage_error(f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
+                    "it, or choose another --output-dir.")
+    return config, bool(args.dry_run)
 
 
-class _StopAfter:
-    """A callback that dies after N iterations, as a killed run would."""
+def _training_images(config):
+    from keras_segmenter.data.sources import list_pairs
 
-    def __new__(cls, iterations):
-        import keras
+    try:
+        return len(list_pairs(config.dataset, config.data_dir, "train"))
+    except (OSError, ValueError) as e:
+        usage_error(f"--data-dir {config.data_dir}: {e}")
 
-        class StopAfter(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if int(self.model.optimizer.iterations) >= iterations:
-                    raise KeyboardInterrupt(f"--stop-after {iterations}")
 
-        return StopAfter()
+def describe(config):
+    """The resolved recipe, a few lines for the top of the log."""
+    images = _training_images(config)
+    source = "the bundled sample" if is_bundled_sample(config.dataset, config.data_dir) else "data"
+    crops = config.iterations * config.batch_size
+    crop = f"{config.crop_size}x{config.crop_size}" if config.crop_size else "the dataset's crop"
+    decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
+    seed = f"seed {config.seed}" + (", deterministic ops" if config.deterministic else "")
+    return "\n".join([
+        ("Resuming" if config.resume else "Training") + f" {config.init or config.model} on {config.dataset}, "
+        f"{source} in {config.data_dir} ({images} training images)",
+        f"  {config.iterations} iterations (steps) x batch {config.batch_size} = {crops} crops of {crop}, "
+        f"{crops / images:.1f} passes over the training images",
+        f"  {config.optimizer}, lr {config.lr:g} poly to {config.end_lr:g}{decay}; {config.precision}; {seed}",
+        f"  checkpoint every {config.checkpoint_every}, validation every {config.val_every} iterations "
+        f"-> {config.output_dir}",
+    ])
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    config, stop_after = make_config(argv)
+    config, dry_run = make_config(argv)
+    print(describe(config), flush=True)
+    if dry_run:
+        return
+    from keras_segmenter.training.checkpoints import is_disk_full
     from keras_segmenter.training.strategies import make_strategy
 
     strategy = make_strategy(config.strategy)  # first: multi-worker must precede any TF op
     from keras_segmenter.training import loop, run
 
-    if config.strategy == "multi_worker":
-        model, summary = loop.train_custom_loop(config, strategy, stop_after=stop_after)
-    else:
-        extra = [_StopAfter(stop_after)] if stop_after else []
-        model, summary = run.train(config, strategy=strategy, extra_callbacks=extra)
-        summary["weights_sha256"] = loop.weights_digest(model)
+    try:
+        if config.strategy == "multi_worker":
+            model, summary = loop.train_custom_loop(config, strategy)
+        else:
+            model, summary = run.train(config, strategy=strategy)
+            summary["weights_sha256"] = loop.weights_digest(model)
+    except OSError as e:  # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError
+        if not is_disk_full(e):
+            raise
+        print(f"fit.py: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
+              f"continue with --output-dir {config.output_dir} --resume", file=sys.stderr)
+        raise SystemExit(1)
     if summary.get("model"):
         print(f"\nModel:       {summary['model']}")
         print(f"Config:      {os.path.join(config.output_dir, 'config.json')}")

@@ -163,7 +163,7 @@ def _as_pair(size, name):
 
 def train_dataset(name, data_dir, batch_size=8, crop_size=None,
                   normalization="vit", seed=None, split="train", repeat=True,
-                  shuffle_buffer=None, cat_max_ratio=augment.CAT_MAX_RATIO,
+                  cat_max_ratio=augment.CAT_MAX_RATIO, start=0,
                   **dataset_kwargs):
     """Training batches with the MMSegmentation augmentation recipe.
 
@@ -182,13 +182,14 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
             batch is dropped so every replica gets an equal share.
         crop_size: int, (height, width) or None for the dataset default.
         normalization: str, key of `keras_segmenter.NORMALIZATIONS`.
-        seed: int or None. With a seed, order and augmentations are
-            reproducible.
+        seed: int or None. With a seed, order (a new permutation of the
+            split each epoch) and augmentations are reproducible.
         split: str. Defaults to `"train"`.
         repeat: bool, repeat forever. Defaults to True.
-        shuffle_buffer: int or None (whole split; for `tfds:NAME` it holds
-            the encoded images in memory).
         cat_max_ratio: float. Defaults to 0.75; 1.0 disables crop retries.
+        start: int, examples to skip: with the same seed, the stream
+            continues where one that yielded `start` examples stopped (to
+            resume a run). Defaults to 0.
         **dataset_kwargs: dataset options (`num_classes`, `ignore_index`,
             `class_names`, `base_size`, ... for `folder`; `manual_dir` for
             `ade20k`; `split_file`, ...).
@@ -224,11 +225,22 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
         image = augment.normalize(image, stats["mean"], stats["std"])
         return augment.pad_to(image, mask, crop, ignore)
 
-    ds = pairs.shuffle(shuffle_buffer or int(pairs.cardinality()), seed=seed,
-                       reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.enumerate()
+    count = int(pairs.cardinality())
+    # The file paths, or for `tfds:NAME` the encoded records (held in memory).
+    columns = next(iter(pairs.batch(count)))
+
+    def epoch_order(epoch):
+        # A full permutation per epoch (as PyTorch's shuffling DataLoader)
+        # that depends only on (seed, epoch), not on how many iterators were
+        # made before: a resumed run continues at the same example.
+        keys = tf.random.stateless_uniform([count], tf.stack([tf.cast(seed, tf.int64), epoch]))
+        order = tf.argsort(keys)
+        return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(c, order) for c in columns))
+
+    first_epoch, offset = divmod(start, count)
+    ds = tf.data.Dataset.range(first_epoch, 2**62 if repeat else 1)
+    ds = ds.flat_map(epoch_order).skip(offset)
+    ds = ds.enumerate(start=start)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)

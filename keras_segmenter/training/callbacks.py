@@ -6,60 +6,52 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_segmenter.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
+from keras_segmenter.training.checkpoints import atomic_write_text, save_checkpoint
 
 
-class Checkpointer(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` with numbered, atomically written checkpoints.
+class Checkpointer(keras.callbacks.Callback):
+    """Saves the model and optimizer every `model.fit` epoch.
 
-    Each `model.fit` epoch is a chunk of `steps_per_epoch` iterations. At the
-    end of every epoch the model and optimizer are saved as
-    `ckpt-<iteration>.weights.h5` (see `checkpoints.save_checkpoint`: temp
-    file, then rename; the previous checkpoint is only deleted afterwards,
-    and the last `keep` are kept). With `restore=True`, `on_train_begin`
-    loads the newest checkpoint and, like `BackupAndRestore`, sets the
-    epoch `fit` starts from, so the run continues at the same iteration and
-    learning rate. Unlike `BackupAndRestore`, the checkpoints are not
-    deleted when training ends.
+    Each epoch is a chunk of `steps_per_epoch` iterations; at its end the
+    state is saved as `ckpt-<iteration>.npz` (see
+    `checkpoints.save_checkpoint`), keeping the last `keep`. Put it last in
+    the callback list: a checkpoint then means that everything of its epoch
+    (validation, `history.csv` row) is done, so a run killed earlier redoes
+    the whole epoch on resume. An epoch whose loss is not finite is not saved.
 
     Args:
         directory: str, checkpoint folder.
         steps_per_epoch: int, iterations per `fit` epoch.
-        restore: bool, resume from the newest checkpoint if there is one.
         keep: int, checkpoints kept. Defaults to 2.
     """
 
-    def __init__(self, directory, steps_per_epoch, restore=False, keep=2):
-        super().__init__(backup_dir=directory, save_freq="epoch", delete_checkpoint=False)
+    def __init__(self, directory, steps_per_epoch, keep=2):
+        super().__init__()
         self.directory = directory
         self.steps_per_epoch = steps_per_epoch
-        self.restore = restore
         self.keep = keep
-        self.restored_from = None
-
-    def on_train_begin(self, logs=None):
-        if not self.restore:
-            return
-        latest = latest_checkpoint(self.directory)
-        if latest is None:
-            return
-        restore_checkpoint(self.model, latest["path"])
-        epoch = latest["epoch"]
-        if epoch is None:
-            epoch = latest["iteration"] // self.steps_per_epoch
-        self.model._initial_epoch = epoch  # what BackupAndRestore sets for fit()
-        self.restored_from = latest
-        print(f"Resumed from {latest['path']} (iteration {latest['iteration']}).", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            return
         iteration = (epoch + 1) * self.steps_per_epoch
         save_checkpoint(self.model, self.directory, iteration, epoch=epoch + 1, keep=self.keep)
 
-    def on_train_batch_end(self, batch, logs=None):
-        pass
 
-    def on_train_end(self, logs=None):
-        pass
+def trim_history(path, epochs):
+    """Keeps the header and the rows of epochs `< epochs` in the `CSVLogger` file `path`.
+
+    A resumed run redoes every epoch after its checkpoint, so the rows a
+    killed run wrote for them (complete or cut short) are dropped first and
+    each epoch has exactly one row.
+    """
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if line.split(",")[0].isdigit() and int(line.split(",")[0]) < epochs]
+    if kept != lines:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class LearningRateLogger(keras.callbacks.Callback):

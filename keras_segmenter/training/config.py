@@ -2,7 +2,13 @@
 
 One `RunConfig` describes a training run completely; `training/fit.py`
 writes it as `config.json` next to the run's outputs so any result can be
-re-run with `fit.py --config <run>/config.json`.
+re-run with `fit.py --config <run>/config.json`, and a stopped run is
+continued from it with `fit.py --output-dir <run> --resume`.
+
+The defaults depend only on what is trained: the dataset's recipe
+(`DATASET_DEFAULTS`), or, for the bundled CamVid sample (`--dataset camvid`
+without `--data-dir`), the short demo recipe `SAMPLE_DEFAULTS`. A field set
+explicitly always wins over both.
 """
 
 import dataclasses
@@ -34,6 +40,23 @@ DATASET_DEFAULTS = {
 TFDS_DATASETS = tuple(f"tfds:{name}" for name in DATASET_DEFAULTS if name != "folder")
 
 
+# The bundled CamVid sample (55 images): the README's first command, minutes
+# on a CPU. Fields not named here come from DATASET_DEFAULTS["camvid"].
+SAMPLE_DEFAULTS = dict(batch_size=4, iterations=300, checkpoint_every=50, val_every=150,
+                       output_dir=os.path.join("runs", "sample"))
+
+
+def is_bundled_sample(dataset, data_dir):
+    """True when the run trains on the CamVid sample shipped with the package."""
+    if dataset != "camvid":
+        return False
+    if data_dir is None:
+        return True
+    from keras_segmenter.data import SAMPLE_DIR
+
+    return os.path.exists(data_dir) and os.path.samefile(data_dir, SAMPLE_DIR)
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Everything a training run needs. See `training/fit.py --help`."""
@@ -63,6 +86,7 @@ class RunConfig:
     output_dir: str = None
     resume: bool = False
     seed: int = 0
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (fit.py: on with --seed)
     checkpoint_every: int = None
     val_every: int = None
     keep_checkpoints: int = 2
@@ -81,6 +105,13 @@ class RunConfig:
                 f"--dataset must be one of {sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS)}. "
                 f"Received: {self.dataset!r}"
             )
+        if is_bundled_sample(self.dataset, self.data_dir):
+            from keras_segmenter.data import SAMPLE_DIR
+
+            self.data_dir = self.data_dir or str(SAMPLE_DIR)
+            for key, value in SAMPLE_DEFAULTS.items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
         for key, value in DATASET_DEFAULTS[self.dataset.removeprefix("tfds:")].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -133,17 +164,21 @@ class RunConfig:
 
     def save(self, path):
         """Writes the config as JSON (atomically)."""
+        from keras_segmenter.training.checkpoints import atomic_write_text
+
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path):
-        with open(path) as f:
-            values = json.load(f)
+        """Reads a config written by `save`; `ValueError` naming the file and key if it is not one."""
+        try:
+            with open(path) as f:
+                values = json.load(f)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable config.json ({e})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of run settings, got {type(values).__name__}")
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")

@@ -10,7 +10,9 @@ can be resumed by either path), validation, CSV and TensorBoard logs.
 
 Every worker runs the same code; worker 0 (the chief) writes the
 checkpoints, logs and final model, the others take part in the collectives
-and discard their copies.
+and discard their copies. The training mIoU is computed from the confusion
+matrix summed over every replica of every worker. A resumed run continues
+each worker's input stream where the checkpoint left it.
 """
 
 import hashlib
@@ -25,7 +27,8 @@ import tensorflow as tf
 from keras_segmenter.progress import fit_verbosity
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training import run
-from keras_segmenter.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
+from keras_segmenter.metrics import confusion_matrix, summarize_confusion
+from keras_segmenter.training.checkpoints import resume, save_checkpoint
 from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.strategies import worker_info
 
@@ -38,21 +41,20 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
-def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=None, stop_after=None, verbose=True):
+def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=None, verbose=True):
     """Trains as `run.train` does, with a custom loop; returns `(model, summary)`.
 
     Args:
         config: a `RunConfig`.
         strategy: a `tf.distribute` strategy (any; built for multi-worker).
-        make_train_ds: optional `fn(batch_size, seed) -> dataset` of
-            `(images, masks)` batches for one worker (tests pass synthetic
-            data); default `keras_segmenter.data.train_dataset`.
+        make_train_ds: optional `fn(batch_size, seed, start) -> dataset` of
+            `(images, masks)` batches for one worker, without its first
+            `start` batches (tests pass synthetic data); default
+            `keras_segmenter.data.train_dataset`.
         eval_ds, info: as in `run.train`.
-        stop_after: int, raise `KeyboardInterrupt` after this iteration, as
-            if the run were killed (for tests).
     """
     config.resolve()
-    keras.utils.set_random_seed(config.seed)
+    run.seed_everything(config)
     task, num_workers = worker_info()
     chief = task == 0
     info = info or run.dataset_info(config)
@@ -75,24 +77,19 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
         # Compiled (never fitted) so the checkpoints have model.fit's layout.
         model.compile(optimizer=optimizer, loss=loss_fn)
         optimizer.build(model.trainable_variables)
-        metric = run.make_metric(num_classes, ignore_index)
-
-    start = 0
-    latest = latest_checkpoint(checkpoint_dir) if config.resume else None
-    if latest is not None:
-        restore_checkpoint(model, latest["path"])
-        start = latest["iteration"]
-        if chief and verbose:
-            print(f"Resumed from {latest['path']} (iteration {start}).", flush=True)
+        report = print if chief and verbose else (lambda line: None)
+        start = resume(model, checkpoint_dir, report) if config.resume else 0
 
     if make_train_ds is None:
-        def make_train_ds(batch_size, seed):
-            return run.make_train_dataset(config, info, model.normalization, batch_size, seed)
+        def make_train_ds(batch_size, seed, start):
+            return run.make_train_dataset(config, info, model.normalization, batch_size, seed, start)
 
     def dataset_fn(context):
         batch = context.get_per_replica_batch_size(config.batch_size)
-        # A different stream per worker, and a fresh one after a restart.
-        return make_train_ds(batch, config.seed + 1000 * context.input_pipeline_id + start)
+        # A different stream per worker, continued where the checkpoint left it
+        # (each step takes one batch per local replica).
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        return make_train_ds(batch, config.seed + 1000 * context.input_pipeline_id, start * local_replicas)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -105,11 +102,13 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
                 scaled = optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            metric.update_state(masks, logits)
-            return loss
+            predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            return loss, tf.cast(confusion_matrix(masks, predictions, num_classes, ignore_index), tf.float64)
 
         images, masks = next(iterator)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=(images, masks)), axis=None)
+        loss, confusion = strategy.run(step, args=(images, masks))
+        # Summed over all replicas of all workers: the global loss and confusion matrix.
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (loss, confusion))
 
     steps = config.checkpoint_every
     log_callbacks = []
@@ -131,6 +130,8 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
             keras.callbacks.CSVLogger(os.path.join(config.output_dir, "history.csv"), append=True),
         ]
     callback_list = keras.callbacks.CallbackList(log_callbacks, model=model)
+    if chief:
+        cb.trim_history(os.path.join(config.output_dir, "history.csv"), start // steps)
     callback_list.on_train_begin()
 
     iteration = start
@@ -138,11 +139,13 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     last_loss = math.nan
     while iteration < config.iterations:
         epoch = iteration // steps
-        metric.reset_state()
+        confusion = np.zeros((num_classes, num_classes))
         total, count = 0.0, 0
         progbar = keras.utils.Progbar(steps, verbose=fit_verbosity()) if chief and verbose else None
         for _ in range(steps):
-            loss = float(train_step(iterator))
+            loss, step_confusion = train_step(iterator)
+            loss = float(loss)
+            confusion += step_confusion.numpy()
             iteration += 1
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -152,13 +155,10 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
             total, count = total + loss, count + 1
             if progbar is not None:
                 progbar.update(count, [("loss", loss)])
-            if stop_after is not None and iteration >= stop_after:
-                raise KeyboardInterrupt(f"stop_after={stop_after}")
         last_loss = total / count
+        logs = {"loss": last_loss, "mIoU": summarize_confusion(confusion)["mIoU"]}
+        callback_list.on_epoch_end(epoch, logs)  # validation and history.csv row first, as in run.train
         save_checkpoint(model, checkpoint_dir, iteration, epoch=epoch + 1, keep=config.keep_checkpoints, write=chief)
-        # Train mIoU: the metric's variables are summed over this worker's replicas.
-        logs = {"loss": last_loss, "mIoU": float(metric.result())}
-        callback_list.on_epoch_end(epoch, logs)
 
     callback_list.on_train_end()
     model_path = None

@@ -18,7 +18,7 @@ import keras_segmenter as ks
 from keras_segmenter.layers.normalization import NORMALIZATIONS
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
-from keras_segmenter.training.checkpoints import latest_checkpoint
+from keras_segmenter.training.checkpoints import atomic_write, list_checkpoints, remove_temporary_files, resume
 from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.optimizers import TorchSGD
 from keras_segmenter.training.schedules import poly_schedule
@@ -123,12 +123,14 @@ def validation_window(config, info):
     return window, window
 
 
-def make_train_dataset(config, info, normalization, batch_size, seed):
+def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
+    """The training batches; `start` batches already trained are skipped (resume)."""
     from keras_segmenter.data import train_dataset
 
     return train_dataset(
         config.dataset, config.data_dir, batch_size=batch_size, crop_size=config.crop_size,
-        normalization=normalization, seed=seed, split="train", repeat=True, **_data_kwargs(config),
+        normalization=normalization, seed=seed, split="train", repeat=True, start=start * batch_size,
+        **_data_kwargs(config),
     )
 
 
@@ -211,23 +213,34 @@ def tensorboard_available():
 
 
 def save_model_atomically(model, path):
-    tmp = os.path.join(os.path.dirname(path), f"tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, model.save)
+
+
+def seed_everything(config):
+    """Seeds Python, NumPy, TF and Keras; with `config.deterministic`, TF ops too."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def prepare_output_dir(config, info=None):
+    """Creates the run folder and writes `config.json` (a resumed run keeps its own).
+
+    Removes the temporary files of writes a killed run left behind.
+    """
     if config.crop_size is None:
         config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
     checkpoints = os.path.join(config.output_dir, "checkpoints")
-    if not config.resume and latest_checkpoint(checkpoints) is not None:
+    if not config.resume and list_checkpoints(checkpoints):
         raise ValueError(
             f"--output-dir {config.output_dir} already holds checkpoints; pass --resume to "
             "continue that run, or choose another --output-dir."
         )
     os.makedirs(config.output_dir, exist_ok=True)
-    config.save(os.path.join(config.output_dir, "config.json"))
+    for path in remove_temporary_files(config.output_dir, checkpoints):
+        print(f"Removed {path}, left by an interrupted write.")
+    if not config.resume:
+        config.save(os.path.join(config.output_dir, "config.json"))
     return checkpoints
 
 
@@ -243,7 +256,7 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
     `num_classes`, `ignore_index`, `palette`, `window_size`, `window_stride`.
     """
     config.resolve()
-    keras.utils.set_random_seed(config.seed)
+    seed_everything(config)
     strategy = strategy or make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -261,16 +274,21 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
             loss=SegmentationCrossEntropy(ignore_index=info.ignore_index),
             metrics=[make_metric(num_classes, info.ignore_index)],
         )
+        start = resume(model, checkpoint_dir) if config.resume else 0
+    # The same batches as an uninterrupted run from iteration `start` on.
     if train_ds is None:
-        train_ds = make_train_dataset(config, info, model.normalization, config.batch_size, config.seed)
+        train_ds = make_train_dataset(config, info, model.normalization, config.batch_size, config.seed, start)
+    elif start:
+        train_ds = train_ds.skip(start)
     if eval_ds is None:
         eval_ds = make_eval_dataset(config, info, model.normalization)
 
     steps = config.checkpoint_every
     epochs = config.iterations // steps
+    history_path = os.path.join(config.output_dir, "history.csv")
+    cb.trim_history(history_path, start // steps)
     window, stride = validation_window(config, info)
     log_dir = os.path.join(config.output_dir, "logs")
-    checkpointer = cb.Checkpointer(checkpoint_dir, steps, restore=config.resume, keep=config.keep_checkpoints)
     validation = cb.Validation(
         make_evaluate_fn(eval_ds, num_classes, info.ignore_index, window, stride, config.val_images),
         every=config.val_every // steps,
@@ -280,23 +298,23 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
                                    config.preview_images) if config.preview_images else None,
     )
     callbacks = [
-        checkpointer,
         *extra_callbacks,
         cb.LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
         validation,
-        keras.callbacks.CSVLogger(os.path.join(config.output_dir, "history.csv"), append=True),
+        keras.callbacks.CSVLogger(history_path, append=True),
     ]
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
     callbacks.append(ProgressLogger())  # after every callback that adds to the logs
-    # Keras' symbolic build needs the model built before BackupAndRestore.
-    start = time.time()
+    callbacks.append(cb.Checkpointer(checkpoint_dir, steps, keep=config.keep_checkpoints))  # last
+    begin = time.time()
     history = model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+        train_ds, epochs=epochs, initial_epoch=start // steps, steps_per_epoch=steps,
+        callbacks=callbacks, verbose=verbose,
         shuffle=False,  # train_ds shuffles itself; Keras cannot shuffle a tf.data.Dataset
-    )
-    seconds = time.time() - start
+    ) if start < config.iterations else None
+    seconds = time.time() - begin
     iteration = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     model_path = None
     if not model.stop_training or iteration >= config.iterations:
@@ -306,10 +324,10 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
         "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
         "model": model_path,
         "logs": log_dir,
-        "history": os.path.join(config.output_dir, "history.csv"),
+        "history": history_path,
         "checkpoints": checkpoint_dir,
         "validation": validation.history,
         "seconds": seconds,
-        "final_loss": history.history.get("loss", [math.nan])[-1] if history.history else math.nan,
+        "final_loss": history.history.get("loss", [math.nan])[-1] if history and history.history else math.nan,
     }
     return model, summary
