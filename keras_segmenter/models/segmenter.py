@@ -176,6 +176,13 @@ class Segmenter(keras.Model):
                 loss = SegmentationCrossEntropy(ignore_index=255)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips (with a warning) the compile of a saved model whose
+        # `compile` is overridden; ours only fills in "auto", so restore as Keras does.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         return {
             "name": self.name,
