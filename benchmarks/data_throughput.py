@@ -22,14 +22,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                      "shared", "data", "ade20k_samples")
+SHARED = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "ade20k_samples"
+)
 
 
 def _ade20k_sample(root, source, copies):
     images = {"derived": "images_train_derived", "val": "images_val"}[source]
-    masks = {"derived": "annotations_train_derived",
-             "val": "annotations_val"}[source]
+    masks = {"derived": "annotations_train_derived", "val": "annotations_val"}[source]
     out_images = os.path.join(root, "images", "training")
     out_masks = os.path.join(root, "annotations", "training")
     os.makedirs(out_images)
@@ -37,11 +37,14 @@ def _ade20k_sample(root, source, copies):
     for name in sorted(os.listdir(os.path.join(SHARED, images))):
         stem = name[:-4]
         for k in range(copies):
-            os.symlink(os.path.abspath(os.path.join(SHARED, images, name)),
-                       os.path.join(out_images, f"{stem}_{k:02d}.jpg"))
-            os.symlink(os.path.abspath(os.path.join(SHARED, masks,
-                                                    stem + ".png")),
-                       os.path.join(out_masks, f"{stem}_{k:02d}.png"))
+            os.symlink(
+                os.path.abspath(os.path.join(SHARED, images, name)),
+                os.path.join(out_images, f"{stem}_{k:02d}.jpg"),
+            )
+            os.symlink(
+                os.path.abspath(os.path.join(SHARED, masks, stem + ".png")),
+                os.path.join(out_masks, f"{stem}_{k:02d}.png"),
+            )
     return root
 
 
@@ -49,19 +52,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ade20k-sample")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--source", default="derived",
-                        choices=["derived", "val"])
+    parser.add_argument("--source", default="derived", choices=["derived", "val"])
     parser.add_argument("--copies", type=int, default=16)
     parser.add_argument("--crop-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", action="store_true",
-                        help="print only the JSON line")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
 
-    from keras_segmenter.data import train_dataset
     from machine import machine_info
+
+    from keras_segmenter.data import train_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.dataset == "ade20k-sample":
@@ -69,8 +71,9 @@ def main():
             data_dir = _ade20k_sample(tmp, args.source, args.copies)
         else:
             name, data_dir = args.dataset, args.data_dir
-        ds = train_dataset(name, data_dir, batch_size=args.batch_size,
-                           crop_size=args.crop_size, seed=0)
+        ds = train_dataset(
+            name, data_dir, batch_size=args.batch_size, crop_size=args.crop_size, seed=0
+        )
         iterator = iter(ds)
         rates = []
         for _ in range(args.runs):

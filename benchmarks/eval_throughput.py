@@ -39,11 +39,11 @@ def main():
 
     import numpy as np
     import tensorflow as tf
+    from machine import machine_info
+    from models import build_model
 
     from keras_segmenter.inference import make_inference_function
     from keras_segmenter.metrics import confusion_matrix
-    from machine import machine_info
-    from models import build_model
 
     model = build_model(args.model, args.num_classes, args.window)
     infer = make_inference_function(model, args.window, args.stride, batch_size=args.window_batch)
@@ -78,8 +78,11 @@ def main():
         "machine": machine_info(),
     }
     if not args.json:
-        print(f"{args.model} {args.height}x{args.width} window {args.window} stride {args.stride}: "
-              f"{result['images_per_sec']} images/s (median of {args.runs})", file=sys.stderr)
+        print(
+            f"{args.model} {args.height}x{args.width} window {args.window} stride {args.stride}: "
+            f"{result['images_per_sec']} images/s (median of {args.runs})",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
 
 

@@ -47,11 +47,11 @@ def main():
 
     import numpy as np
     import tensorflow as tf
+    from machine import machine_info
+    from models import build_model
 
     from keras_segmenter.export import export_saved_model
     from keras_segmenter.predict import default_window, predict
-    from machine import machine_info
-    from models import build_model
 
     model = build_model(args.model, args.num_classes, args.window)
     window, stride = default_window(model, args.window, args.stride)

@@ -89,12 +89,14 @@ def main(argv=None):
             rows, start = [], time.perf_counter()
             for name, image, (class_map, logits) in zip(names, images, references):
                 got = runtime.sliding_window_logits(exported, image, window, stride)
-                rows.append({
-                    "photo": name,
-                    "size": list(image.shape[:2]),
-                    "agreement": float((got.argmax(-1) == class_map).mean()),
-                    "max_abs_logits_error": float(np.abs(got - logits).max()),
-                })
+                rows.append(
+                    {
+                        "photo": name,
+                        "size": list(image.shape[:2]),
+                        "agreement": float((got.argmax(-1) == class_map).mean()),
+                        "max_abs_logits_error": float(np.abs(got - logits).max()),
+                    }
+                )
             report[fmt] = {
                 "export_s": round(export_seconds, 1),
                 "segment_s_per_image": round((time.perf_counter() - start) / len(images), 2),

@@ -43,26 +43,93 @@ def run(command, timeout):
 
 def inference_steps(args):
     if args.dry_run:
-        sizes = ["--model", "tiny", "--num-classes", "3", "--size", "32", "--batch", "1",
-                 "--runs", "1", "--steps", "1"]
+        sizes = [
+            "--model",
+            "tiny",
+            "--num-classes",
+            "3",
+            "--size",
+            "32",
+            "--batch",
+            "1",
+            "--runs",
+            "1",
+            "--steps",
+            "1",
+        ]
     else:
-        sizes = ["--model", "seg_b16_mask", "--size", "512", "--batch", str(args.batch),
-                 "--runs", str(args.runs)]
+        sizes = [
+            "--model",
+            "seg_b16_mask",
+            "--size",
+            "512",
+            "--batch",
+            str(args.batch),
+            "--runs",
+            str(args.runs),
+        ]
     for precision in PRECISIONS:
         for xla in (False, True):
-            command = [sys.executable, "benchmarks/throughput.py", *sizes, "--precision", precision,
-                       *(["--xla"] if xla else []), "--json"]
+            command = [
+                sys.executable,
+                "benchmarks/throughput.py",
+                *sizes,
+                "--precision",
+                precision,
+                *(["--xla"] if xla else []),
+                "--json",
+            ]
             yield {"benchmark": "inference_throughput", "precision": precision, "xla": xla}, command
 
 
 def fit_smoke(args, output_dir):
     # The README's sample run (fit.py with no arguments), shortened.
-    sizes = (["--model", "seg_ti16_linear", "--crop-size", "32", "--batch-size", "2", "--iterations", "2",
-              "--checkpoint-every", "2", "--val-every", "2", "--val-images", "1"] if args.dry_run else
-             ["--model", "seg_ti16_mask", "--crop-size", "128", "--batch-size", "4", "--lr", "1e-4",
-              "--iterations", "40", "--checkpoint-every", "20", "--val-every", "40"])
-    return [sys.executable, "training/fit.py", "--dataset", "camvid", "--precision", "mixed_float16",
-            *sizes, "--output-dir", output_dir]
+    sizes = (
+        [
+            "--model",
+            "seg_ti16_linear",
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--iterations",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--val-every",
+            "2",
+            "--val-images",
+            "1",
+        ]
+        if args.dry_run
+        else [
+            "--model",
+            "seg_ti16_mask",
+            "--crop-size",
+            "128",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-4",
+            "--iterations",
+            "40",
+            "--checkpoint-every",
+            "20",
+            "--val-every",
+            "40",
+        ]
+    )
+    return [
+        sys.executable,
+        "training/fit.py",
+        "--dataset",
+        "camvid",
+        "--precision",
+        "mixed_float16",
+        *sizes,
+        "--output-dir",
+        output_dir,
+    ]
 
 
 def main():
@@ -94,8 +161,13 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         command = fit_smoke(args, os.path.join(folder, "run"))
         code, stdout, stderr, seconds = run(command, args.timeout)
-        record = {"benchmark": "fit_smoke", "precision": "mixed_float16", "returncode": code,
-                  "wall_s": round(seconds, 1), "command": " ".join(command[1:-2])}
+        record = {
+            "benchmark": "fit_smoke",
+            "precision": "mixed_float16",
+            "returncode": code,
+            "wall_s": round(seconds, 1),
+            "command": " ".join(command[1:-2]),
+        }
         history = pathlib.Path(folder, "run", "history.csv")
         if history.is_file():
             rows = list(csv.DictReader(history.open()))

@@ -84,7 +84,6 @@ def main():
     args = parser.parse_args()
 
     import tensorflow as tf
-
     from machine import machine_info
     from models import build_model
 
@@ -103,8 +102,12 @@ def main():
     def products():
         # A scalar from each product keeps every product in the graph
         # without copying results to the host.
-        return tf.add_n([tf.cast(tf.reduce_sum(tf.matmul(lhs, rhs)[..., :1, :1]), tf.float32)
-                         for lhs, rhs in operands])
+        return tf.add_n(
+            [
+                tf.cast(tf.reduce_sum(tf.matmul(lhs, rhs)[..., :1, :1]), tf.float32)
+                for lhs, rhs in operands
+            ]
+        )
 
     products().numpy()
     seconds = []
@@ -129,9 +132,12 @@ def main():
         "machine": machine_info(),
     }
     if not args.json:
-        print(f"{args.model} {args.size}px batch {args.batch} {args.precision}: matrix products alone "
-              f"{median:.3f} s per batch ({result['gflops']} GFLOPS), at most "
-              f"{result['images_per_sec_bound']} images/s", file=sys.stderr)
+        print(
+            f"{args.model} {args.size}px batch {args.batch} {args.precision}: matrix products alone "
+            f"{median:.3f} s per batch ({result['gflops']} GFLOPS), at most "
+            f"{result['images_per_sec_bound']} images/s",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
 
 

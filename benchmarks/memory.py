@@ -52,13 +52,17 @@ def one_case(args):
     class_map = predict(model, photo)
     seconds = time.perf_counter() - start
     assert class_map.shape == (height, width)
-    print(json.dumps({
-        "image": [height, width],
-        "megapixels": round(height * width / 1e6, 2),
-        "peak_rss_mb": round(peak_rss_mb()),
-        "rss_before_predict_mb": round(before),
-        "seconds": round(seconds, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "image": [height, width],
+                "megapixels": round(height * width / 1e6, 2),
+                "peak_rss_mb": round(peak_rss_mb()),
+                "rss_before_predict_mb": round(before),
+                "seconds": round(seconds, 1),
+            }
+        )
+    )
 
 
 def main():
@@ -66,8 +70,12 @@ def main():
     parser.add_argument("--model", default="seg_ti16_mask", help="a preset of keras_segmenter")
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--window", type=int, default=512, help="training crop = window size")
-    parser.add_argument("--sizes", nargs="+", default=["1536x2048", "3000x4000"],
-                        help="photo sizes HEIGHTxWIDTH (default: 3 MP and 12 MP)")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["1536x2048", "3000x4000"],
+        help="photo sizes HEIGHTxWIDTH (default: 3 MP and 12 MP)",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one size here
     args = parser.parse_args()
@@ -78,8 +86,18 @@ def main():
 
     cases = []
     for size in args.sizes:
-        command = [sys.executable, os.path.abspath(__file__), "--one", size, "--model", args.model,
-                   "--num-classes", str(args.num_classes), "--window", str(args.window)]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--one",
+            size,
+            "--model",
+            args.model,
+            "--num-classes",
+            str(args.num_classes),
+            "--window",
+            str(args.window),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             cases.append({"image": size, "error": result.stderr.strip().splitlines()[-1:]})
@@ -87,15 +105,19 @@ def main():
         cases.append(json.loads(result.stdout.strip().splitlines()[-1]))
         if not args.json:
             print(f"{size}: {cases[-1]}", file=sys.stderr)
-    print(json.dumps({
-        "benchmark": "inference_memory",
-        "model": args.model,
-        "num_classes": args.num_classes,
-        "window": args.window,
-        "cases": cases,
-        "load_average": [round(v, 1) for v in os.getloadavg()],
-        "machine": machine_info(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "inference_memory",
+                "model": args.model,
+                "num_classes": args.num_classes,
+                "window": args.window,
+                "cases": cases,
+                "load_average": [round(v, 1) for v in os.getloadavg()],
+                "machine": machine_info(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ def build_model(name, num_classes, image_size, dtype=None):
         except ValueError as error:  # a user's mistake: one line, exit status 2
             print(f"--model {name}: {error}", file=sys.stderr)
             raise SystemExit(2)
-    backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32,
-                              image_size=image_size, dtype=dtype)
+    backbone = ks.ViTBackbone(
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=32,
+        image_size=image_size,
+        dtype=dtype,
+    )
     return ks.Segmenter(backbone, num_classes, decoder="mask", dtype=dtype)

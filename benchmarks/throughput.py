@@ -45,9 +45,9 @@ SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
 def runtime_function(args, reference, folder):
     """`(class map function of a uint8 batch, timed model or None)` for `args.runtime`."""
     import tensorflow as tf
+    from models import build_model
 
     from keras_segmenter.layers.normalization import ImageNormalization
-    from models import build_model
 
     if args.runtime == "keras":
         model = reference
@@ -73,7 +73,9 @@ def runtime_function(args, reference, folder):
 
     # Any input size for ONNX and OpenVINO (the export's default; OpenVINO
     # 2026.0 fails to convert the fixed-size graph), --size for LiteRT.
-    path = export_runtime(reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime]))
+    path = export_runtime(
+        reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime])
+    )
     exported = ExportedModel(path)
     return lambda images: exported(images)["segmentation"], None
 
@@ -85,29 +87,37 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--runtime", default="keras", choices=RUNTIMES)
-    parser.add_argument("--precision", default="float32",
-                        choices=["float32", "mixed_bfloat16", "mixed_float16"], help="keras runtime only")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        help="keras runtime only",
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--xla", action="store_true",
-                        help="keras runtime only: compile with XLA (jit_compile=True)")
+    parser.add_argument(
+        "--xla", action="store_true", help="keras runtime only: compile with XLA (jit_compile=True)"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     if args.runtime != "keras" and (args.precision != "float32" or args.xla):
-        parser.error("--precision and --xla apply to --runtime keras only "
-                     f"(received --runtime {args.runtime})")
+        parser.error(
+            "--precision and --xla apply to --runtime keras only "
+            f"(received --runtime {args.runtime})"
+        )
     if min(args.size, args.batch, args.runs, args.steps) < 1:
         parser.error("--size, --batch, --runs and --steps must be positive integers")
 
     import keras
     import numpy as np
-
     from machine import machine_info
     from models import build_model
 
     keras.utils.set_random_seed(0)
     reference = build_model(args.model, args.num_classes, args.size, "float32")
-    images = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8)
+    images = np.random.default_rng(0).integers(
+        0, 256, (args.batch, args.size, args.size, 3), np.uint8
+    )
     with tempfile.TemporaryDirectory() as folder:
         try:
             class_map, model = runtime_function(args, reference, folder)
@@ -140,8 +150,11 @@ def main():
         "machine": machine_info(),
     }
     if not args.json:
-        print(f"{args.model} {args.size}px batch {args.batch} {args.runtime} {args.precision}: "
-              f"{result['images_per_sec']} images/s (median of {args.runs})", file=sys.stderr)
+        print(
+            f"{args.model} {args.size}px batch {args.batch} {args.runtime} {args.precision}: "
+            f"{result['images_per_sec']} images/s (median of {args.runs})",
+            file=sys.stderr,
+        )
     print(json.dumps(result))
 
 

@@ -21,12 +21,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
     p.add_argument("--crop", type=int, default=512)
     p.add_argument("--batch", type=int, default=2, help="batch per replica")
     p.add_argument("--num-classes", type=int, default=150)
-    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    p.add_argument(
+        "--precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16")
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON line")
@@ -34,13 +38,17 @@ def main(argv=None):
 
     import keras
     import numpy as np
-
-    from keras_segmenter.training import SegmentationCrossEntropy, poly_schedule
     from machine import machine_info
     from models import build_model
 
-    model = build_model(args.model, args.num_classes, args.crop,
-                        None if args.precision == "float32" else args.precision)
+    from keras_segmenter.training import SegmentationCrossEntropy, poly_schedule
+
+    model = build_model(
+        args.model,
+        args.num_classes,
+        args.crop,
+        None if args.precision == "float32" else args.precision,
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(poly_schedule(1e-3, 160_000), momentum=0.9, nesterov=True),
         loss=SegmentationCrossEntropy(),

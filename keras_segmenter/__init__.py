@@ -1,11 +1,13 @@
 """Segmenter (Strudel et al., ICCV 2021) in Keras 3 on TensorFlow."""
 
 # First, before TensorFlow is imported: quiets its C++ logs in the command-line entry points.
-from keras_segmenter import cli  # noqa: F401
-from keras_segmenter import layers
-from keras_segmenter.metrics import MeanIoU
-from keras_segmenter.training.losses import SegmentationCrossEntropy
+from keras_segmenter import (
+    cli,  # noqa: F401
+    layers,
+)
 from keras_segmenter.layers.normalization import NORMALIZATIONS, ImageNormalization
+from keras_segmenter.metrics import MeanIoU
+from keras_segmenter.models.attention import encoder_attention_maps
 from keras_segmenter.models.presets import (
     BACKBONE_PRESETS,
     MODEL_PRESETS,
@@ -19,7 +21,6 @@ from keras_segmenter.models.presets import (
     SegmenterTi16,
     build_segmenter,
 )
-from keras_segmenter.models.attention import encoder_attention_maps
 from keras_segmenter.models.pretrained import (
     IMAGENET_PRESETS,
     SEGMENTER_PRESETS,
@@ -28,5 +29,6 @@ from keras_segmenter.models.pretrained import (
 )
 from keras_segmenter.models.segmenter import Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
+from keras_segmenter.training.losses import SegmentationCrossEntropy
 
 __version__ = "0.1.0"

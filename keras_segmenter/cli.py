@@ -43,7 +43,9 @@ def is_command():
     script = sys.argv[0] if sys.argv else ""
     if script == "-m":
         return True
-    return bool(script) and os.path.dirname(os.path.realpath(script)) == os.path.realpath(TRAINING_DIR)
+    return bool(script) and os.path.dirname(os.path.realpath(script)) == os.path.realpath(
+        TRAINING_DIR
+    )
 
 
 def quiet_tensorflow():
@@ -77,8 +79,14 @@ def fit_next_steps(config, model_path):
     from keras_segmenter.data.sources import list_pairs
 
     model = shown(model_path)
-    data = [] if os.path.samefile(config.data_dir, SAMPLE_DIR) else ["--data-dir", shown(config.data_dir)]
-    dataset = ["--dataset", config.dataset] + (["--num-classes", config.num_classes] if config.num_classes else [])
+    data = (
+        []
+        if os.path.samefile(config.data_dir, SAMPLE_DIR)
+        else ["--data-dir", shown(config.data_dir)]
+    )
+    dataset = ["--dataset", config.dataset] + (
+        ["--num-classes", config.num_classes] if config.num_classes else []
+    )
     fit = shown(os.path.join(TRAINING_DIR, "fit.py"))
     lines = ["", "Next:"]
     try:
@@ -91,18 +99,46 @@ def fit_next_steps(config, model_path):
         names = ["--dataset", config.dataset] if config.dataset != "folder" else []
         lines += [
             f"  Segment a validation photo (the overlay is written to {overlay}):",
-            "    " + command("-m", "keras_segmenter.predict", "--model", model, *names, "--out", out, shown(photo)),
+            "    "
+            + command(
+                "-m",
+                "keras_segmenter.predict",
+                "--model",
+                model,
+                *names,
+                "--out",
+                out,
+                shown(photo),
+            ),
         ]
     lines += [
         "  Evaluate on the validation split with the paper's protocol:",
-        "    " + command(shown(os.path.join(TRAINING_DIR, "evaluate.py")), "--model", model,
-                         "--dataset", config.dataset, "--data-dir", shown(config.data_dir)),
+        "    "
+        + command(
+            shown(os.path.join(TRAINING_DIR, "evaluate.py")),
+            "--model",
+            model,
+            "--dataset",
+            config.dataset,
+            "--data-dir",
+            shown(config.data_dir),
+        ),
         "  Train this model further (a new run that starts from its weights):",
-        "    " + command(fit, "--init", model, *dataset, *data, "--output-dir", shown(config.output_dir) + "-more"),
+        "    "
+        + command(
+            fit,
+            "--init",
+            model,
+            *dataset,
+            *data,
+            "--output-dir",
+            shown(config.output_dir) + "-more",
+        ),
         "  A run that was interrupted continues from its last checkpoint with:",
         "    " + command(fit, "--output-dir", shown(config.output_dir), "--resume"),
     ]
     return lines
+
 
 USER_ERROR_STATUS = 2
 
@@ -137,7 +173,9 @@ def user_error_message(error):
         message = str(error)
     else:
         tf = sys.modules.get("tensorflow")
-        if tf is None or not isinstance(error, (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)):
+        if tf is None or not isinstance(
+            error, (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
+        ):
             return None
         found = _ASSERTION.search(error.message)
         if found is None and isinstance(error, tf.errors.InvalidArgumentError):

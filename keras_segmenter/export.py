@@ -53,7 +53,9 @@ IMAGES_SHAPE = "(batch, height, width, 3)"
 
 def _checked(tensor, condition, message):
     """`tensor` after a runtime check that prints `message` and the received shape."""
-    check = tf.debugging.Assert(condition, [message, "Received shape:", tf.shape(tensor)], summarize=8)
+    check = tf.debugging.Assert(
+        condition, [message, "Received shape:", tf.shape(tensor)], summarize=8
+    )
     with tf.control_dependencies([check]):
         return tf.identity(tensor)
 
@@ -93,10 +95,13 @@ def check_pixel_limit(tensor, batch, height, width, window_size, max_pixels, wha
     pixels = windowed_pixels(batch, height, width, window_size)
     check = tf.debugging.Assert(
         pixels <= max_pixels,
-        [f"{what} exceed this model's limit of {max_pixels} pixels per request (batch x "
-         f"height x width, after upscaling images whose short side is below the {window_size} "
-         "window), set at export with --max-pixels; send smaller or fewer images. Received "
-         "batch, height, width:", tf.stack([tf.cast(v, tf.int64) for v in (batch, height, width)])],
+        [
+            f"{what} exceed this model's limit of {max_pixels} pixels per request (batch x "
+            f"height x width, after upscaling images whose short side is below the {window_size} "
+            "window), set at export with --max-pixels; send smaller or fewer images. Received "
+            "batch, height, width:",
+            tf.stack([tf.cast(v, tf.int64) for v in (batch, height, width)]),
+        ],
         summarize=3,
     )
     with tf.control_dependencies([check]):
@@ -190,7 +195,12 @@ def decode_images(image_bytes, window_size, max_pixels):
     def decode(data):
         height, width = declared_size(data)
         data = check_pixel_limit(
-            data, tf.size(image_bytes), height, width, window_size, max_pixels,
+            data,
+            tf.size(image_bytes),
+            height,
+            width,
+            window_size,
+            max_pixels,
             "`image_bytes` whose headers declare images that",
         )
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -234,7 +244,12 @@ def make_segment_fn(model, window_size, window_stride, probabilities=False, batc
 
     def one(image):
         classes, probs = segment_image(
-            model, normalize, image, window_size, window_stride, batch_size=batch_size,
+            model,
+            normalize,
+            image,
+            window_size,
+            window_stride,
+            batch_size=batch_size,
             probabilities=probabilities,
         )
         return {"segmentation": classes, **({"probabilities": probs} if probabilities else {})}
@@ -278,7 +293,12 @@ class SegmenterServingModule(tf.Module):
     """
 
     def __init__(
-        self, model, window_size=None, window_stride=None, probabilities=False, batch_size=None,
+        self,
+        model,
+        window_size=None,
+        window_stride=None,
+        probabilities=False,
+        batch_size=None,
         max_pixels=None,
     ):
         super().__init__(name="segmenter_serving")
@@ -294,7 +314,9 @@ class SegmenterServingModule(tf.Module):
         if max_pixels is None:
             max_pixels = default_max_pixels(self.num_classes, probabilities)
         if not isinstance(max_pixels, int) or max_pixels < 1:
-            raise ValueError(f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}")
+            raise ValueError(
+                f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}"
+            )
         self.max_pixels = max_pixels
         # The tf.Variable behind each Keras variable (see the class docstring).
         self.model_variables = [variable.value for variable in model.variables]
@@ -313,7 +335,9 @@ class SegmenterServingModule(tf.Module):
             input_signature=[tf.TensorSpec(None, tf.uint8, name="images")],
         )
         self.serving_bytes = tf.function(
-            lambda image_bytes: segment(limited(decode_images(image_bytes, window_size, max_pixels))),
+            lambda image_bytes: segment(
+                limited(decode_images(image_bytes, window_size, max_pixels))
+            ),
             input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")],
         )
 
@@ -323,8 +347,14 @@ class SegmenterServingModule(tf.Module):
 
 
 def export_saved_model(
-    model, path, window_size=None, window_stride=None, probabilities=False, batch_size=None,
-    overwrite=False, max_pixels=None,
+    model,
+    path,
+    window_size=None,
+    window_stride=None,
+    probabilities=False,
+    batch_size=None,
+    overwrite=False,
+    max_pixels=None,
 ):
     """Writes `model` as a SavedModel with the TF Serving signatures.
 
@@ -390,27 +420,34 @@ def main(argv=None):
         "--window-stride", type=int, help="saved_model: sliding window step (default: window - 32)"
     )
     parser.add_argument(
-        "--probabilities", action="store_true",
+        "--probabilities",
+        action="store_true",
         help="also output class probabilities, float16 (batch, height, width, classes): 2 x classes "
         "bytes per pixel, e.g. 3.6 GB for a 12 MP photo and 150 classes",
     )
     parser.add_argument(
-        "--batch-size", type=int,
+        "--batch-size",
+        type=int,
         help="saved_model: windows per model call (default: as many as keep their logits near 256 MB)",
     )
     parser.add_argument(
-        "--max-pixels", type=int,
+        "--max-pixels",
+        type=int,
         help="saved_model: refuse requests with more pixels (batch x height x width; default: what one 24 GB "
         f"machine holds at {BYTES_PER_PIXEL} + classes / 2 bytes per pixel, plus 4 x classes "
         "with --probabilities)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out folder"
+    )
     args = parser.parse_args(argv)
     if not os.path.isfile(args.model):
         parser.error(f"--model {args.model}: no such file (expected a .keras model file)")
     if args.format != "saved_model":
         if pathlib.Path(args.out).suffix != SUFFIXES[args.format]:
-            parser.error(f"--out {args.out}: --format {args.format} writes a {SUFFIXES[args.format]} file")
+            parser.error(
+                f"--out {args.out}: --format {args.format} writes a {SUFFIXES[args.format]} file"
+            )
         window_options = (args.window_size, args.window_stride)
         if window_options != (None, None):
             parser.error(
@@ -435,8 +472,14 @@ def main(argv=None):
         return _export_runtime(parser, model, args)
     try:
         module = export_saved_model(
-            model, args.out, args.window_size, args.window_stride, args.probabilities,
-            args.batch_size, args.overwrite, args.max_pixels,
+            model,
+            args.out,
+            args.window_size,
+            args.window_stride,
+            args.probabilities,
+            args.batch_size,
+            args.overwrite,
+            args.max_pixels,
         )
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))

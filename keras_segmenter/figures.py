@@ -62,8 +62,16 @@ def _overlay_with_ignore(image, class_map, palette, alpha, ignore_index):
     return blended
 
 
-def show_segmentation(image, truth, prediction, class_names, palette, alpha=0.6,
-                      ignore_index=255, titles=("image", "ground truth", "prediction")):
+def show_segmentation(
+    image,
+    truth,
+    prediction,
+    class_names,
+    palette,
+    alpha=0.6,
+    ignore_index=255,
+    titles=("image", "ground truth", "prediction"),
+):
     """Image, ground truth and prediction overlays side by side, with a legend.
 
     One row per image. The legend lists the classes present in any truth or
@@ -85,9 +93,13 @@ def show_segmentation(image, truth, prediction, class_names, palette, alpha=0.6,
         `matplotlib.figure.Figure`.
     """
     images = _as_image_batch(image)
-    predictions = [np.asarray(p) for p in ([prediction] if np.ndim(prediction) == 2 else prediction)]
-    truths = [None] * len(images) if truth is None else (
-        [np.asarray(t) for t in ([truth] if np.ndim(truth) == 2 else truth)]
+    predictions = [
+        np.asarray(p) for p in ([prediction] if np.ndim(prediction) == 2 else prediction)
+    ]
+    truths = (
+        [None] * len(images)
+        if truth is None
+        else ([np.asarray(t) for t in ([truth] if np.ndim(truth) == 2 else truth)])
     )
     if not len(images) == len(truths) == len(predictions):
         raise ValueError(
@@ -115,8 +127,12 @@ def show_segmentation(image, truth, prediction, class_names, palette, alpha=0.6,
                 keep = (ids >= 0) & (ids < len(class_names))
                 np.add.at(counts, ids[keep].astype(np.int64), n[keep])
     present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
-    fig.legend(handles=vis.legend_patches(present, class_names, palette), loc="center left",
-               bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.legend(
+        handles=vis.legend_patches(present, class_names, palette),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+    )
     fig.tight_layout()
     return fig
 
@@ -161,7 +177,9 @@ def patch_attention(model, image, patch, layers=None):
     attention, grid = encoder_attention_maps(model, normalized, layers=layers)
     row, col = patch
     if not (0 <= row < grid[0] and 0 <= col < grid[1]):
-        raise ValueError(f"`patch` must lie on the {grid[0]}x{grid[1]} patch grid. Received: patch={patch!r}")
+        raise ValueError(
+            f"`patch` must lie on the {grid[0]}x{grid[1]} patch grid. Received: patch={patch!r}"
+        )
     prefix = backbone.num_prefix_tokens
     query = prefix + row * grid[1] + col
     p = backbone.patch_size
@@ -169,7 +187,10 @@ def patch_attention(model, image, patch, layers=None):
     for layer, weights in attention.items():
         rows = weights[0, :, query, prefix:].reshape(-1, grid[0], grid[1])
         maps[layer] = np.stack(
-            [_resize(head, (grid[0] * p, grid[1] * p))[: image.shape[0], : image.shape[1]] for head in rows]
+            [
+                _resize(head, (grid[0] * p, grid[1] * p))[: image.shape[0], : image.shape[1]]
+                for head in rows
+            ]
         )
     return maps, grid
 
@@ -205,19 +226,31 @@ def plot_attention_maps(model, image, patch, layers=(0, 1), per_head=False, cmap
     fig, axes = _figure(rows, columns, cell=2.6)
     for r in range(rows):
         axes[r, 0].imshow(image)
-        axes[r, 0].add_patch(Rectangle((patch[1] * p - 0.5, patch[0] * p - 0.5), p, p,
-                                       fill=False, edgecolor="cyan", linewidth=2))
+        axes[r, 0].add_patch(
+            Rectangle(
+                (patch[1] * p - 0.5, patch[0] * p - 0.5),
+                p,
+                p,
+                fill=False,
+                edgecolor="cyan",
+                linewidth=2,
+            )
+        )
         if r == 0:
             axes[r, 0].set_title(f"query patch {tuple(patch)}")
     for i, layer in enumerate(layers):
         if per_head:
-            panels = [(axes[i, h + 1], maps[layer][h], f"layer {layer}, head {h}") for h in range(heads)]
+            panels = [
+                (axes[i, h + 1], maps[layer][h], f"layer {layer}, head {h}") for h in range(heads)
+            ]
         else:
             panels = [(axes[0, i + 1], maps[layer].mean(axis=0), f"layer {layer}")]
         for ax, attention, title in panels:
             ax.imshow(image)
             low, high = attention.min(), attention.max()
-            ax.imshow((attention - low) / max(high - low, 1e-12), cmap=cmap, alpha=0.7, vmin=0, vmax=1)
+            ax.imshow(
+                (attention - low) / max(high - low, 1e-12), cmap=cmap, alpha=0.7, vmin=0, vmax=1
+            )
             ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -268,8 +301,10 @@ def attention_distances(attention, grid, patch_size, num_prefix_tokens=1):
     """
     attention = np.asarray(attention, np.float64)
     num_patches = grid[0] * grid[1]
-    if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2] or (
-        attention.shape[-1] != num_prefix_tokens + num_patches
+    if (
+        attention.ndim != 4
+        or attention.shape[-1] != attention.shape[-2]
+        or (attention.shape[-1] != num_prefix_tokens + num_patches)
     ):
         raise ValueError(
             "`attention` must be (batch, heads, T, T) with T = num_prefix_tokens + gh * gw = "
@@ -303,12 +338,16 @@ def mean_attention_distance(model, images, batch_size=4):
     normalize = ImageNormalization(backbone.normalization)
     total, count = None, 0
     for start in range(0, len(images), batch_size):
-        batch = images[start: start + batch_size]
+        batch = images[start : start + batch_size]
         maps, grid = encoder_attention_maps(model, normalize(batch))
-        distances = np.stack([
-            attention_distances(maps[layer], grid, backbone.patch_size, backbone.num_prefix_tokens)
-            for layer in sorted(maps)
-        ])
+        distances = np.stack(
+            [
+                attention_distances(
+                    maps[layer], grid, backbone.patch_size, backbone.num_prefix_tokens
+                )
+                for layer in sorted(maps)
+            ]
+        )
         total = distances * len(batch) if total is None else total + distances * len(batch)
         count += len(batch)
     return total / count
@@ -462,8 +501,11 @@ def plot_training_curves(history_csv):
 
     history = read_history(history_csv)
     x = history.get("iteration", history.get("epoch"))
-    panels = [("loss", ["loss", "val_loss"]), ("mIoU", ["mIoU", "val_mIoU"]),
-              ("learning rate", ["learning_rate"])]
+    panels = [
+        ("loss", ["loss", "val_loss"]),
+        ("mIoU", ["mIoU", "val_mIoU"]),
+        ("learning rate", ["learning_rate"]),
+    ]
     panels = [(title, [k for k in keys if k in history]) for title, keys in panels]
     panels = [(title, keys) for title, keys in panels if keys]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
@@ -488,8 +530,9 @@ def denormalize(images, normalization="vit"):
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-def plot_augmented_crops(dataset, palette, n=4, normalization="vit", class_names=None,
-                         ignore_index=255):
+def plot_augmented_crops(
+    dataset, palette, n=4, normalization="vit", class_names=None, ignore_index=255
+):
     """Training crops (after augmentation) above their masks.
 
     Args:
@@ -527,7 +570,11 @@ def plot_augmented_crops(dataset, palette, n=4, normalization="vit", class_names
         axes[0, i].set_title(f"crop {i}")
         present.update(int(c) for c in np.unique(mask[~ignored]))
     if class_names is not None:
-        fig.legend(handles=vis.legend_patches(sorted(present), class_names, palette),
-                   loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.legend(
+            handles=vis.legend_patches(sorted(present), class_names, palette),
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
     fig.tight_layout()
     return fig

@@ -17,7 +17,9 @@ OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 def _check_window(window_size, window_stride, batch_size):
     if not isinstance(window_size, int) or window_size < 1:
-        raise ValueError(f"`window_size` must be a positive int. Received: window_size={window_size!r}")
+        raise ValueError(
+            f"`window_size` must be a positive int. Received: window_size={window_size!r}"
+        )
     if not isinstance(window_stride, int) or window_stride < 1:
         raise ValueError(
             f"`window_stride` must be a positive int. Received: window_stride={window_stride!r}"
@@ -28,7 +30,9 @@ def _check_window(window_size, window_stride, batch_size):
             f"prediction. Received: window_size={window_size}, window_stride={window_stride}"
         )
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
+        )
 
 
 def _as_single_image(image):
@@ -42,7 +46,9 @@ def _as_single_image(image):
             )
         image = image[0]
     if image.shape.rank != 3 or image.shape[-1] not in (None, 3):
-        raise ValueError(f"Expected an image `(H, W, 3)`. Received: image.shape={tuple(image.shape)}")
+        raise ValueError(
+            f"Expected an image `(H, W, 3)`. Received: image.shape={tuple(image.shape)}"
+        )
     return tf.cast(image, tf.float32)
 
 
@@ -187,7 +193,9 @@ def _swap01(tensor, rank):
     return tf.transpose(tensor, [1, 0] + list(range(2, rank)))
 
 
-def _stream(model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs):
+def _stream(
+    model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
+):
     """Merges a view's windows band by band and hands `finish` each finished block.
 
     The one sliding-window implementation: the window logits are summed and
@@ -248,7 +256,9 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
             return start + batch_size, total
 
         _, total = tf.while_loop(
-            lambda start, _: start < tf.shape(anchors)[0], call, (0, carried()),
+            lambda start, _: start < tf.shape(anchors)[0],
+            call,
+            (0, carried()),
             parallel_iterations=1,
         )
         return total
@@ -266,12 +276,18 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
         x1 = tf.reduce_sum(tf.cast(col_upper < right, tf.int32))
         origin_row, origin_col = top - above, left - before
         out = _interpolate(
-            source, row_lower[y0:y1] - origin_row, row_upper[y0:y1] - origin_row,
-            row_weight[y0:y1], axis=0,
+            source,
+            row_lower[y0:y1] - origin_row,
+            row_upper[y0:y1] - origin_row,
+            row_weight[y0:y1],
+            axis=0,
         )
         return _interpolate(
-            out, col_lower[x0:x1] - origin_col, col_upper[x0:x1] - origin_col,
-            col_weight[x0:x1], axis=1,
+            out,
+            col_lower[x0:x1] - origin_col,
+            col_upper[x0:x1] - origin_col,
+            col_weight[x0:x1],
+            axis=1,
         )
 
     def row_band(band, row_carry, prev_row, outputs):
@@ -290,20 +306,27 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
                 block, and above the rest, the rows carried from the previous band."""
                 start = left + tf.shape(col_carry)[1]
                 above = _padded(
-                    row_carry[:, start : left + extent_cols], 0, 0, extent_rows,
+                    row_carry[:, start : left + extent_cols],
+                    0,
+                    0,
+                    extent_rows,
                     left + extent_cols - start,
                 )
                 return tf.concat([col_carry, above], axis=1)
 
             grid = tf.meshgrid(band_rows, cols[col_first[column] : col_last[column]], indexing="ij")
             total = merge_windows(
-                carried, (extent_rows, extent_cols), top, left,
+                carried,
+                (extent_rows, extent_cols),
+                top,
+                left,
                 tf.reshape(tf.stack(grid, axis=-1), (-1, 2)),
             )
 
-            count = _coverage(rows, top, top + done_rows, size)[:, None] * _coverage(
-                cols, left, left + done_cols, size
-            )[None, :]
+            count = (
+                _coverage(rows, top, top + done_rows, size)[:, None]
+                * _coverage(cols, left, left + done_cols, size)[None, :]
+            )
             block = total[:done_rows, :done_cols] / count[..., None]
             logits = tf.cond(
                 resize,
@@ -318,13 +341,28 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
             return (column + 1, total[:, done_cols:], block[:, -1:], carry_parts, last_rows, pieces)
 
         new_array = lambda: tf.TensorArray(tf.float32, 0, dynamic_size=True, infer_shape=False)  # noqa: E731
-        state = (0, tf.zeros([extent_rows, 0, num_classes]), tf.zeros([done_rows, 0, num_classes]),
-                 new_array(), new_array(), new_arrays())
-        invariants = (tf.TensorShape([]), logits_shape, logits_shape, tf.TensorShape(None),
-                      tf.TensorShape(None), [tf.TensorShape(None)] * len(specs))
+        state = (
+            0,
+            tf.zeros([extent_rows, 0, num_classes]),
+            tf.zeros([done_rows, 0, num_classes]),
+            new_array(),
+            new_array(),
+            new_arrays(),
+        )
+        invariants = (
+            tf.TensorShape([]),
+            logits_shape,
+            logits_shape,
+            tf.TensorShape(None),
+            tf.TensorShape(None),
+            [tf.TensorShape(None)] * len(specs),
+        )
         _, _, _, carry_parts, last_rows, pieces = tf.while_loop(
-            lambda column, *_: column < tf.size(col_first), tile, state,
-            shape_invariants=invariants, parallel_iterations=1,
+            lambda column, *_: column < tf.size(col_first),
+            tile,
+            state,
+            shape_invariants=invariants,
+            parallel_iterations=1,
         )
         outputs = [
             ta.write(band, _swap01(piece.concat(), r))
@@ -334,14 +372,20 @@ def _stream(model, view, out_size, window_size, window_stride, batch_size, num_c
         return band + 1, row_carry, tf.ensure_shape(last_rows.concat()[None], logits_shape), outputs
 
     state = (0, tf.zeros([0, width, num_classes]), tf.zeros([0, width, num_classes]), new_arrays())
-    invariants = (tf.TensorShape([]), logits_shape, logits_shape, [tf.TensorShape(None)] * len(specs))
+    invariants = (
+        tf.TensorShape([]),
+        logits_shape,
+        logits_shape,
+        [tf.TensorShape(None)] * len(specs),
+    )
     _, _, _, outputs = tf.while_loop(
-        lambda band, *_: band < tf.size(row_first), row_band, state,
-        shape_invariants=invariants, parallel_iterations=1,
+        lambda band, *_: band < tf.size(row_first),
+        row_band,
+        state,
+        shape_invariants=invariants,
+        parallel_iterations=1,
     )
-    return tuple(
-        tf.ensure_shape(ta.concat(), [None] * r) for ta, (_, r) in zip(outputs, specs)
-    )
+    return tuple(tf.ensure_shape(ta.concat(), [None] * r) for ta, (_, r) in zip(outputs, specs))
 
 
 def _window_view(image, window_size):
@@ -378,8 +422,15 @@ def sliding_window_logits(model, image, window_size, window_stride, batch_size=N
     batch_size = windows_per_call(window_size, num_classes, batch_size)
     view = _window_view(_as_single_image(image), window_size)
     (logits,) = _stream(
-        model, view, tf.shape(view)[:2], window_size, window_stride, batch_size, num_classes,
-        lambda logits: (logits,), [(tf.float32, 3)],
+        model,
+        view,
+        tf.shape(view)[:2],
+        window_size,
+        window_stride,
+        batch_size,
+        num_classes,
+        lambda logits: (logits,),
+        [(tf.float32, 3)],
     )
     return logits
 
@@ -460,8 +511,15 @@ def segment(
 
     def stream(view, finish, specs):
         return _stream(
-            model, _window_view(view, window_size), size, window_size, window_stride,
-            batch_size, num_classes, finish, specs,
+            model,
+            _window_view(view, window_size),
+            size,
+            window_size,
+            window_stride,
+            batch_size,
+            num_classes,
+            finish,
+            specs,
         )
 
     def classes_of(probs):
@@ -478,6 +536,7 @@ def segment(
         views += [(scaled, False)] + ([(tf.reverse(scaled, axis=[1]), True)] if flip else [])
 
     if len(views) == 1:
+
         def finish(logits):  # softmax is monotonic: the class map is the logits' argmax
             classes = (classes_of(logits),)
             if not probabilities:
@@ -490,7 +549,9 @@ def segment(
     else:
         total = 0.0
         for view, flipped in views:
-            (probs,) = stream(view, lambda logits: (tf.nn.softmax(logits, axis=-1),), [(tf.float32, 3)])
+            (probs,) = stream(
+                view, lambda logits: (tf.nn.softmax(logits, axis=-1),), [(tf.float32, 3)]
+            )
             total += tf.reverse(probs, axis=[1]) if flipped else probs
         classes = classes_of(total)
         probs = tf.cast(total / len(views), probabilities) if probabilities else None
@@ -537,7 +598,12 @@ def sliding_window_inference(
             f"Received: num_classes={num_classes}"
         )
     return segment(
-        model, image, window_size, window_stride, flip=flip, batch_size=batch_size,
+        model,
+        image,
+        window_size,
+        window_stride,
+        flip=flip,
+        batch_size=batch_size,
         probabilities=tf.float32,
     )[1]
 
@@ -620,10 +686,19 @@ def _traced(model, window_size, window_stride, scales, flip, base_size, batch_si
     batch_size = windows_per_call(window_size, num_classes_of(model), batch_size)
     scales = tuple(float(s) for s in scales)
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True)
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True
+    )
     def infer(image):
         classes, probs = segment(
-            model, image, window_size, window_stride, scales, flip, base_size, batch_size,
+            model,
+            image,
+            window_size,
+            window_stride,
+            scales,
+            flip,
+            base_size,
+            batch_size,
             tf.float32 if probabilities else None,
         )
         return probs if probabilities else classes

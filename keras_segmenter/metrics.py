@@ -142,7 +142,9 @@ class MeanIoU(keras.metrics.Metric):
 
     def __init__(self, num_classes, ignore_index=255, name="mean_iou", dtype=None):
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+            raise ValueError(
+                f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}"
+            )
         super().__init__(name=name, dtype=dtype or "float32")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -177,9 +179,7 @@ class MeanIoU(keras.metrics.Metric):
             if sample_weight.shape.rank == y_true.shape.rank + 1 and sample_weight.shape[-1] == 1:
                 sample_weight = tf.squeeze(sample_weight, -1)
             sample_weight = tf.broadcast_to(tf.cast(sample_weight, tf.float64), tf.shape(y_true))
-        batch = confusion_matrix(
-            y_true, y_pred, self.num_classes, self.ignore_index, sample_weight
-        )
+        batch = confusion_matrix(y_true, y_pred, self.num_classes, self.ignore_index, sample_weight)
         self.confusion.assign_add(tf.cast(batch, tf.float64))
 
     def result(self):

@@ -87,7 +87,9 @@ def load_image(path):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"Cannot read image {os.fspath(path)!r}: {error}") from error
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageReadError(f"Cannot read image {os.fspath(path)!r}: it has no pixels ({array.shape})")
+        raise ImageReadError(
+            f"Cannot read image {os.fspath(path)!r}: it has no pixels ({array.shape})"
+        )
     return array
 
 
@@ -145,7 +147,13 @@ def default_window(model, window_size=None, window_stride=None):
 
 
 def segment_image(
-    model, normalize, image, window_size, window_stride, whole=False, batch_size=None,
+    model,
+    normalize,
+    image,
+    window_size,
+    window_stride,
+    whole=False,
+    batch_size=None,
     probabilities=False,
 ):
     """Class map and, if asked, probabilities of one RGB image, with TensorFlow ops.
@@ -186,7 +194,11 @@ def segment_image(
     dtype = tf.float16 if probabilities else None
     if not whole:
         return segment(
-            model, normalized, window_size, window_stride, batch_size=batch_size,
+            model,
+            normalized,
+            window_size,
+            window_stride,
+            batch_size=batch_size,
             probabilities=dtype,
         )
     probs = tf.nn.softmax(tf.cast(model(normalized[None], training=False)[0], tf.float32), axis=-1)
@@ -224,7 +236,13 @@ def make_predictor(
         @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
         def predictor(image):
             classes, probs = segment_image(
-                model, normalize, image, window_size, window_stride, whole, batch_size,
+                model,
+                normalize,
+                image,
+                window_size,
+                window_stride,
+                whole,
+                batch_size,
                 probabilities,
             )
             return (classes, probs) if probabilities else classes
@@ -234,7 +252,12 @@ def make_predictor(
 
 
 def predict(
-    model, image, window_size=None, window_stride=None, whole=False, batch_size=None,
+    model,
+    image,
+    window_size=None,
+    window_stride=None,
+    whole=False,
+    batch_size=None,
     probabilities=False,
 ):
     """Class map of one image, in one call.
@@ -329,7 +352,9 @@ def _class_info(num_classes, dataset):
     from keras_segmenter import visualization
 
     if dataset is None:
-        return [f"class {k}" for k in range(num_classes)], visualization.default_palette(num_classes)
+        return [f"class {k}" for k in range(num_classes)], visualization.default_palette(
+            num_classes
+        )
     from keras_segmenter.data.dataset_info import get_dataset_info
 
     info = get_dataset_info(dataset)
@@ -354,19 +379,27 @@ def _parse_args(argv):
     parser.add_argument(
         "--dataset", help="dataset whose class names and palette to use (ade20k, cityscapes, ...)"
     )
-    parser.add_argument("--window-size", type=int, help="sliding window side (default: training crop)")
-    parser.add_argument("--window-stride", type=int, help="sliding window step (default: window - 32)")
+    parser.add_argument(
+        "--window-size", type=int, help="sliding window side (default: training crop)"
+    )
+    parser.add_argument(
+        "--window-stride", type=int, help="sliding window step (default: window - 32)"
+    )
     parser.add_argument("--whole", action="store_true", help="one model pass on the whole image")
     parser.add_argument(
-        "--batch-size", type=int,
+        "--batch-size",
+        type=int,
         help="windows per model call (default: as many as keep their logits near 256 MB)",
     )
     parser.add_argument(
-        "--probabilities", action="store_true",
+        "--probabilities",
+        action="store_true",
         help="also write <stem>_probabilities.npy, float16 (height, width, classes): 2 x classes "
         "bytes per pixel, e.g. 3.6 GB for a 12 MP photo and 150 classes",
     )
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)"
+    )
     args = parser.parse_args(argv)
     if args.whole and (args.window_size or args.window_stride):
         parser.error("--whole runs without windows; leave out --window-size/--window-stride")
@@ -406,12 +439,19 @@ def main(argv=None):
 
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {args.out} is a file; expected an output folder (created if needed)")
+        raise UserError(
+            f"--out {args.out} is a file; expected an output folder (created if needed)"
+        )
     model = load_model(args.model)
     num_classes = num_classes_of(model)
     class_names, palette = _class_info(num_classes, args.dataset)
     predictor = make_predictor(
-        model, args.window_size, args.window_stride, args.whole, args.batch_size, args.probabilities,
+        model,
+        args.window_size,
+        args.window_stride,
+        args.whole,
+        args.batch_size,
+        args.probabilities,
     )
 
     paths, errors = find_images(args.inputs)

@@ -45,7 +45,9 @@ class Progress:
         self.every = max(1, math.ceil(target * percent / 100)) if target else 100
         self.bar = None
         if interactive():
-            self.bar = keras.utils.Progbar(target, stateful_metrics=stateful_metrics, unit_name=unit_name)
+            self.bar = keras.utils.Progbar(
+                target, stateful_metrics=stateful_metrics, unit_name=unit_name
+            )
         self.start = time.time()
         self.values = {}
         self.printed = None
@@ -62,7 +64,10 @@ class Progress:
         self.printed = current
         metrics = "".join(f" - {name}: {value:.4f}" for name, value in self.values.items())
         total = self.target if self.target is not None else "?"
-        print(f"{current}/{total} {self.unit_name}s - {time.time() - self.start:.0f}s{metrics}", flush=True)
+        print(
+            f"{current}/{total} {self.unit_name}s - {time.time() - self.start:.0f}s{metrics}",
+            flush=True,
+        )
 
 
 class ProgressLogger(keras.callbacks.ProgbarLogger):
@@ -82,7 +87,8 @@ class ProgressLogger(keras.callbacks.ProgbarLogger):
 
     def on_epoch_end(self, epoch, logs=None):
         computed = {
-            key: value for key, value in (logs or {}).items()
+            key: value
+            for key, value in (logs or {}).items()
             if not (key.startswith("val_") and isinstance(value, float) and math.isnan(value))
         }
         super().on_epoch_end(epoch, computed)

@@ -89,7 +89,10 @@ class ExportedModel:
 
         interpreter = Interpreter(model_path=path)
         runner = interpreter.get_signature_runner()
-        shape = [None if d < 0 else int(d) for d in runner.get_input_details()["images"]["shape_signature"]]
+        shape = [
+            None if d < 0 else int(d)
+            for d in runner.get_input_details()["images"]["shape_signature"]
+        ]
         return (lambda images: runner(images=images)), shape
 
     def __call__(self, images):
@@ -157,7 +160,9 @@ def _check_window(model, window_size, window_stride):
             )
         window_size = fixed[0]
     elif fixed is not None and fixed != (window_size, window_size):
-        raise ValueError(f"This file runs {fixed} windows only. Received: window_size={window_size}")
+        raise ValueError(
+            f"This file runs {fixed} windows only. Received: window_size={window_size}"
+        )
     if window_stride is None:
         window_stride = max(window_size - 32, window_size // 2, 1)
     if not 1 <= window_stride <= window_size:

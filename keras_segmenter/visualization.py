@@ -37,7 +37,9 @@ def default_palette(num_classes):
         uint8 array `(num_classes, 3)`.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}")
+        raise ValueError(
+            f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}"
+        )
     return np.asarray(bit_palette(num_classes), np.uint8).reshape(num_classes, 3)
 
 
@@ -58,7 +60,9 @@ def as_palette(palette, num_classes=None):
             f"`palette` must be a list of (r, g, b) triples. Received: palette with shape {array.shape}"
         )
     if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
-        raise ValueError(f"`palette` colours must be ints in [0, 255]. Received: palette={palette!r}")
+        raise ValueError(
+            f"`palette` colours must be ints in [0, 255]. Received: palette={palette!r}"
+        )
     if num_classes is not None and len(array) < num_classes:
         raise ValueError(
             f"`palette` has {len(array)} colours but the model predicts {num_classes} classes. "

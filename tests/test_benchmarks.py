@@ -21,7 +21,10 @@ TINY = ("--model", "tiny", "--num-classes", "3")
 def run_benchmark(script, *args):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), *args, "--json"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -36,8 +39,20 @@ def check_machine(machine):
 
 @pytest.mark.parametrize("runtime", ["keras", "saved_model", "onnx", "openvino", "litert"])
 def test_throughput(runtime):
-    out = run_benchmark("throughput.py", *TINY, "--size", "32", "--batch", "2", "--runs", "1",
-                        "--steps", "1", "--runtime", runtime)
+    out = run_benchmark(
+        "throughput.py",
+        *TINY,
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+        "--steps",
+        "1",
+        "--runtime",
+        runtime,
+    )
     assert out["runtime"] == runtime and out["images_per_sec"] > 0
     if runtime == "keras":
         assert out["class_map_agreement"] is None  # it is the reference
@@ -48,17 +63,38 @@ def test_throughput(runtime):
 
 
 def test_throughput_mixed_precision_xla():
-    out = run_benchmark("throughput.py", *TINY, "--size", "32", "--batch", "1", "--runs", "1",
-                        "--steps", "1", "--precision", "mixed_bfloat16", "--xla")
+    out = run_benchmark(
+        "throughput.py",
+        *TINY,
+        "--size",
+        "32",
+        "--batch",
+        "1",
+        "--runs",
+        "1",
+        "--steps",
+        "1",
+        "--precision",
+        "mixed_bfloat16",
+        "--xla",
+    )
     assert out["precision"] == "mixed_bfloat16" and out["xla"] is True
     assert 0 <= out["class_map_agreement"] <= 1
 
 
 def test_throughput_rejects_precision_for_exported_runtimes():
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--runtime", "onnx",
-         "--precision", "mixed_bfloat16"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "throughput.py"),
+            "--runtime",
+            "onnx",
+            "--precision",
+            "mixed_bfloat16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "--precision and --xla apply to --runtime keras only" in result.stderr
@@ -66,29 +102,76 @@ def test_throughput_rejects_precision_for_exported_runtimes():
 
 
 def test_train_throughput():
-    out = run_benchmark("train_throughput.py", *TINY, "--crop", "32", "--batch", "1", "--warmup", "1",
-                        "--steps", "1")
+    out = run_benchmark(
+        "train_throughput.py",
+        *TINY,
+        "--crop",
+        "32",
+        "--batch",
+        "1",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+    )
     assert out["benchmark"] == "train_throughput" and out["images_per_second_per_replica"] > 0
     check_machine(out["machine"])
 
 
 def test_eval_throughput():
-    out = run_benchmark("eval_throughput.py", *TINY, "--height", "32", "--width", "48", "--window", "32",
-                        "--stride", "16", "--runs", "1", "--images", "1")
+    out = run_benchmark(
+        "eval_throughput.py",
+        *TINY,
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--window",
+        "32",
+        "--stride",
+        "16",
+        "--runs",
+        "1",
+        "--images",
+        "1",
+    )
     assert out["images_per_sec"] > 0 and out["traces"] == 1
     check_machine(out["machine"])
 
 
 def test_data_throughput():
-    out = run_benchmark("data_throughput.py", "--dataset", "camvid", "--data-dir", str(CAMVID),
-                        "--crop-size", "32", "--batch-size", "2", "--batches", "1", "--runs", "1")
+    out = run_benchmark(
+        "data_throughput.py",
+        "--dataset",
+        "camvid",
+        "--data-dir",
+        str(CAMVID),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--batches",
+        "1",
+        "--runs",
+        "1",
+    )
     assert out["crops_per_s"] > 0
     check_machine(out)
 
 
 def test_export_latency():
-    out = run_benchmark("export_latency.py", *TINY, "--height", "32", "--width", "48", "--window", "32",
-                        "--runs", "1")
+    out = run_benchmark(
+        "export_latency.py",
+        *TINY,
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--window",
+        "32",
+        "--runs",
+        "1",
+    )
     assert out["same_class_map"] is True and out["saved_model_ms"] > 0
     check_machine(out)
 
@@ -114,15 +197,23 @@ def test_cpu_flags_from_cpuinfo(tmp_path):
     )
     name, flags = cpu_flags(str(cpuinfo))
     assert name == "Intel(R) Xeon(R) Platinum 8481C"
-    assert flags == {"amx_bf16": True, "amx_tile": True, "avx512_bf16": True, "avx512_vnni": False,
-                     "avx512f": True, "avx2": True}
+    assert flags == {
+        "amx_bf16": True,
+        "amx_tile": True,
+        "avx512_bf16": True,
+        "avx512_vnni": False,
+        "avx512f": True,
+        "avx2": True,
+    }
     assert cpu_flags(str(tmp_path / "missing")) == (None, {})
 
 
 def test_unknown_model_is_one_line_error():
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "matmul_bound.py"), "--model", "seg_x16_mask"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "--model seg_x16_mask: Unknown preset" in result.stderr

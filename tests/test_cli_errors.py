@@ -19,9 +19,11 @@ def test_user_errors_become_one_line_and_bugs_are_reraised(capsys):
     def main(error):
         raise error
 
-    for error, line in ((UserError("--flag x: expected y"), "error: --flag x: expected y\n"),
-                        (FileNotFoundError("a\n  b"), "error: a b\n"), (IsADirectoryError(21, "Is a directory", "d"),
-                                                                        "error: [Errno 21] Is a directory: 'd'\n")):
+    for error, line in (
+        (UserError("--flag x: expected y"), "error: --flag x: expected y\n"),
+        (FileNotFoundError("a\n  b"), "error: a b\n"),
+        (IsADirectoryError(21, "Is a directory", "d"), "error: [Errno 21] Is a directory: 'd'\n"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(error)
         assert exit_info.value.code == 2
@@ -35,7 +37,9 @@ def test_user_errors_become_one_line_and_bugs_are_reraised(capsys):
 def test_tensorflow_assertions_are_read_as_their_message():
     @tf.function
     def check(x):
-        tf.debugging.Assert(x > 0, [tf.strings.join(["Mask values outside the classes in 'a.png': ", "20"])])
+        tf.debugging.Assert(
+            x > 0, [tf.strings.join(["Mask values outside the classes in 'a.png': ", "20"])]
+        )
         return x
 
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
@@ -54,7 +58,9 @@ def test_check_file_never_calls_an_existing_path_missing(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32)
+    backbone = ks.ViTBackbone(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
+    )
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     ks.Segmenter(backbone, num_classes=5).save(path)
     return path
@@ -72,19 +78,26 @@ def predict_error(capsys, *argv):
 def test_predict_names_an_out_file_and_a_file_that_is_not_a_model(model_path, tmp_path, capsys):
     out_file = tmp_path / "out.txt"
     out_file.write_text("taken")
-    assert f"--out {out_file} is a file" in predict_error(capsys, "--model", model_path, IMAGE, "--out", out_file)
+    assert f"--out {out_file} is a file" in predict_error(
+        capsys, "--model", model_path, IMAGE, "--out", out_file
+    )
     not_model = tmp_path / "photo.keras"
     not_model.write_bytes(IMAGE.read_bytes())
     assert f"{not_model}: cannot load it as a .keras model" in predict_error(
-        capsys, "--model", not_model, IMAGE, "--out", tmp_path / "o")
+        capsys, "--model", not_model, IMAGE, "--out", tmp_path / "o"
+    )
     broken = tmp_path / "broken.keras"  # a .keras zip whose config.json is not JSON
     with zipfile.ZipFile(model_path) as source, zipfile.ZipFile(broken, "w") as target:
         for name in source.namelist():
             target.writestr(name, b"{not json" if name == "config.json" else source.read(name))
     assert f"{broken}: cannot load it as a .keras model" in predict_error(
-        capsys, "--model", broken, IMAGE, "--out", tmp_path / "o")
-    assert "is a folder" in predict_error(capsys, "--model", tmp_path, IMAGE, "--out", tmp_path / "o")
+        capsys, "--model", broken, IMAGE, "--out", tmp_path / "o"
+    )
+    assert "is a folder" in predict_error(
+        capsys, "--model", tmp_path, IMAGE, "--out", tmp_path / "o"
+    )
     assert "Unknown dataset" in predict_error(
-        capsys, "--model", model_path, IMAGE, "--out", tmp_path / "o", "--dataset", "nope")
+        capsys, "--model", model_path, IMAGE, "--out", tmp_path / "o", "--dataset", "nope"
+    )
     assert not (tmp_path / "o").exists()
     assert keras.saving.load_model(model_path).num_classes == 5

@@ -1,4 +1,3 @@
-import io
 import pickle
 import shutil
 import subprocess
@@ -8,9 +7,9 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 import keras_segmenter as ks
-from conftest import FIXTURES
 from keras_segmenter.convert import (
     CheckpointError,
     load_backbone_weights,
@@ -26,7 +25,9 @@ TINY = FIXTURES / "tiny_mask"
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "keras_segmenter.convert", *map(str, args)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -43,7 +44,15 @@ def test_cli_converts_an_official_run_to_a_loadable_keras_file(tmp_path):
 
 def test_cli_adds_a_fresh_decoder_to_an_imagenet_encoder(tmp_path):
     out = tmp_path / "model.keras"
-    result = run_cli(FIXTURES / "augreg_vit" / "tiny.npz", "--out", out, "--num-classes", 4, "--decoder", "linear")
+    result = run_cli(
+        FIXTURES / "augreg_vit" / "tiny.npz",
+        "--out",
+        out,
+        "--num-classes",
+        4,
+        "--decoder",
+        "linear",
+    )
     assert result.returncode == 0, result.stderr
     model = keras.saving.load_model(out)
     assert model.num_classes == 4 and model.decoder_type == "linear"
@@ -64,8 +73,12 @@ def test_cli_reports_unknown_formats_and_missing_arguments(tmp_path, capsys):
     odd = tmp_path / "weights.bin"
     odd.write_bytes(b"1234")
     assert "weights.bin: unknown format" in cli_error(capsys, odd, "--out", tmp_path / "m.keras")
-    assert "--num-classes" in cli_error(capsys, FIXTURES / "timm_vit", "--out", tmp_path / "m.keras")
-    assert "none.pth: no such file or folder" in cli_error(capsys, tmp_path / "none.pth", "--out", tmp_path / "m.keras")
+    assert "--num-classes" in cli_error(
+        capsys, FIXTURES / "timm_vit", "--out", tmp_path / "m.keras"
+    )
+    assert "none.pth: no such file or folder" in cli_error(
+        capsys, tmp_path / "none.pth", "--out", tmp_path / "m.keras"
+    )
 
 
 def test_cli_rejects_an_out_folder_before_converting(tmp_path, capsys):
@@ -74,15 +87,24 @@ def test_cli_rejects_an_out_folder_before_converting(tmp_path, capsys):
     assert "does not exist" in cli_error(capsys, TINY, "--out", tmp_path / "no" / "m.keras")
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("image_size: !!python/tuple\n  - 64\n  - 64", "image_size: 64",
-     "net_kwargs.image_size: expected (height, width) positive ints. Received: 64"),
-    ("n_cls: 7\n    n_layers", "n_cls: seven\n    n_layers",
-     "net_kwargs.decoder.n_cls: expected a positive int. Received: 'seven'"),
-    ("  d_model: 64", "  d_model: [64]", "net_kwargs.d_model: expected a positive int"),
-    ("net_kwargs:", "net_kwargs: 3\nx:", "net_kwargs: expected a mapping"),
-    ("name: mask_transformer", "name: [mask]", "net_kwargs.decoder.name: expected a string"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "image_size: !!python/tuple\n  - 64\n  - 64",
+            "image_size: 64",
+            "net_kwargs.image_size: expected (height, width) positive ints. Received: 64",
+        ),
+        (
+            "n_cls: 7\n    n_layers",
+            "n_cls: seven\n    n_layers",
+            "net_kwargs.decoder.n_cls: expected a positive int. Received: 'seven'",
+        ),
+        ("  d_model: 64", "  d_model: [64]", "net_kwargs.d_model: expected a positive int"),
+        ("net_kwargs:", "net_kwargs: 3\nx:", "net_kwargs: expected a mapping"),
+        ("name: mask_transformer", "name: [mask]", "net_kwargs.decoder.name: expected a string"),
+    ],
+)
 def test_cli_names_the_malformed_variant_key(tmp_path, capsys, old, new, message):
     run = copy_run(tmp_path)
     text = (run / "variant.yml").read_text()
@@ -97,10 +119,12 @@ def test_cli_names_a_malformed_timm_config_and_a_missing_safetensors_key(tmp_pat
     shutil.copytree(FIXTURES / "timm_vit", timm)
     (timm / "config.json").write_text("{not json")
     assert f"{timm / 'config.json'}: not a readable JSON file" in cli_error(
-        capsys, timm, "--out", tmp_path / "m.keras", "--num-classes", 3)
+        capsys, timm, "--out", tmp_path / "m.keras", "--num-classes", 3
+    )
     (timm / "config.json").write_text('{"model_args": {"num_heads": "two"}}')
     assert "`model_args.num_heads` is a positive int" in cli_error(
-        capsys, timm, "--out", tmp_path / "m.keras", "--num-classes", 3)
+        capsys, timm, "--out", tmp_path / "m.keras", "--num-classes", 3
+    )
     (timm / "config.json").unlink()
 
     from safetensors.numpy import load_file, save_file
@@ -110,10 +134,12 @@ def test_cli_names_a_malformed_timm_config_and_a_missing_safetensors_key(tmp_pat
         del state[key]
         save_file(state, str(tmp_path / "cut.safetensors"))
         assert f"cut.safetensors: missing key `{key}`" in cli_error(
-            capsys, tmp_path / "cut.safetensors", "--out", tmp_path / "m.keras", "--num-classes", 3)
+            capsys, tmp_path / "cut.safetensors", "--out", tmp_path / "m.keras", "--num-classes", 3
+        )
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     assert "junk.safetensors: not a readable safetensors file" in cli_error(
-        capsys, tmp_path / "junk.safetensors", "--out", tmp_path / "m.keras", "--num-classes", 3)
+        capsys, tmp_path / "junk.safetensors", "--out", tmp_path / "m.keras", "--num-classes", 3
+    )
     assert not (tmp_path / "m.keras").exists()
 
 
@@ -173,17 +199,24 @@ def test_pickle_that_tries_to_run_code_is_refused(tmp_path, capsys):
 
 def test_wrong_shapes_name_the_key_and_both_shapes(tmp_path):
     run = copy_run(tmp_path)
-    variant = (run / "variant.yml").read_text().replace("n_layers: 2\n  n_heads: 2", "n_layers: 2\n  n_heads: 4")
+    variant = (
+        (run / "variant.yml")
+        .read_text()
+        .replace("n_layers: 2\n  n_heads: 2", "n_layers: 2\n  n_heads: 4")
+    )
     variant = variant.replace("d_model: 64", "d_model: 128")
     (run / "variant.yml").write_text(variant)
-    with pytest.raises(CheckpointError, match=r"`encoder.patch_embed.proj.weight` has shape \(64, 3, 16, 16\), the model expects \(128, 3, 16, 16\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"`encoder.patch_embed.proj.weight` has shape \(64, 3, 16, 16\), the model expects \(128, 3, 16, 16\)",
+    ):
         load_official(run)
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
     state = read_torch_checkpoint(TINY / "checkpoint.pth")["model"]
     backbone = ks.ViTBackbone(16, 64, 2, 2, 256, image_size=64)
-    timm_like = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    timm_like = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
 
     from safetensors.numpy import save_file
 
@@ -209,5 +242,9 @@ def test_attention_maps_for_visualisation():
     # Same weights as inside the forward pass: recompute block 0's from its input.
     block = model.backbone.blocks[0]
     grid_tokens = model.backbone.patch_embedding(x)
-    tokens = model.backbone.position_embedding(model.backbone.prefix_tokens(grid_tokens), grid_tokens)
-    np.testing.assert_allclose(maps[0], block.attn.attention_weights(block.norm1(tokens)), atol=1e-6)
+    tokens = model.backbone.position_embedding(
+        model.backbone.prefix_tokens(grid_tokens), grid_tokens
+    )
+    np.testing.assert_allclose(
+        maps[0], block.attn.attention_weights(block.norm1(tokens)), atol=1e-6
+    )

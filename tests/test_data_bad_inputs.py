@@ -22,8 +22,10 @@ def _good_copy(root, k=0, stem="good"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     shutil.copy(image, os.path.join(root, "train", f"{stem}.jpg"))
     shutil.copy(mask, os.path.join(root, "trainannot", f"{stem}.png"))
-    return (os.path.join(root, "train", f"{stem}.jpg"),
-            os.path.join(root, "trainannot", f"{stem}.png"))
+    return (
+        os.path.join(root, "train", f"{stem}.jpg"),
+        os.path.join(root, "trainannot", f"{stem}.png"),
+    )
 
 
 def _truncate(path):
@@ -97,8 +99,7 @@ def test_check_reports_every_problem_with_file_names(tmp_path, capsys):
     assert rgba_problem and not rgba_problem[0].fatal  # Only a warning.
     assert not [p for p in problems if "clean" in p.path]
 
-    assert cli(["check", "--dataset", "camvid", "--data-dir", root,
-                "--split", "train"]) == 1
+    assert cli(["check", "--dataset", "camvid", "--data-dir", root, "--split", "train"]) == 1
     report = capsys.readouterr().out
     for path in bad.values():
         assert os.path.basename(path) in report
@@ -110,13 +111,20 @@ def test_check_passes_clean_data(capsys):
     assert "0 problems" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["truncated_image", "truncated_mask",
-                                  "size_mismatch", "palette_mask",
-                                  "bad_labels", "sixteen_bit_mask"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated_image",
+        "truncated_mask",
+        "size_mismatch",
+        "palette_mask",
+        "bad_labels",
+        "sixteen_bit_mask",
+    ],
+)
 def test_pipeline_stops_naming_the_file(tmp_path, case):
     path = _make_bad(str(tmp_path), case)
-    ds = train_dataset("camvid", str(tmp_path), batch_size=1, crop_size=32,
-                       seed=0)
+    ds = train_dataset("camvid", str(tmp_path), batch_size=1, crop_size=32, seed=0)
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         next(iter(ds))
     assert path in str(error.value)

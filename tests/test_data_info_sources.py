@@ -22,8 +22,7 @@ CAMVID = os.path.join(DATA, "camvid")
 
 def test_official_sizes_and_classes():
     ade = get_dataset_info("ade20k")
-    assert (ade.num_classes, len(ade.class_names), len(ade.palette)) == (
-        150, 150, 150)
+    assert (ade.num_classes, len(ade.class_names), len(ade.palette)) == (150, 150, 150)
     assert ade.class_names[:3] == ("wall", "building", "sky")
     assert ade.class_names[-1] == "flag"
     assert ade.base_size == (2048, 512) and ade.crop_size == 512
@@ -52,8 +51,7 @@ def test_label_tables():
     assert ids[0] == 255 and ids[6] == 255 and ids[34] == -1
     train_ids = get_dataset_info("cityscapes").label_table()
     assert train_ids[18] == 18 and train_ids[19] == -1
-    folder = get_dataset_info("folder", num_classes=3, ignore_index=0,
-                              reduce_zero_label=False)
+    folder = get_dataset_info("folder", num_classes=3, ignore_index=0, reduce_zero_label=False)
     assert folder.label_table()[:4] == [255, 1, 2, -1]
 
 
@@ -64,8 +62,7 @@ def test_folder_info_validation():
         get_dataset_info("folder", num_classes=2, ignore_index=300)
     with pytest.raises(ValueError, match="class_names"):
         get_dataset_info("folder", num_classes=2, class_names=["a"])
-    info = get_dataset_info("folder", class_names=["bg", "cat"],
-                            crop_size=64)
+    info = get_dataset_info("folder", class_names=["bg", "cat"], crop_size=64)
     assert info.num_classes == 2 and info.window_stride == 32
     with pytest.raises(ValueError, match="Received: name='kitti'"):
         get_dataset_info("kitti")
@@ -78,8 +75,7 @@ def test_camvid_pairs_and_bundled_sample():
         assert os.path.basename(image)[:-4] == os.path.basename(mask)[:-4]
     assert len(list_pairs("camvid", SAMPLE_DIR, "train")) == 40
     assert len(list_pairs("camvid", SAMPLE_DIR, "val")) == 15
-    size = sum(os.path.getsize(os.path.join(d, f))
-               for d, _, fs in os.walk(SAMPLE_DIR) for f in fs)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(SAMPLE_DIR) for f in fs)
     assert size <= 5 * 2**20
 
 
@@ -93,22 +89,20 @@ def test_missing_data_names_the_folder(tmp_path):
 
 def test_ade20k_unpacked_and_from_zip(tmp_path):
     pairs = list_pairs("ade20k", DATA, split="val")
-    assert [os.path.basename(p[0]) for p in pairs] == [
-        f"ADE_val_0000000{k}.jpg" for k in (1, 2, 3)]
+    assert [os.path.basename(p[0]) for p in pairs] == [f"ADE_val_0000000{k}.jpg" for k in (1, 2, 3)]
     manual = tmp_path / "manual"
     manual.mkdir()
     with zipfile.ZipFile(manual / "ADEChallengeData2016.zip", "w") as z:
         for folder, _, files in os.walk(ADE):
             for f in files:
                 path = os.path.join(folder, f)
-                z.write(path, os.path.join(
-                    "ADEChallengeData2016", os.path.relpath(path, ADE)))
+                z.write(path, os.path.join("ADEChallengeData2016", os.path.relpath(path, ADE)))
     out = tmp_path / "ade"
-    pairs = list_pairs("ade20k", str(out), split="val",
-                       manual_dir=str(manual))
+    pairs = list_pairs("ade20k", str(out), split="val", manual_dir=str(manual))
     assert len(pairs) == 3
-    assert os.path.isfile(out / "ADEChallengeData2016" / "annotations" /
-                          "validation" / "ADE_val_00000002.png")
+    assert os.path.isfile(
+        out / "ADEChallengeData2016" / "annotations" / "validation" / "ADE_val_00000002.png"
+    )
     # Second call reads the extracted folder (zip no longer needed).
     os.remove(manual / "ADEChallengeData2016.zip")
     assert prepare_ade20k(str(out)).endswith("ADEChallengeData2016")
@@ -134,17 +128,15 @@ def _voc_masks_as_l(dst):
 
 def test_pascal_context_layout(tmp_path):
     root = tmp_path / "VOCdevkit" / "VOC2010"
-    for sub in ("JPEGImages", "SegmentationClassContext",
-                "ImageSets/SegmentationContext"):
+    for sub in ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"):
         (root / sub).mkdir(parents=True)
     names = _voc_masks_as_l(str(root / "SegmentationClassContext"))
     for n in names:
         Image.open(os.path.join(DATA, "voc", "images", n + ".png")).save(
-            root / "JPEGImages" / (n + ".jpg"))
-    (root / "ImageSets/SegmentationContext/train.txt").write_text(
-        names[0] + "\n")
-    (root / "ImageSets/SegmentationContext/val.txt").write_text(
-        names[1] + "\n")
+            root / "JPEGImages" / (n + ".jpg")
+        )
+    (root / "ImageSets/SegmentationContext/train.txt").write_text(names[0] + "\n")
+    (root / "ImageSets/SegmentationContext/val.txt").write_text(names[1] + "\n")
     train = list_pairs("pascal_context", str(tmp_path), "train")
     assert [os.path.basename(p[1]) for p in train] == [names[0] + ".png"]
     assert len(list_pairs("pascal_context", str(tmp_path), "val")) == 1
@@ -166,8 +158,14 @@ def test_cityscapes_layout_prefers_train_ids(tmp_path):
     result = scan("cityscapes", str(tmp_path), "train")
     assert result.label_ids and len(result.pairs) == 2
     for k, (image, mask) in enumerate(src):
-        shutil.copy(mask, tmp_path / "gtFine" / "train" / "aachen" /
-                    f"aachen_{k:06d}_000019_gtFine_labelTrainIds.png")
+        shutil.copy(
+            mask,
+            tmp_path
+            / "gtFine"
+            / "train"
+            / "aachen"
+            / f"aachen_{k:06d}_000019_gtFine_labelTrainIds.png",
+        )
     result = scan("cityscapes", str(tmp_path), "train")
     assert not result.label_ids
     assert all(p[1].endswith("_labelTrainIds.png") for p in result.pairs)

@@ -43,8 +43,10 @@ def test_same_stem_with_two_extensions_is_an_error_naming_both(tmp_path, which):
     ambiguous = [p for p in problems if p.kind == "ambiguous"]
     assert len(ambiguous) == 1 and ambiguous[0].fatal
     assert first in ambiguous[0].detail and second in ambiguous[0].detail
-    for make in (lambda: list_pairs("camvid", root, "train"),
-                 lambda: train_dataset("camvid", root, batch_size=1, crop_size=32, seed=0)):
+    for make in (
+        lambda: list_pairs("camvid", root, "train"),
+        lambda: train_dataset("camvid", root, batch_size=1, crop_size=32, seed=0),
+    ):
         with pytest.raises(ValueError, match="Ambiguous") as error:
             make()
         assert first in str(error.value) and second in str(error.value)
@@ -61,8 +63,10 @@ def test_symlinked_subfolders_are_followed_and_loops_end(tmp_path, caplog):
     pairs = list_pairs("camvid", root, "train")
     assert len(pairs) == 3
     assert f"{os.path.join(root, 'train', 'loop')} links back to" in caplog.text
-    assert (os.path.join(root, "train", "more", "p1.jpg"),
-            os.path.join(root, "trainannot", "more", "p1.png")) in pairs
+    assert (
+        os.path.join(root, "train", "more", "p1.jpg"),
+        os.path.join(root, "trainannot", "more", "p1.png"),
+    ) in pairs
     num_pairs, problems = check_dataset("camvid", root, "train")
     assert num_pairs == 3 and not [p for p in problems if p.fatal]
 
@@ -93,11 +97,14 @@ def _sixteen_bit(path):
     Image.fromarray(np.array(Image.open(path)).astype(np.uint16)).save(path)
 
 
-@pytest.mark.parametrize("corrupt, check_kind, png_kind", [
-    (_rgb, "RGB colour mask (mode 'RGB')", "8-bit RGB"),
-    (_palette, "palette mask (mode 'P')", "8-bit palette"),
-    (_sixteen_bit, "16-bit mask (mode 'I;16')", "16-bit grayscale"),
-])
+@pytest.mark.parametrize(
+    "corrupt, check_kind, png_kind",
+    [
+        (_rgb, "RGB colour mask (mode 'RGB')", "8-bit RGB"),
+        (_palette, "palette mask (mode 'P')", "8-bit palette"),
+        (_sixteen_bit, "16-bit mask (mode 'I;16')", "16-bit grayscale"),
+    ],
+)
 def test_mask_mode_messages_name_the_real_mode(tmp_path, corrupt, check_kind, png_kind):
     root = str(tmp_path)
     _, mask = camvid_copy(root, count=1)[0]
@@ -123,14 +130,28 @@ def cli_error(capsys, *argv):
 
 def test_check_cli_user_mistakes_end_in_one_line_and_status_2(tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    assert f"{missing} does not exist" in cli_error(capsys, "--dataset", "camvid", "--data-dir", missing)
+    assert f"{missing} does not exist" in cli_error(
+        capsys, "--dataset", "camvid", "--data-dir", missing
+    )
     afile = tmp_path / "afile"
     afile.write_text("x")
     line = cli_error(capsys, "--dataset", "camvid", "--data-dir", afile)
     assert f"{afile} is a file" in line and "not exist" not in line
     line = cli_error(capsys, "--dataset", "camvid", "--data-dir", tmp_path, "--split", "train")
-    assert f"No images or masks found for dataset 'camvid', split 'train' in {tmp_path / 'train'}" in line
+    assert (
+        f"No images or masks found for dataset 'camvid', split 'train' in {tmp_path / 'train'}"
+        in line
+    )
     assert "Unknown dataset" in cli_error(capsys, "--dataset", "camvidd", "--data-dir", tmp_path)
     assert "needs `num_classes`" in cli_error(capsys, "--dataset", "folder", "--data-dir", tmp_path)
     assert "No split 'val'" in cli_error(
-        capsys, "--dataset", "folder", "--num-classes", "3", "--data-dir", tmp_path, "--split", "val")
+        capsys,
+        "--dataset",
+        "folder",
+        "--num-classes",
+        "3",
+        "--data-dir",
+        tmp_path,
+        "--split",
+        "val",
+    )

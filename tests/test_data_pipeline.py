@@ -9,12 +9,12 @@ from PIL import Image
 
 from keras_segmenter.data import (
     SAMPLE_DIR,
+    augment,
     eval_dataset,
     get_dataset_info,
     list_pairs,
     train_dataset,
 )
-from keras_segmenter.data import augment
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 CAMVID = os.path.join(DATA, "camvid")
@@ -33,8 +33,7 @@ def test_shapes_dtypes_and_value_ranges():
     assert images.numpy().min() >= -1.0 and images.numpy().max() <= 1.0
     values = set(np.unique(masks.numpy()))
     assert values <= set(range(11)) | {255}
-    deit = train_dataset("camvid", CAMVID, batch_size=1, crop_size=32,
-                         normalization="deit", seed=0)
+    deit = train_dataset("camvid", CAMVID, batch_size=1, crop_size=32, normalization="deit", seed=0)
     low = (0.0 - 0.485) / 0.229
     assert next(iter(deit))[0].numpy().min() >= low - 1e-5
     with pytest.raises(ValueError, match="Received: normalization='imagenet'"):
@@ -45,8 +44,10 @@ def test_shapes_dtypes_and_value_ranges():
 
 def test_rescale_size_follows_mmseg_keep_ratio():
     def size(h, w, base, ratio):
-        return tuple(int(v) for v in augment.rescale_size(
-            tf.constant(h), tf.constant(w), base, tf.constant(ratio)))
+        return tuple(
+            int(v)
+            for v in augment.rescale_size(tf.constant(h), tf.constant(w), base, tf.constant(ratio))
+        )
 
     # ADE20K: short side 512 bounds a landscape image; long side 2048 bounds
     # a very wide one.
@@ -63,18 +64,24 @@ def test_crop_matches_full_resize_then_crop(base):
     table = tf.constant(get_dataset_info("camvid").label_table())
     for seed in range(4):
         crop, mask, (nh, nw, top, left) = augment.rescale_and_crop(
-            tf.constant(image), tf.constant(raw), table, base,
-            (128, 160), tf.constant([seed, 7]), return_box=True)
+            tf.constant(image),
+            tf.constant(raw),
+            table,
+            base,
+            (128, 160),
+            tf.constant([seed, 7]),
+            return_box=True,
+        )
         nh, nw, top, left = int(nh), int(nw), int(top), int(left)
         full = tf.image.resize(image.astype(np.float32), (nh, nw), "bilinear")
         ch, cw = min(128, nh), min(160, nw)
-        want = np.round(full.numpy()[top:top + ch, left:left + cw])
+        want = np.round(full.numpy()[top : top + ch, left : left + cw])
         got = crop.numpy()
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1.0
         rows = np.arange(nh) * raw.shape[0] // nh
         cols = np.arange(nw) * raw.shape[1] // nw
-        want_mask = raw[rows][:, cols][top:top + ch, left:left + cw]
+        want_mask = raw[rows][:, cols][top : top + ch, left : left + cw]
         want_mask = np.where(want_mask == 11, 255, want_mask)
         np.testing.assert_array_equal(mask.numpy(), want_mask)
 
@@ -87,16 +94,23 @@ def _write_mask_image_dataset(tmp_path):
         raw = np.array(Image.open(mask))
         grey = np.where(raw % 2 == 1, 255, 0).astype(np.uint8)
         stem = os.path.basename(mask)[:-4]
-        Image.fromarray(np.stack([grey] * 3, -1)).save(
-            tmp_path / "images" / f"{stem}.png")
+        Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "images" / f"{stem}.png")
         Image.open(mask).save(tmp_path / "masks" / f"{stem}.png")
     return str(tmp_path)
 
 
 def test_image_and_mask_stay_aligned_through_every_augmentation(tmp_path):
     root = _write_mask_image_dataset(tmp_path)
-    ds = train_dataset("folder", root, batch_size=4, crop_size=128, seed=3,
-                       num_classes=11, ignore_index=11, base_size=(480, 360))
+    ds = train_dataset(
+        "folder",
+        root,
+        batch_size=4,
+        crop_size=128,
+        seed=3,
+        num_classes=11,
+        ignore_index=11,
+        base_size=(480, 360),
+    )
     agreements, shuffled = [], []
     for images, masks in ds.take(4):
         for image, mask in zip(images.numpy(), masks.numpy()):
@@ -110,8 +124,7 @@ def test_image_and_mask_stay_aligned_through_every_augmentation(tmp_path):
             lo, hi = grey[valid].min(), grey[valid].max()
             recovered = (grey > (lo + hi) / 2)[valid]
             agreements.append(np.mean(recovered == odd))
-            shuffled.append(np.mean(recovered == (mask[:, ::-1] % 2 == 1)[
-                valid]))
+            shuffled.append(np.mean(recovered == (mask[:, ::-1] % 2 == 1)[valid]))
     assert len(agreements) >= 8
     assert np.mean(agreements) > 0.97 and min(agreements) > 0.9
     # The same check on a mirrored mask fails: the test can detect a flip.
@@ -120,8 +133,7 @@ def test_image_and_mask_stay_aligned_through_every_augmentation(tmp_path):
 
 def test_padding_values():
     # Base 480x360 times at most 2 fits inside 960x720: a 1000 crop pads.
-    ds = train_dataset("camvid", CAMVID, batch_size=4, crop_size=1000,
-                       seed=1)
+    ds = train_dataset("camvid", CAMVID, batch_size=4, crop_size=1000, seed=1)
     images, masks = next(iter(ds))
     images, masks = images.numpy(), masks.numpy()
     for image, mask in zip(images, masks):
@@ -138,9 +150,17 @@ def test_padding_values():
 def _balanced_share(cat_max_ratio, n=48):
     image, raw = _camvid_pair(2)
     table = tf.constant(get_dataset_info("camvid").label_table())
-    fn = tf.function(lambda s: augment.rescale_and_crop(
-        tf.constant(image), tf.constant(raw), table, (480, 360), (48, 48),
-        s, cat_max_ratio=cat_max_ratio)[1])
+    fn = tf.function(
+        lambda s: augment.rescale_and_crop(
+            tf.constant(image),
+            tf.constant(raw),
+            table,
+            (480, 360),
+            (48, 48),
+            s,
+            cat_max_ratio=cat_max_ratio,
+        )[1]
+    )
     ok = 0
     for k in range(n):
         mask = fn(tf.constant([k, 0])).numpy()
@@ -174,8 +194,7 @@ def test_crop_is_balanced_rule():
 def test_photometric_distortion_is_pixelwise_and_in_range():
     image, _ = _camvid_pair(0)
     x = tf.constant(image, tf.float32)
-    outs = [augment.photometric_distortion(x, tf.constant([s, 1])).numpy()
-            for s in range(6)]
+    outs = [augment.photometric_distortion(x, tf.constant([s, 1])).numpy() for s in range(6)]
     for out in outs:
         assert out.min() >= 0 and out.max() <= 255
         np.testing.assert_array_equal(out, np.floor(out))
@@ -189,8 +208,7 @@ def test_photometric_distortion_is_pixelwise_and_in_range():
 
 def test_determinism_with_seed():
     def first(seed):
-        ds = train_dataset("camvid", CAMVID, batch_size=2, crop_size=64,
-                           seed=seed)
+        ds = train_dataset("camvid", CAMVID, batch_size=2, crop_size=64, seed=seed)
         return [b.numpy() for b in next(iter(ds))]
 
     a, b, c = first(5), first(5), first(6)
@@ -205,8 +223,7 @@ def test_eval_dataset_keeps_original_resolution_and_maps_labels():
     for (image, mask), (image_path, mask_path) in zip(ds, pairs):
         raw = np.array(Image.open(mask_path)).astype(np.int32)
         assert image.shape == raw.shape + (3,) and mask.dtype == tf.int32
-        np.testing.assert_array_equal(
-            mask.numpy(), np.where(raw == 0, 255, raw - 1))
+        np.testing.assert_array_equal(mask.numpy(), np.where(raw == 0, 255, raw - 1))
         want = np.array(Image.open(image_path)) / 127.5 - 1.0
         # JPEG decoders (Pillow, TensorFlow) differ by a few grey levels.
         diff = np.abs(image.numpy() - want)
@@ -215,8 +232,7 @@ def test_eval_dataset_keeps_original_resolution_and_maps_labels():
 
 def test_sample_dir_and_distribution_strategy():
     strategy = tf.distribute.get_strategy()
-    ds = train_dataset("camvid", SAMPLE_DIR, batch_size=4, crop_size=32,
-                       seed=0)
+    ds = train_dataset("camvid", SAMPLE_DIR, batch_size=4, crop_size=32, seed=0)
     images, masks = next(iter(strategy.experimental_distribute_dataset(ds)))
     assert images.shape == (4, 32, 32, 3) and masks.shape == (4, 32, 32)
     assert ds.element_spec[0].shape == (4, 32, 32, 3)

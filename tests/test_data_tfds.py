@@ -14,8 +14,7 @@ from keras_segmenter.data import SAMPLE_DIR, eval_dataset, train_dataset
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 # CamVid class -> a Cityscapes labelId of the same thing (11 = unlabeled).
-_CAMVID_TO_LABEL_ID = np.array(
-    [23, 11, 17, 7, 8, 21, 20, 13, 26, 24, 33, 0] + [0] * 244, np.uint8)
+_CAMVID_TO_LABEL_ID = np.array([23, 11, 17, 7, 8, 21, 20, 13, 26, 24, 33, 0] + [0] * 244, np.uint8)
 
 
 def _copy_tree(src, dst):
@@ -27,8 +26,7 @@ def _zip_folder(folder, zip_path, arc_root):
         for dirpath, _, files in os.walk(folder):
             for f in sorted(files):
                 path = os.path.join(dirpath, f)
-                archive.write(path, os.path.join(
-                    arc_root, os.path.relpath(path, folder)))
+                archive.write(path, os.path.join(arc_root, os.path.relpath(path, folder)))
 
 
 def _ade20k(raw, manual):
@@ -38,10 +36,11 @@ def _ade20k(raw, manual):
     for kind, ext in (("images", ".jpg"), ("annotations", ".png")):
         (root / kind / "training").mkdir()
         for k in (1, 2):
-            shutil.copy(root / kind / "validation" / f"ADE_val_{k:08d}{ext}",
-                        root / kind / "training" / f"ADE_train_{k:08d}{ext}")
-    _zip_folder(root, manual / "ADEChallengeData2016.zip",
-                "ADEChallengeData2016")
+            shutil.copy(
+                root / kind / "validation" / f"ADE_val_{k:08d}{ext}",
+                root / kind / "training" / f"ADE_train_{k:08d}{ext}",
+            )
+    _zip_folder(root, manual / "ADEChallengeData2016.zip", "ADEChallengeData2016")
     return str(raw)
 
 
@@ -83,24 +82,28 @@ def _cityscapes(raw, manual):
         for k, f in enumerate(files):
             stem = f"aachen_{k:06d}_000019"
             image = Image.open(os.path.join(DATA, "camvid", "train", f))
-            mask = np.array(Image.open(os.path.join(
-                DATA, "camvid", "trainannot", f[:-4] + ".png")))
+            mask = np.array(Image.open(os.path.join(DATA, "camvid", "trainannot", f[:-4] + ".png")))
             mask = Image.fromarray(_CAMVID_TO_LABEL_ID[mask], "L")
             for top, name, picture, resample in (
-                    ("leftImg8bit", "leftImg8bit", image, Image.BILINEAR),
-                    ("gtFine", "gtFine_labelIds", mask, Image.NEAREST)):
+                ("leftImg8bit", "leftImg8bit", image, Image.BILINEAR),
+                ("gtFine", "gtFine_labelIds", mask, Image.NEAREST),
+            ):
                 folder = raw / top / split / "aachen"
                 folder.mkdir(parents=True, exist_ok=True)
                 picture.resize((2048, 1024), resample).save(
-                    folder / f"{stem}_{name}.png", compress_level=1)
-    _zip_folder(raw / "leftImg8bit", manual / "leftImg8bit_trainvaltest.zip",
-                "leftImg8bit")
+                    folder / f"{stem}_{name}.png", compress_level=1
+                )
+    _zip_folder(raw / "leftImg8bit", manual / "leftImg8bit_trainvaltest.zip", "leftImg8bit")
     _zip_folder(raw / "gtFine", manual / "gtFine_trainvaltest.zip", "gtFine")
     return str(raw)
 
 
-ARCHIVES = {"ade20k": _ade20k, "pascal_context": _pascal_context,
-            "camvid": _camvid, "cityscapes": _cityscapes}
+ARCHIVES = {
+    "ade20k": _ade20k,
+    "pascal_context": _pascal_context,
+    "camvid": _camvid,
+    "cityscapes": _cityscapes,
+}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,8 @@ def _as_numpy(dataset):
 
 def _same(a, b):
     return len(a) == len(b) and all(
-        all(np.array_equal(x, y) for x, y in zip(p, q)) for p, q in zip(a, b))
+        all(np.array_equal(x, y) for x, y in zip(p, q)) for p, q in zip(a, b)
+    )
 
 
 @pytest.mark.slow
@@ -164,16 +168,16 @@ def test_cityscapes_label_ids_are_mapped_to_train_ids(prepared):
     raw, data_dir, attempts = prepared
     # TFDS' cityscapes stores examples in its own (hashed) order.
     ours = _as_numpy(eval_dataset("tfds:cityscapes", data_dir, split="train"))
-    expected = _as_numpy(eval_dataset("cityscapes", raw["cityscapes"],
-                                      split="train"))
+    expected = _as_numpy(eval_dataset("cityscapes", raw["cityscapes"], split="train"))
     assert len(ours) == len(expected) == 2
     for example in expected:
         assert sum(_same([example], [o]) for o in ours) == 1
     labels = np.concatenate([m.ravel() for _, m in ours])
     assert set(np.unique(labels)) <= set(range(19)) | {255}
     assert {0, 1, 2, 10} <= set(np.unique(labels))  # road, sidewalk, ...
-    images, masks = next(iter(train_dataset(
-        "tfds:cityscapes", data_dir, batch_size=2, crop_size=64, seed=0)))
+    images, masks = next(
+        iter(train_dataset("tfds:cityscapes", data_dir, batch_size=2, crop_size=64, seed=0))
+    )
     assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
     assert not attempts
 
@@ -190,27 +194,39 @@ def test_bad_requests_name_what_was_expected(prepared, tmp_path):
         eval_dataset("tfds:ade20k", data_dir, manual_dir=str(tmp_path))
 
 
-def test_cli_prepares_and_a_bad_mask_names_its_record(prepared, tmp_path,
-                                                     capsys):
+def test_cli_prepares_and_a_bad_mask_names_its_record(prepared, tmp_path, capsys):
     from keras_segmenter.data.__main__ import main
 
     manual = tmp_path / "manual"
     (tmp_path / "empty").mkdir()
     tfds_dir = str(tmp_path / "tfds")
-    assert main(["tfds", "--dataset", "camvid", "--manual-dir",
-                 str(tmp_path / "empty"), "--data-dir", tfds_dir]) == 2
+    assert (
+        main(
+            [
+                "tfds",
+                "--dataset",
+                "camvid",
+                "--manual-dir",
+                str(tmp_path / "empty"),
+                "--data-dir",
+                tfds_dir,
+            ]
+        )
+        == 2
+    )
     assert "is empty" in capsys.readouterr().err
     _camvid(tmp_path / "raw", manual)
-    bad = manual / "CamVid" / "valannot" / sorted(
-        os.listdir(manual / "CamVid" / "valannot"))[0]
+    bad = manual / "CamVid" / "valannot" / sorted(os.listdir(manual / "CamVid" / "valannot"))[0]
     Image.open(bad).convert("RGB").save(bad)
-    assert main(["tfds", "--dataset", "camvid", "--manual-dir", str(manual),
-                 "--data-dir", tfds_dir]) == 0
+    assert (
+        main(["tfds", "--dataset", "camvid", "--manual-dir", str(manual), "--data-dir", tfds_dir])
+        == 0
+    )
     import tensorflow as tf
 
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=f"tfds:camvid/validation/CamVid/valannot/"
-                             f"{bad.name}"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f"tfds:camvid/validation/CamVid/valannot/{bad.name}"
+    ):
         _as_numpy(eval_dataset("tfds:camvid", tfds_dir))
 
 
@@ -219,7 +235,6 @@ def test_fit_accepts_a_tfds_dataset(tmp_path):
 
     config = RunConfig(dataset="tfds:ade20k", data_dir=str(tmp_path)).resolve()
     assert config.crop_size == 512 and config.iterations == 160_000
-    assert config.output_dir == os.path.join(
-        "runs", "tfds_ade20k_" + config.model)
+    assert config.output_dir == os.path.join("runs", "tfds_ade20k_" + config.model)
     with pytest.raises(ValueError, match="tfds:camvid"):
         RunConfig(dataset="tfds:camvids").resolve()

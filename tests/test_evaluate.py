@@ -43,15 +43,21 @@ def mmseg_metrics(preds, labels, num_classes):
         pred_area, label_area = pred_area + p, label_area + t
     with np.errstate(invalid="ignore", divide="ignore"):
         iou, acc = intersect / union, intersect / label_area
-    return dict(mIoU=np.nanmean(iou), aAcc=intersect.sum() / label_area.sum(),
-                mAcc=np.nanmean(acc), IoU=iou, Acc=acc)
+    return dict(
+        mIoU=np.nanmean(iou),
+        aAcc=intersect.sum() / label_area.sum(),
+        mAcc=np.nanmean(acc),
+        IoU=iou,
+        Acc=acc,
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
-                              mlp_dim=32, image_size=32)
+    backbone = ks.ViTBackbone(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
+    )
     model = ks.Segmenter(backbone, num_classes=11, decoder="linear")
     # Spread the random model's predictions over several classes: a larger
     # head makes them depend on the image, not only on the bias.
@@ -67,21 +73,25 @@ def check_against_numpy(results, preds, labels):
         np.testing.assert_allclose(results[key], reference[key], rtol=1e-12)
     np.testing.assert_allclose(results["IoU"], reference["IoU"], rtol=1e-12)
     np.testing.assert_allclose(results["Acc"], reference["Acc"], rtol=1e-12)
-    sizes = sum(object_size_confusion(l, p, 11) for p, l in zip(preds, labels))
+    sizes = sum(object_size_confusion(label, p, 11) for p, label in zip(preds, labels))
     for i, bucket in enumerate(SIZE_BUCKETS):
-        np.testing.assert_allclose(results["size_mIoU"][bucket],
-                                   summarize_confusion(sizes[i])["mIoU"], rtol=1e-12)
+        np.testing.assert_allclose(
+            results["size_mIoU"][bucket], summarize_confusion(sizes[i])["mIoU"], rtol=1e-12
+        )
 
 
 def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
     pairs = camvid_pairs()
-    info = types.SimpleNamespace(num_classes=11, class_names=None, ignore_index=255,
-                                 crop_size=64, base_size=None)
+    info = types.SimpleNamespace(
+        num_classes=11, class_names=None, ignore_index=255, crop_size=64, base_size=None
+    )
     results = evaluate(tiny_model, pairs, info, verbose=0)
     # The window is the model's 32 training crop, not the dataset's 64 crop;
     # the stride is max(32 - 32, 32 // 2) (see predict.default_window).
     assert results["window_size"] == 32 and results["window_stride"] == 16
-    preds = [np.argmax(sliding_window_inference(tiny_model, x, 32, 16).numpy(), -1) for x, _ in pairs]
+    preds = [
+        np.argmax(sliding_window_inference(tiny_model, x, 32, 16).numpy(), -1) for x, _ in pairs
+    ]
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 2
     check_against_numpy(results, preds, [m for _, m in pairs])
     assert results["num_images"] == 3 and 0 < results["mIoU"] < 1
@@ -90,18 +100,34 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
 def test_evaluate_window_falls_back_to_the_dataset_crop_without_a_training_crop():
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Dense(11)(inputs))  # no backbone.image_size
-    info = types.SimpleNamespace(num_classes=11, class_names=None, ignore_index=255,
-                                 crop_size=64, base_size=None)
+    info = types.SimpleNamespace(
+        num_classes=11, class_names=None, ignore_index=255, crop_size=64, base_size=None
+    )
     results = evaluate(model, camvid_pairs()[:1], info, object_sizes=False, verbose=0)
     assert results["window_size"] == 64 and results["window_stride"] == 32
 
 
 def test_evaluate_rescales_like_the_official_pipeline(tiny_model):
     pairs = camvid_pairs()[:2]
-    results = evaluate(tiny_model, pairs, num_classes=11, window_size=64, window_stride=48,
-                       base_size=(480, 360), object_sizes=False, verbose=0)
-    preds = [np.argmax(multi_scale_inference(tiny_model, x, 64, 48, scales=(1.0,), flip=False,
-                                             base_size=(480, 360)).numpy(), -1) for x, _ in pairs]
+    results = evaluate(
+        tiny_model,
+        pairs,
+        num_classes=11,
+        window_size=64,
+        window_stride=48,
+        base_size=(480, 360),
+        object_sizes=False,
+        verbose=0,
+    )
+    preds = [
+        np.argmax(
+            multi_scale_inference(
+                tiny_model, x, 64, 48, scales=(1.0,), flip=False, base_size=(480, 360)
+            ).numpy(),
+            -1,
+        )
+        for x, _ in pairs
+    ]
     reference = mmseg_metrics(preds, [m for _, m in pairs], 11)
     np.testing.assert_allclose(results["mIoU"], reference["mIoU"], rtol=1e-12)
     assert results["base_size"] == [480, 360] and "size_mIoU" not in results
@@ -124,9 +150,25 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
     output = tmp_path / "results.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
-        [sys.executable, "training/evaluate.py", "--model", str(model_path), "--dataset", "camvid",
-         "--data-dir", str(CAMVID), "--window-size", "128", "--output", str(output)],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        [
+            sys.executable,
+            "training/evaluate.py",
+            "--model",
+            str(model_path),
+            "--dataset",
+            "camvid",
+            "--data-dir",
+            str(CAMVID),
+            "--window-size",
+            "128",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "mIoU" in done.stdout and get_dataset_info("camvid").class_names[0] in done.stdout
@@ -134,12 +176,23 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
     assert results["num_images"] == 3 and results["window_stride"] == 96
 
     # The same numbers from the same dataset in NumPy.
-    images, labels = zip(*[(x.numpy(), m.numpy()) for x, m in
-                           eval_dataset("camvid", str(CAMVID), split="val", normalization="vit")])
+    images, labels = zip(
+        *[
+            (x.numpy(), m.numpy())
+            for x, m in eval_dataset("camvid", str(CAMVID), split="val", normalization="vit")
+        ]
+    )
     np.testing.assert_array_equal(labels, [m for _, m in camvid_pairs()])
     base_size = tuple(results["base_size"]) if results["base_size"] else None
-    preds = [np.argmax(multi_scale_inference(tiny_model, x, 128, 96, scales=(1.0,), flip=False,
-                                             base_size=base_size).numpy(), -1) for x in images]
+    preds = [
+        np.argmax(
+            multi_scale_inference(
+                tiny_model, x, 128, 96, scales=(1.0,), flip=False, base_size=base_size
+            ).numpy(),
+            -1,
+        )
+        for x in images
+    ]
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 2
     nan_to_none = lambda v: None if np.isnan(v) else v  # noqa: E731
     reference = mmseg_metrics(preds, labels, 11)
@@ -150,8 +203,19 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
 
 def test_evaluate_cli_names_bad_arguments(tmp_path):
     done = subprocess.run(
-        [sys.executable, "training/evaluate.py", "--model", str(tmp_path / "missing.keras"),
-         "--dataset", "camvid", "--data-dir", str(CAMVID)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "training/evaluate.py",
+            "--model",
+            str(tmp_path / "missing.keras"),
+            "--dataset",
+            "camvid",
+            "--data-dir",
+            str(CAMVID),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert done.returncode == 2 and "missing.keras: no such file" in done.stderr

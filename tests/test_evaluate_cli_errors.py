@@ -22,7 +22,9 @@ _spec.loader.exec_module(evaluate_script)
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32)
+    backbone = ks.ViTBackbone(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
+    )
     model = ks.Segmenter(backbone, num_classes=11, decoder="linear")
     kernel, _ = model.decoder.weights
     kernel.assign(kernel * 20.0)
@@ -51,10 +53,24 @@ WINDOW = ["--window-size", "128", "--original-size", "--no-object-sizes"]
 def test_folder_dataset_with_num_classes_gives_the_camvid_numbers(model_path, tmp_path, capsys):
     folder = folder_copy(tmp_path / "data")
     output = tmp_path / "folder.json"
-    evaluate_script.main(["--model", str(model_path), "--dataset", "folder", "--num-classes", "11",
-                          "--data-dir", str(folder), "--output", str(output), *WINDOW])
-    camvid = evaluate_script.main(["--model", str(model_path), "--dataset", "camvid",
-                                   "--data-dir", str(CAMVID), *WINDOW])
+    evaluate_script.main(
+        [
+            "--model",
+            str(model_path),
+            "--dataset",
+            "folder",
+            "--num-classes",
+            "11",
+            "--data-dir",
+            str(folder),
+            "--output",
+            str(output),
+            *WINDOW,
+        ]
+    )
+    camvid = evaluate_script.main(
+        ["--model", str(model_path), "--dataset", "camvid", "--data-dir", str(CAMVID), *WINDOW]
+    )
     results = json.loads(output.read_text())
     assert results["num_images"] == 3 and results["dataset"] == "folder"
     np.testing.assert_allclose(results["mIoU"], camvid["mIoU"], rtol=1e-12)
@@ -74,24 +90,43 @@ def test_user_mistakes_end_in_one_line_and_status_2(model_path, tmp_path, capsys
     data = ["--data-dir", str(CAMVID)]
     run = lambda *argv: error_of(capsys, "--model", model_path, *argv)  # noqa: E731
     assert "none.keras: no such file; expected a .keras model file" in error_of(
-        capsys, "--model", tmp_path / "none.keras", "--dataset", "camvid", *data)
+        capsys, "--model", tmp_path / "none.keras", "--dataset", "camvid", *data
+    )
     (tmp_path / "dir.keras").mkdir()
-    assert "dir.keras is a folder" in error_of(capsys, "--model", tmp_path / "dir.keras", "--dataset", "camvid", *data)
+    assert "dir.keras is a folder" in error_of(
+        capsys, "--model", tmp_path / "dir.keras", "--dataset", "camvid", *data
+    )
     (tmp_path / "text.keras").write_text("not a model")
     assert "text.keras: cannot load it as a .keras model" in error_of(
-        capsys, "--model", tmp_path / "text.keras", "--dataset", "camvid", *data)
+        capsys, "--model", tmp_path / "text.keras", "--dataset", "camvid", *data
+    )
     assert "Unknown dataset" in run("--dataset", "camvidd", *data)
-    assert "--data-dir must be a folder" in run("--dataset", "camvid", "--data-dir", tmp_path / "nowhere")
+    assert "--data-dir must be a folder" in run(
+        "--dataset", "camvid", "--data-dir", tmp_path / "nowhere"
+    )
     (tmp_path / "empty").mkdir()
-    assert "No image/mask pairs found" in run("--dataset", "folder", "--data-dir", tmp_path / "empty", "--split", "all")
+    assert "No image/mask pairs found" in run(
+        "--dataset", "folder", "--data-dir", tmp_path / "empty", "--split", "all"
+    )
     assert "predicts 11 classes but --dataset folder has 5" in run(
-        "--dataset", "folder", "--num-classes", "5", *data)
+        "--dataset", "folder", "--num-classes", "5", *data
+    )
     assert "--output" in run("--dataset", "camvid", *data, "--output", tmp_path)
 
 
 def test_labels_out_of_range_name_the_mask_in_one_line(model_path, tmp_path, capsys):
     folder = folder_copy(tmp_path / "data", labels=40)
-    line = error_of(capsys, "--model", model_path, "--dataset", "folder", "--num-classes", "11",
-                    "--data-dir", folder, *WINDOW)
+    line = error_of(
+        capsys,
+        "--model",
+        model_path,
+        "--dataset",
+        "folder",
+        "--num-classes",
+        "11",
+        "--data-dir",
+        folder,
+        *WINDOW,
+    )
     assert line.startswith("error: Mask values outside the classes in ")
     assert str(folder / "masks" / "val") in line and ": 40;" in line

@@ -55,9 +55,20 @@ def exported(model, tmp_path_factory):
     model.save(root / "tiny.keras")
     out = root / "models" / "segmenter" / "1"
     result = run(
-        sys.executable, "-m", "keras_segmenter.export", "--model", root / "tiny.keras",
-        "--out", out, "--window-size", WINDOW, "--window-stride", STRIDE, "--probabilities",
-        "--max-pixels", MAX_PIXELS,
+        sys.executable,
+        "-m",
+        "keras_segmenter.export",
+        "--model",
+        root / "tiny.keras",
+        "--out",
+        out,
+        "--window-size",
+        WINDOW,
+        "--window-stride",
+        STRIDE,
+        "--probabilities",
+        "--max-pixels",
+        MAX_PIXELS,
     )
     assert "serving_default" in result.stdout and "stride 24" in result.stdout
     assert f"at most {MAX_PIXELS} pixels" in result.stdout
@@ -81,8 +92,8 @@ def test_layout_and_saved_model_cli_show(exported):
     assert (exported / "saved_model.pb").is_file()
     assert (exported / "variables" / "variables.index").is_file()
     shown = run(BIN / "saved_model_cli", "show", "--dir", exported, "--all").stdout
-    default = shown[shown.index("signature_def['serving_default']"):]
-    encoded = shown[shown.index("signature_def['serving_bytes']"):]
+    default = shown[shown.index("signature_def['serving_default']") :]
+    encoded = shown[shown.index("signature_def['serving_bytes']") :]
     assert "inputs['images']" in default and "DT_UINT8" in default
     assert "inputs['image_bytes']" in encoded and "DT_STRING" in encoded
     for outputs in (default, encoded):
@@ -96,16 +107,27 @@ def test_saved_model_cli_run_matches_the_keras_model(model, exported, tmp_path):
     image = load_image(CAMVID_JPG)
     np.save(tmp_path / "images.npy", image[None])
     run(
-        BIN / "saved_model_cli", "run", "--dir", exported, "--tag_set", "serve",
-        "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
-        "--outdir", tmp_path / "outputs",
+        BIN / "saved_model_cli",
+        "run",
+        "--dir",
+        exported,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+        "--inputs",
+        f"images={tmp_path / 'images.npy'}",
+        "--outdir",
+        tmp_path / "outputs",
     )
     segmentation = np.load(tmp_path / "outputs" / "segmentation.npy")
     probabilities = np.load(tmp_path / "outputs" / "probabilities.npy")
     assert segmentation.dtype == np.int32 and segmentation.shape == (1, 180, 240)
     expected = predict(model, image, window_size=WINDOW, window_stride=STRIDE)
     np.testing.assert_array_equal(segmentation[0], expected)
-    np.testing.assert_allclose(probabilities[0], expected_probabilities(model, image), atol=FLOAT16_ATOL)
+    np.testing.assert_allclose(
+        probabilities[0], expected_probabilities(model, image), atol=FLOAT16_ATOL
+    )
     assert len(np.unique(expected)) > 1
 
 
@@ -222,27 +244,38 @@ def test_bad_requests_of_wrong_dtype_or_bytes(loaded):
 
 @pytest.mark.slow
 def test_loaded_model_refuses_requests_above_its_pixel_limit(loaded):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=f"limit of {MAX_PIXELS} pixels") as error:
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f"limit of {MAX_PIXELS} pixels"
+    ) as error:
         loaded.signatures["serving_default"](images=tf.zeros((5, 500, 500, 3), tf.uint8))
     assert "--max-pixels" in str(error.value) and "[5 500 500]" in str(error.value)
 
 
 def huge_png(height, width):
     """A valid 1-bit grayscale PNG of `height x width` zeros: about 48 KB for 20000 x 20000."""
+
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     pixels = zlib.compress(row * height, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 def test_declared_size_reads_the_headers(tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8))
     encoded = {}
     for name, kwargs in {
-        "PNG": {}, "JPEG": {}, "GIF": {}, "BMP": {}, "WEBP": {"lossless": True},
+        "PNG": {},
+        "JPEG": {},
+        "GIF": {},
+        "BMP": {},
+        "WEBP": {"lossless": True},
         "WEBP lossy": {"quality": 80},
     }.items():
         buffer = io.BytesIO()
@@ -254,16 +287,25 @@ def test_declared_size_reads_the_headers(tmp_path):
     for name, data in encoded.items():
         height, width = export.declared_size(tf.constant(data))
         assert (int(height), int(width)) == (37, 53), name
-    assert [int(v) for v in export.declared_size(tf.constant(huge_png(20000, 20000)))] == [20000, 20000]
+    assert [int(v) for v in export.declared_size(tf.constant(huge_png(20000, 20000)))] == [
+        20000,
+        20000,
+    ]
     assert [int(v) for v in export.declared_size(tf.constant(b"not an image"))] == [0, 0]
 
 
 def test_module_refuses_requests_above_the_pixel_limit(model):
     module = export.SegmenterServingModule(model, max_pixels=2000)
-    assert module.serving_default(tf.zeros((1, 40, 50, 3), tf.uint8))["segmentation"].shape == (1, 40, 50)
+    assert module.serving_default(tf.zeros((1, 40, 50, 3), tf.uint8))["segmentation"].shape == (
+        1,
+        40,
+        50,
+    )
     # Two 40 x 50 images, and one 10 x 150 image windowed at 32 x 480 (upscaled to the window).
     for images in (tf.zeros((2, 40, 50, 3), tf.uint8), tf.zeros((1, 10, 150, 3), tf.uint8)):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 2000 pixels per request"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match="limit of 2000 pixels per request"
+        ):
             module.serving_default(images)
     jpeg = tf.io.encode_jpeg(tf.zeros((64, 64, 3), tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="headers declare") as error:

@@ -115,7 +115,9 @@ def test_one_pass_outputs_match_the_keras_model(model, exported):
     for height, width in sizes:
         images = np.stack([photo[:height, :width], photo[-height:, -width:]])
         outputs = exported_model(images)
-        expected = {"segmentation", "logits"} | ({"probabilities"} if WITH_PROBABILITIES[fmt] else set())
+        expected = {"segmentation", "logits"} | (
+            {"probabilities"} if WITH_PROBABILITIES[fmt] else set()
+        )
         assert set(outputs) == expected
         logits = np.asarray(model(ks.ImageNormalization(model.normalization)(images)))
         assert outputs["segmentation"].dtype == np.int32
@@ -171,9 +173,18 @@ def test_runtime_helper_runs_without_tensorflow_or_keras(references, exports, tm
     )
     (tmp_path / "serve.py").write_text(script)
     result = subprocess.run(
-        [sys.executable, tmp_path / "serve.py", runtime.__file__, path, tmp_path / "image.npy",
-         tmp_path / "out.npy"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""},
+        [
+            sys.executable,
+            tmp_path / "serve.py",
+            runtime.__file__,
+            path,
+            tmp_path / "image.npy",
+            tmp_path / "out.npy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
     )
     assert result.returncode == 0, result.stderr
     assert "loaded: []" in result.stdout
@@ -194,7 +205,10 @@ def test_window_rules_match_keras(model):
     from keras_segmenter import inference
 
     for size in (32, 33, 56, 180):
-        assert runtime.window_anchors(size, 32, 24) == inference.window_anchors(size, 32, 24).numpy().tolist()
+        assert (
+            runtime.window_anchors(size, 32, 24)
+            == inference.window_anchors(size, 32, 24).numpy().tolist()
+        )
     for shape in [(20, 70), (70, 20), (31, 31), (40, 50)]:
         assert runtime.upscaled_shape(*shape, 32) == tuple(
             int(v) for v in inference.upscaled_shape(*shape, 32)
@@ -219,8 +233,10 @@ def test_bad_arguments(model_file, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
     fails(["--format", "onnx", "--out", str(tmp_path / "m.xml")], "writes a .onnx file")
-    fails(["--format", "litert", "--out", str(tmp_path / "m.tflite"), "--window-size", "32"],
-          "the window is chosen at run time")
+    fails(
+        ["--format", "litert", "--out", str(tmp_path / "m.tflite"), "--window-size", "32"],
+        "the window is chosen at run time",
+    )
     fails(["--out", str(tmp_path / "1"), "--image-size", "32"], "only for --format")
     fails(["--format", "tflite", "--out", str(tmp_path / "m.tflite")], "invalid choice")
     with pytest.raises(ValueError, match="Expected a .onnx"):

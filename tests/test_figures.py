@@ -27,8 +27,15 @@ def tiny_model(decoder="mask", distilled=False, num_classes=5, seed=0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=3, num_heads=2, mlp_dim=32,
-                              image_size=32, distilled=distilled)
+    backbone = ks.ViTBackbone(
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=3,
+        num_heads=2,
+        mlp_dim=32,
+        image_size=32,
+        distilled=distilled,
+    )
     return ks.Segmenter(backbone, num_classes=num_classes, decoder=decoder)
 
 
@@ -69,8 +76,9 @@ def test_attention_distances_uniform_attention_and_batch_mean():
     p = 16
     uniform = np.full((1, 1, 6, 6), 1 / 6)
     expected = (0 + p + p + p * np.sqrt(2)) / 4
-    np.testing.assert_allclose(figures.attention_distances(uniform, (2, 2), p, num_prefix_tokens=2),
-                               [expected])
+    np.testing.assert_allclose(
+        figures.attention_distances(uniform, (2, 2), p, num_prefix_tokens=2), [expected]
+    )
     # Batch mean: a second image attending to itself only halves it.
     local = np.zeros((1, 1, 6, 6))
     local[0, 0, np.arange(6), np.arange(6)] = 1.0
@@ -89,7 +97,9 @@ def test_mean_attention_distance_matches_per_layer_maps():
     distances = figures.mean_attention_distance(model, images, batch_size=2)
     assert distances.shape == (3, 2)
     maps, grid = ks.encoder_attention_maps(model, model.preprocess(images))
-    expected = np.stack([figures.attention_distances(maps[layer], grid, 8, 1) for layer in range(3)])
+    expected = np.stack(
+        [figures.attention_distances(maps[layer], grid, 8, 1) for layer in range(3)]
+    )
     np.testing.assert_allclose(distances, expected, rtol=1e-5)
     # Bounded by the largest patch distance of the 4x5 grid.
     assert np.all(distances > 0) and np.all(distances <= 8 * np.hypot(3, 4))
@@ -136,7 +146,9 @@ def test_plot_attention_maps_mean_and_per_head():
     fig = figures.plot_attention_maps(model, random_image(), patch=(1, 1), layers=[0, 2])
     assert len(fig.axes) == 3
     assert [ax.get_title() for ax in fig.axes[1:]] == ["layer 0", "layer 2"]
-    fig = figures.plot_attention_maps(model, random_image(), patch=(0, 0), layers=[1], per_head=True)
+    fig = figures.plot_attention_maps(
+        model, random_image(), patch=(0, 0), layers=[1], per_head=True
+    )
     assert len(fig.axes) == 3 and fig.axes[2].get_title() == "layer 1, head 1"
 
 
@@ -182,8 +194,9 @@ def test_show_segmentation_rows_and_legend():
     truth[:10] = 255  # ignored: left uncoloured
     truth[24:] = 2  # sky: 14 rows, car: 8 rows
     prediction = np.full((32, 40), 4, np.int32)
-    fig = figures.show_segmentation([image, image], [truth, truth], [prediction, prediction],
-                                    NAMES, PALETTE)
+    fig = figures.show_segmentation(
+        [image, image], [truth, truth], [prediction, prediction], NAMES, PALETTE
+    )
     assert len(fig.axes) == 6
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["person", "sky", "car"]  # by area over truths and predictions

@@ -21,11 +21,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CAMVID = REPO / "tests" / "data" / "camvid"
 
 # What TF's C++ runtime writes at start-up (absl's `I0000 00:00:...` lines and their preamble).
-TF_STARTUP = re.compile(r"absl::InitializeLog|cpu_feature_guard|oneDNN custom operations|^[IWEF]\d{4} ", re.M)
+TF_STARTUP = re.compile(
+    r"absl::InitializeLog|cpu_feature_guard|oneDNN custom operations|^[IWEF]\d{4} ", re.M
+)
 
 
 def run(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+    }
     env["PYTHONPATH"] = str(REPO)
     result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
     output = result.stdout + result.stderr
@@ -37,7 +41,9 @@ def assert_clean(output):
     assert not TF_STARTUP.search(output), TF_STARTUP.search(output).group(0)
     warnings = [line for line in output.splitlines() if re.search(r"warning", line, re.I)]
     assert not warnings, warnings
-    assert not re.search(r"\bnan\b", output, re.I), [line for line in output.splitlines() if "nan" in line.lower()]
+    assert not re.search(r"\bnan\b", output, re.I), [
+        line for line in output.splitlines() if "nan" in line.lower()
+    ]
     assert "\r" not in output and "\b" not in output  # no bar redrawn in place
     assert max(map(len, output.splitlines())) <= 1000
 
@@ -52,9 +58,30 @@ def suggested(output, module_or_script):
 @pytest.mark.slow
 def test_main_command_and_its_suggestions_print_clean_output(tmp_path):
     output = run(
-        [sys.executable, str(REPO / "training" / "fit.py"), "--dataset", "camvid", "--data-dir", str(CAMVID),
-         "--model", "seg_ti16_mask", "--crop-size", "64", "--batch-size", "2", "--val-images", "1",
-         "--iterations", "6", "--checkpoint-every", "2", "--val-every", "4", "--output-dir", "run"],
+        [
+            sys.executable,
+            str(REPO / "training" / "fit.py"),
+            "--dataset",
+            "camvid",
+            "--data-dir",
+            str(CAMVID),
+            "--model",
+            "seg_ti16_mask",
+            "--crop-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--val-images",
+            "1",
+            "--iterations",
+            "6",
+            "--checkpoint-every",
+            "2",
+            "--val-every",
+            "4",
+            "--output-dir",
+            "run",
+        ],
         cwd=tmp_path,
     )
     assert_clean(output)

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import FIXTURES, FLOORS, max_difference
+
 from keras_segmenter.convert import load_official
 from keras_segmenter.inference import (
     make_inference_function,

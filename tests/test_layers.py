@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from layer_testing import check_layer
 
 import keras_segmenter  # noqa: F401  (registers the layers for loading)
 from keras_segmenter import layers
-from layer_testing import check_layer
 
 RNG = np.random.default_rng(0)
 
@@ -31,12 +31,16 @@ def test_prefix_tokens_put_class_and_distillation_tokens_first(tmp_path):
 
 
 def test_position_embedding_is_resized_to_the_input_grid(tmp_path):
-    layer = layers.PositionEmbedding(grid_size=(2, 2), num_prefix_tokens=1, name="position_embedding")
+    layer = layers.PositionEmbedding(
+        grid_size=(2, 2), num_prefix_tokens=1, name="position_embedding"
+    )
     grid = images(height=3, width=5, channels=16)
     x = tokens(length=1 + 15)
     out = check_layer(layer, [x, grid], tmp_path, expected_shape=(2, 16, 16))
     table = layer.position_embedding.numpy()
-    np.testing.assert_allclose(out[:, 0] - x[:, 0], np.broadcast_to(table[0, 0], (2, 16)), atol=1e-6)
+    np.testing.assert_allclose(
+        out[:, 0] - x[:, 0], np.broadcast_to(table[0, 0], (2, 16)), atol=1e-6
+    )
     resized = layers.resize_position_embedding(table, (2, 2), (3, 5), 1).numpy()
     np.testing.assert_allclose(out - x, np.broadcast_to(resized, out.shape), atol=1e-6)
 
@@ -114,7 +118,9 @@ def test_pad_to_multiple_pads_bottom_right_with_zeros(tmp_path):
 def test_resize_and_crop(tmp_path):
     layer = layers.ResizeAndCrop(name="resize")
     logits = images(height=2, width=3, channels=4)
-    out = check_layer(layer, [logits, images(height=16, width=24), images(height=13, width=20)], tmp_path)
+    out = check_layer(
+        layer, [logits, images(height=16, width=24), images(height=13, width=20)], tmp_path
+    )
     assert out.shape == (2, 13, 20, 4)
 
 
@@ -122,7 +128,9 @@ def test_image_normalization(tmp_path):
     layer = layers.ImageNormalization("deit", name="normalization")
     x = np.full((1, 2, 2, 3), 255, "float32")
     out = check_layer(layer, [x], tmp_path)
-    np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-5)
+    np.testing.assert_allclose(
+        out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-5
+    )
 
 
 def test_image_normalization_rejects_unknown_family():

@@ -4,15 +4,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import FIXTURES
 
 import keras_segmenter as ks
-from conftest import FIXTURES
 
 
 def tiny_model(decoder="mask", distilled=False, dtype=None, num_classes=5):
     backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32,
-        image_size=32, distilled=distilled, dtype=dtype,
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=32,
+        image_size=32,
+        distilled=distilled,
+        dtype=dtype,
     )
     return ks.Segmenter(backbone, num_classes, decoder=decoder, dtype=dtype)
 
@@ -87,7 +93,9 @@ def test_mixed_precision_policies(policy):
     # Half precision changes round-off, not the model.
     assert np.abs(np.asarray(logits) - np.asarray(reference(x))).max() < 0.2
     y = np.zeros((2, 20, 28), "int32")
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
 
 
@@ -104,7 +112,11 @@ def test_normalization_travels_with_the_model():
     deit = ks.build_segmenter("seg_b16_deit_mask", 3, image_size=32)
     assert deit.normalization == "deit" and deit.backbone.distilled
     pixels = np.full((1, 4, 4, 3), 255, "uint8")
-    np.testing.assert_allclose(deit.preprocess(pixels)[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-5)
+    np.testing.assert_allclose(
+        deit.preprocess(pixels)[0, 0, 0],
+        (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225],
+        rtol=1e-5,
+    )
     assert deit.predict_classes(pixels).shape == (1, 4, 4)
 
 
@@ -139,7 +151,11 @@ def official_count(width, depth, patch, classes, grid=32, decoder="mask"):
 
 @pytest.mark.parametrize(
     "factory,width,depth,patch",
-    [(ks.SegmenterB16, 768, 12, 16), (ks.SegmenterS32, 384, 12, 32), (ks.SegmenterL16, 1024, 24, 16)],
+    [
+        (ks.SegmenterB16, 768, 12, 16),
+        (ks.SegmenterS32, 384, 12, 32),
+        (ks.SegmenterL16, 1024, 24, 16),
+    ],
 )
 def test_full_size_variants(factory, width, depth, patch):
     model = factory(num_classes=150)

@@ -23,11 +23,15 @@ def kernel_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (keras_segmenter tests)",
-        "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (keras_segmenter tests)",
+                "language": "python",
+            }
+        )
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JUPYTER_PATH", str(root))
         patch.setenv("KS_NOTEBOOK_FAST", "1")
@@ -37,16 +41,19 @@ def kernel_env(tmp_path_factory):
 
 
 def execute(nb, timeout=600):
-    client = NotebookClient(nb, kernel_name="python3", timeout=timeout,
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     client.execute()
     return nb
 
 
 def test_kernel_is_this_interpreter(kernel_env):
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("import os, sys\nprint(sys.executable)\nprint(os.getcwd())"),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import os, sys\nprint(sys.executable)\nprint(os.getcwd())"),
+        ]
+    )
     lines = execute(nb, timeout=120).cells[0].outputs[0]["text"].splitlines()
     assert lines == [sys.executable, str(NOTEBOOKS)]
 
@@ -59,7 +66,9 @@ def test_every_notebook_is_listed():
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(kernel_env, name):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    committed_images = sum("image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", []))
+    committed_images = sum(
+        "image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", [])
+    )
     execute(nb)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code_cells)

@@ -5,8 +5,8 @@ Every bound is `max_difference` of the error model stated in conftest.py.
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, FLOORS, MANIFEST, max_difference
+
 from keras_segmenter.convert import backbone_from_imagenet_vit, load_official
 
 OFFICIAL = ["tiny_mask", "tiny_linear", "tiny_distilled_mask", "tiny_p8_mask"]

@@ -85,8 +85,10 @@ def reference_classes(model, image, window_size=32, window_stride=16):
 def test_load_image_converts_every_mode_to_rgb(images_dir):
     photo = np.asarray(Image.open(CAMVID_JPG).convert("RGB"))
     gray = np.asarray(Image.open(images_dir / "gray.png"))
-    loaded = {name: load_image(images_dir / name) for name in
-              ("gray.png", "rgba.png", "palette.png", "gray16.png", "cmyk.jpg")}
+    loaded = {
+        name: load_image(images_dir / name)
+        for name in ("gray.png", "rgba.png", "palette.png", "gray16.png", "cmyk.jpg")
+    }
     for name, array in loaded.items():
         assert array.dtype == np.uint8 and array.shape == photo.shape, name
     np.testing.assert_array_equal(loaded["gray.png"], np.repeat(gray[..., None], 3, -1))
@@ -152,14 +154,26 @@ def test_predict_probabilities_are_compact_and_match_sliding_window(
     image = np.asarray(Image.open(VOC_PNG).convert("RGB"))
     class_map, probs = predict(model, image, window_size=32, window_stride=24, probabilities=True)
     assert probs.dtype == np.float16 and probs.shape == image.shape[:2] + (5,)
-    np.testing.assert_array_equal(class_map, predict(model, image, window_size=32, window_stride=24))
+    np.testing.assert_array_equal(
+        class_map, predict(model, image, window_size=32, window_stride=24)
+    )
     normalized = ks.ImageNormalization(model.normalization)(image[None])[0]
     expected = sliding_window_inference(model, normalized, 32, 24).numpy()
     np.testing.assert_allclose(probs.astype(np.float32), expected, rtol=0, atol=FLOAT16_ATOL)
 
     status = predict_module.main(
-        ["--model", str(model_path), str(VOC_PNG), "--out", str(tmp_path), "--probabilities", "--window-size", "32",
-         "--window-stride", "24"]
+        [
+            "--model",
+            str(model_path),
+            str(VOC_PNG),
+            "--out",
+            str(tmp_path),
+            "--probabilities",
+            "--window-size",
+            "32",
+            "--window-stride",
+            "24",
+        ]
     )
     assert status == 0, capsys.readouterr().err
     saved = np.load(tmp_path / f"{VOC_PNG.stem}_probabilities.npy")
@@ -240,8 +254,18 @@ def test_cli_uses_the_dataset_palette(tmp_path, capsys):
     model.save(tmp_path / "camvid.keras")
     out = tmp_path / "out"
     status = predict_module.main(
-        ["--model", str(tmp_path / "camvid.keras"), str(CAMVID_JPG), "--out", str(out),
-         "--dataset", "camvid", "--alpha", "1", "--whole"]
+        [
+            "--model",
+            str(tmp_path / "camvid.keras"),
+            str(CAMVID_JPG),
+            "--out",
+            str(out),
+            "--dataset",
+            "camvid",
+            "--alpha",
+            "1",
+            "--whole",
+        ]
     )
     assert status == 0
     class_map = np.asarray(Image.open(out / f"{CAMVID_JPG.stem}_classes.png"))
@@ -273,9 +297,19 @@ def test_cli_rejects_bad_arguments(model_path, tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_runs_as_a_module(model_path, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "keras_segmenter.predict", "--model", str(model_path),
-         str(VOC_PNG), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_segmenter.predict",
+            "--model",
+            str(model_path),
+            str(VOC_PNG),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr
@@ -293,7 +327,9 @@ def test_colorize_and_overlay():
     np.testing.assert_array_equal(colours[1, 0], [0, 0, 255])
     image = np.full((2, 2, 3), 100, np.uint8)
     np.testing.assert_array_equal(visualization.overlay(image, class_map, palette, alpha=0), image)
-    np.testing.assert_array_equal(visualization.overlay(image, class_map, palette, alpha=1), colours)
+    np.testing.assert_array_equal(
+        visualization.overlay(image, class_map, palette, alpha=1), colours
+    )
     np.testing.assert_array_equal(
         visualization.overlay(image, class_map, palette, alpha=0.5)[0, 1], [178, 50, 50]
     )

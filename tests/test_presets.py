@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import FIXTURES
 
 import keras_segmenter as ks
-from conftest import FIXTURES
 from keras_segmenter.convert import CheckpointError, backbone_from_imagenet_vit, load_official
 from keras_segmenter.models import pretrained
 from keras_segmenter.training.optimizers import TorchSGD
@@ -94,7 +94,8 @@ def test_a_preset_name_downloads_once_then_works_offline(mirror, tmp_path, monke
         monkeypatch.setattr(pretrained, "OFFICIAL_ROOT", url)
         model = ks.Segmenter.from_preset("seg_tiny_mask")
         assert sorted(handler.requests) == [
-            "/ade20k/seg_tiny_mask/checkpoint.pth", "/ade20k/seg_tiny_mask/variant.yml"
+            "/ade20k/seg_tiny_mask/checkpoint.pth",
+            "/ade20k/seg_tiny_mask/variant.yml",
         ]
         # The folder URL of the same run shares the cache: no new request.
         by_url = ks.Segmenter.from_preset(f"{url}/ade20k/seg_tiny_mask/")
@@ -167,7 +168,11 @@ def test_another_num_classes_keeps_the_encoder_and_gives_a_fresh_decoder():
     assert model(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 3)
     # Same number of classes: the checkpoint as it is, in another dtype if asked.
     same = ks.Segmenter.from_preset(TINY / "checkpoint.pth", num_classes=7, dtype="mixed_bfloat16")
-    assert same.decoder.dtype_policy.name == same.backbone.encoder_norm.dtype_policy.name == "mixed_bfloat16"
+    assert (
+        same.decoder.dtype_policy.name
+        == same.backbone.encoder_norm.dtype_policy.name
+        == "mixed_bfloat16"
+    )
     assert_same_weights(same, official)
 
 
@@ -192,11 +197,15 @@ def test_save_to_preset_and_keras_files_round_trip(tmp_path):
 def test_imagenet_presets_for_the_backbone_the_segmenter_and_fit(mirror, tmp_path, monkeypatch):
     local = FIXTURES / "augreg_vit" / "tiny.npz"
     with serve(mirror) as (url, handler):
-        entry = dict(pretrained.IMAGENET_PRESETS["vit_tiny_patch16_384"], url=f"{url}/augreg/tiny.npz")
+        entry = dict(
+            pretrained.IMAGENET_PRESETS["vit_tiny_patch16_384"], url=f"{url}/augreg/tiny.npz"
+        )
         monkeypatch.setitem(pretrained.IMAGENET_PRESETS, "vit_tiny_patch16_384", entry)
         backbone = ks.ViTBackbone.from_preset("vit_tiny_patch16_384", image_size=64)
         path = pretrained.imagenet_weights_path("vit_tiny_patch16_384")
-        model = ks.Segmenter.from_preset("vit_tiny_patch16_384", num_classes=4, image_size=64, decoder="linear")
+        model = ks.Segmenter.from_preset(
+            "vit_tiny_patch16_384", num_classes=4, image_size=64, decoder="linear"
+        )
         assert handler.requests == ["/augreg/tiny.npz"]
     assert_same_weights(backbone, backbone_from_imagenet_vit(local, image_size=64))
     assert pathlib.Path(path).read_bytes() == local.read_bytes()
@@ -210,26 +219,43 @@ def test_imagenet_presets_for_the_backbone_the_segmenter_and_fit(mirror, tmp_pat
     spec = importlib.util.spec_from_file_location("fit", README.parent / "training" / "fit.py")
     fit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fit)
-    config, _ = fit.make_config(["--backbone-weights", "vit_tiny_patch16_384", "--output-dir", str(tmp_path / "run")])
+    config, _ = fit.make_config(
+        ["--backbone-weights", "vit_tiny_patch16_384", "--output-dir", str(tmp_path / "run")]
+    )
     assert config.backbone_weights == path
-    config, _ = fit.make_config(["--backbone-weights", str(local), "--output-dir", str(tmp_path / "run")])
+    config, _ = fit.make_config(
+        ["--backbone-weights", str(local), "--output-dir", str(tmp_path / "run")]
+    )
     assert config.backbone_weights == str(local)
 
 
 def test_list_presets_prints_every_official_checkpoint_and_the_readme_shows_it(capsys):
     ks.list_presets()
     printed = capsys.readouterr().out
-    for name in ("seg_tiny_mask", "seg_small_mask", "seg_base_mask", "seg_base_patch8",
-                 "seg_base_deit_mask", "seg_base_deit_linear", "seg_large_mask_640",
-                 "pascal_context/seg_large_mask", "cityscapes/seg_large_mask"):
+    for name in (
+        "seg_tiny_mask",
+        "seg_small_mask",
+        "seg_base_mask",
+        "seg_base_patch8",
+        "seg_base_deit_mask",
+        "seg_base_deit_linear",
+        "seg_large_mask_640",
+        "pascal_context/seg_large_mask",
+        "cityscapes/seg_large_mask",
+    ):
         assert name in printed
-    assert "| `ade20k/seg_base_mask` | Seg-B-Mask/16 | ade20k (150) | 512 | 512 / 512 | 48.5 / 50.0 |" in printed
+    assert (
+        "| `ade20k/seg_base_mask` | Seg-B-Mask/16 | ade20k (150) | 512 | 512 / 512 | 48.5 / 50.0 |"
+        in printed
+    )
     assert pretrained.presets_table() in README.read_text()
 
 
 def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
     keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32)
+    backbone = ks.ViTBackbone(
+        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
+    )
     model = ks.Segmenter(backbone, num_classes=3)
     model.compile()
     optimizer = model.optimizer
@@ -237,8 +263,15 @@ def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
     assert optimizer.momentum == 0.9 and not optimizer.weight_decay
     schedule = optimizer.get_config()["learning_rate"]
     assert schedule["class_name"] == "PolynomialDecay"
-    assert {k: schedule["config"][k] for k in ("initial_learning_rate", "decay_steps", "end_learning_rate", "power")} == {
-        "initial_learning_rate": 1e-3, "decay_steps": 160_000, "end_learning_rate": 1e-5, "power": 0.9}
+    assert {
+        k: schedule["config"][k]
+        for k in ("initial_learning_rate", "decay_steps", "end_learning_rate", "power")
+    } == {
+        "initial_learning_rate": 1e-3,
+        "decay_steps": 160_000,
+        "end_learning_rate": 1e-5,
+        "power": 0.9,
+    }
     assert isinstance(model.loss, ks.SegmentationCrossEntropy) and model.loss.ignore_index == 255
     images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
     masks = np.random.default_rng(1).integers(0, 3, size=(4, 32, 32)).astype("int32")
@@ -248,7 +281,9 @@ def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
     assert np.isfinite(history.history["loss"][0]) and 0.0 <= history.history["mIoU"][0] <= 1.0
     assert int(optimizer.iterations) == 2
     # A loss of one's own: its ignored label is unknown, so no metric is added.
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     assert model.get_compile_config()["metrics"] is None
 
 

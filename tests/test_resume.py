@@ -31,7 +31,9 @@ def _user_error(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         fit.make_config(argv)
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("fit.py: error: "), err
+    assert (
+        exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("fit.py: error: ")
+    ), err
     return err
 
 
@@ -40,31 +42,51 @@ def _earlier_run(tmp_path):
     from keras_segmenter.training import RunConfig
 
     run = tmp_path / "run"
-    config = RunConfig(dataset="camvid", data_dir=str(CAMVID), lr=0.5, iterations=8, batch_size=2, crop_size=64,
-                       checkpoint_every=2, val_every=4, output_dir=str(run), seed=3, deterministic=True).resolve()
+    config = RunConfig(
+        dataset="camvid",
+        data_dir=str(CAMVID),
+        lr=0.5,
+        iterations=8,
+        batch_size=2,
+        crop_size=64,
+        checkpoint_every=2,
+        val_every=4,
+        output_dir=str(run),
+        seed=3,
+        deterministic=True,
+    ).resolve()
     (run / "checkpoints").mkdir(parents=True)
     config.save(str(run / "config.json"))
     (run / "checkpoints" / "ckpt-00000002.npz").write_bytes(b"")
     return run, config
 
 
-def test_resume_reads_the_runs_config_and_accepts_only_flags_that_cannot_change_it(tmp_path, capsys):
+def test_resume_reads_the_runs_config_and_accepts_only_flags_that_cannot_change_it(
+    tmp_path, capsys
+):
     run, saved = _earlier_run(tmp_path)
     before = (run / "config.json").read_text()
     config, dry_run = fit.make_config(["--output-dir", str(run), "--resume"])
     assert config.resume and not dry_run
     assert {k: v for k, v in config.to_dict().items() if k != "resume"} == {
-        k: v for k, v in saved.to_dict().items() if k != "resume"}
-    config, dry_run = fit.make_config(["--output-dir", str(run), "--resume", "--keep-checkpoints", "5", "--dry-run"])
+        k: v for k, v in saved.to_dict().items() if k != "resume"
+    }
+    config, dry_run = fit.make_config(
+        ["--output-dir", str(run), "--resume", "--keep-checkpoints", "5", "--dry-run"]
+    )
     assert config.keep_checkpoints == 5 and config.lr == 0.5 and dry_run
 
-    err = _user_error(capsys, ["--output-dir", str(run), "--resume", "--lr", "1e-4", "--crop-size", "128"])
+    err = _user_error(
+        capsys, ["--output-dir", str(run), "--resume", "--lr", "1e-4", "--crop-size", "128"]
+    )
     assert "--lr, --crop-size cannot be given with --resume" in err
     _user_error(capsys, ["--output-dir", str(run), "--resume", "--dataset", "camvid"])
     assert "--output-dir" in _user_error(capsys, ["--resume"])
     assert (run / "config.json").read_text() == before  # nothing written
 
-    err = _user_error(capsys, ["--output-dir", str(run), "--data-dir", str(CAMVID)])  # forgot --resume
+    err = _user_error(
+        capsys, ["--output-dir", str(run), "--data-dir", str(CAMVID)]
+    )  # forgot --resume
     assert "already holds a run's checkpoints; add --resume" in err
     assert (run / "config.json").read_text() == before
     err = _user_error(capsys, ["--output-dir", str(tmp_path / "rnu"), "--resume"])  # misspelt
@@ -75,7 +97,11 @@ def test_resume_reads_the_runs_config_and_accepts_only_flags_that_cannot_change_
 
 def test_defaults_come_from_the_data_not_from_which_flags_are_given(tmp_path):
     plain = fit.make_config([])[0].to_dict()
-    assert (plain["iterations"], plain["batch_size"], plain["output_dir"]) == (300, 4, os.path.join("runs", "sample"))
+    assert (plain["iterations"], plain["batch_size"], plain["output_dir"]) == (
+        300,
+        4,
+        os.path.join("runs", "sample"),
+    )
     out = fit.make_config(["--output-dir", str(tmp_path / "try")])[0].to_dict()
     bf16 = fit.make_config(["--precision", "mixed_bfloat16"])[0].to_dict()
     assert out.pop("output_dir") == str(tmp_path / "try")
@@ -87,7 +113,8 @@ def test_defaults_come_from_the_data_not_from_which_flags_are_given(tmp_path):
 
     camvid = fit.make_config(["--data-dir", str(CAMVID)])[0]
     assert (camvid.iterations, camvid.batch_size, camvid.lr) == tuple(
-        DATASET_DEFAULTS["camvid"][k] for k in ("iterations", "batch_size", "lr"))
+        DATASET_DEFAULTS["camvid"][k] for k in ("iterations", "batch_size", "lr")
+    )
     seeded = fit.make_config(["--seed", "7"])[0]
     assert seeded.seed == 7 and seeded.deterministic and not fit.make_config([])[0].deterministic
 
@@ -103,7 +130,13 @@ def test_dry_run_prints_the_resolved_recipe_and_writes_nothing(tmp_path, capsys)
 
 
 def _fit(out, *extra):
-    return [sys.executable, str(REPO / "training" / "fit.py"), "--output-dir", str(out), *map(str, extra)]
+    return [
+        sys.executable,
+        str(REPO / "training" / "fit.py"),
+        "--output-dir",
+        str(out),
+        *map(str, extra),
+    ]
 
 
 def _rows(path):
@@ -118,18 +151,48 @@ def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     import keras_segmenter as ks
 
     keras.utils.set_random_seed(0)
-    init = tmp_path / "tiny.keras"  # dropout and drop path: the resumed run must draw the same masks
-    ks.Segmenter(ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.1), 11, decoder_dropout=0.1).save(init)
-    recipe = ["--dataset", "camvid", "--data-dir", CAMVID, "--init", init, "--crop-size", 32, "--batch-size", 2,
-              "--iterations", 8, "--checkpoint-every", 2, "--val-every", 4, "--val-images", 1, "--seed", 0]
+    init = (
+        tmp_path / "tiny.keras"
+    )  # dropout and drop path: the resumed run must draw the same masks
+    ks.Segmenter(
+        ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.1), 11, decoder_dropout=0.1
+    ).save(init)
+    recipe = [
+        "--dataset",
+        "camvid",
+        "--data-dir",
+        CAMVID,
+        "--init",
+        init,
+        "--crop-size",
+        32,
+        "--batch-size",
+        2,
+        "--iterations",
+        8,
+        "--checkpoint-every",
+        2,
+        "--val-every",
+        4,
+        "--val-images",
+        1,
+        "--seed",
+        0,
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    full = subprocess.run(_fit(tmp_path / "full", *recipe), capture_output=True, text=True, timeout=600, env=env)
+    full = subprocess.run(
+        _fit(tmp_path / "full", *recipe), capture_output=True, text=True, timeout=600, env=env
+    )
     assert full.returncode == 0, full.stderr[-3000:]
     first = full.stdout.splitlines()[0]
-    assert first.startswith("Training ") and "tiny.keras on camvid" in first  # the recipe comes first
+    assert (
+        first.startswith("Training ") and "tiny.keras on camvid" in first
+    )  # the recipe comes first
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_fit(out, *recipe), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        _fit(out, *recipe), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     latest = out / "checkpoints" / "latest.json"
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:
@@ -147,7 +210,9 @@ def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     for path in leftovers:  # what a write cut short leaves
         path.write_bytes(b"partial")
 
-    resumed = subprocess.run(_fit(out, "--resume"), capture_output=True, text=True, timeout=600, env=env)
+    resumed = subprocess.run(
+        _fit(out, "--resume"), capture_output=True, text=True, timeout=600, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.startswith("Resuming ") and "Resumed from" in resumed.stdout
     assert not any(path.exists() for path in leftovers)
@@ -157,14 +222,20 @@ def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     full_rows, resumed_rows = _rows(tmp_path / "full" / "history.csv"), _rows(out / "history.csv")
     assert [r["epoch"] for r in resumed_rows] == ["0", "1", "2", "3"]
     for column in ("loss", "mIoU", "learning_rate", "val_mIoU"):
-        np.testing.assert_allclose([float(r[column]) for r in resumed_rows], [float(r[column]) for r in full_rows],
-                                   rtol=1e-5, err_msg=column)
+        np.testing.assert_allclose(
+            [float(r[column]) for r in resumed_rows],
+            [float(r[column]) for r in full_rows],
+            rtol=1e-5,
+            err_msg=column,
+        )
 
 
 def _limit_file_size():
     import resource
 
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+    signal.signal(
+        signal.SIGXFSZ, signal.SIG_IGN
+    )  # a write past the limit then fails with EFBIG, as on a full disk
     resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 
 
@@ -176,15 +247,40 @@ def test_a_full_disk_during_training_is_a_one_line_error(tmp_path):
     ks.Segmenter(ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32), 11).save(init)
     out = tmp_path / "run"
     proc = subprocess.run(
-        _fit(out, "--dataset", "camvid", "--data-dir", CAMVID, "--init", init, "--crop-size", 32, "--batch-size", 2,
-             "--iterations", 2, "--checkpoint-every", 2, "--val-every", 2, "--val-images", 1),
-        capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        _fit(
+            out,
+            "--dataset",
+            "camvid",
+            "--data-dir",
+            CAMVID,
+            "--init",
+            init,
+            "--crop-size",
+            32,
+            "--batch-size",
+            2,
+            "--iterations",
+            2,
+            "--checkpoint-every",
+            2,
+            "--val-every",
+            2,
+            "--val-images",
+            1,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_limit_file_size,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert last.startswith("fit.py: error: ") and "ckpt-00000002.npz: the disk is full" in last
     assert f"--output-dir {out} --resume" in last
-    assert os.listdir(out / "checkpoints") == []  # no temporary file, no latest.json naming a broken file
+    assert (
+        os.listdir(out / "checkpoints") == []
+    )  # no temporary file, no latest.json naming a broken file
 
 
 def test_training_stream_resumes_at_any_example_whatever_iterators_came_before():
@@ -192,7 +288,9 @@ def test_training_stream_resumes_at_any_example_whatever_iterators_came_before()
 
     def sums(start, take):
         ds = train_dataset("camvid", CAMVID, batch_size=2, crop_size=32, seed=5, start=start)
-        next(iter(ds))  # Keras may open an iterator of its own first: the order must not depend on it
+        next(
+            iter(ds)
+        )  # Keras may open an iterator of its own first: the order must not depend on it
         return [float(np.sum(batch[0])) for batch in ds.take(take)]
 
     whole = sums(0, 6)  # 4 training images: 3 epochs

@@ -22,7 +22,6 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES
 from test_training_distributed import _env, _free_ports, _result
 
@@ -40,9 +39,18 @@ def _model(config):
     """The fixture's tiny Segmenter (one decoder head: width 64 // 64), no dropout."""
     import keras_segmenter as ks
 
-    backbone = ks.ViTBackbone(config["patch"], config["d_model"], config["n_layers"], config["n_heads"],
-                              4 * config["d_model"], image_size=config["image"], drop_path_rate=0.0)
-    return ks.Segmenter(backbone, config["n_cls"], decoder_num_layers=config["dec_layers"], decoder_dropout=0.0)
+    backbone = ks.ViTBackbone(
+        config["patch"],
+        config["d_model"],
+        config["n_layers"],
+        config["n_heads"],
+        4 * config["d_model"],
+        image_size=config["image"],
+        drop_path_rate=0.0,
+    )
+    return ks.Segmenter(
+        backbone, config["n_cls"], decoder_num_layers=config["dec_layers"], decoder_dropout=0.0
+    )
 
 
 def _ported(arrays, config, prefix):
@@ -50,7 +58,7 @@ def _ported(arrays, config, prefix):
     from keras_segmenter.convert.weights import StateDict, port_segmenter
 
     model = _model(config)
-    state = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+    state = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
     port_segmenter(model, StateDict(state, f"train_steps.npz {prefix}*"))
     return model
 
@@ -81,36 +89,69 @@ def train_fixture_steps(out, strategy=None, precision="float32", custom_loop=Fal
     os.makedirs(out, exist_ok=True)
     _ported(arrays, fixture, "init/").save(init)
     config = RunConfig(
-        dataset="camvid", data_dir=".", init=init, iterations=fixture["iter_max"], batch_size=fixture["batch"],
-        crop_size=fixture["image"], optimizer="sgd", lr=fixture["lr"], end_lr=1e-5, poly_power=0.9,
-        momentum=0.9, nesterov=True, weight_decay=0.0, precision=precision, checkpoint_every=1,
-        val_every=fixture["iter_max"], keep_checkpoints=fixture["iter_max"], preview_images=0,
+        dataset="camvid",
+        data_dir=".",
+        init=init,
+        iterations=fixture["iter_max"],
+        batch_size=fixture["batch"],
+        crop_size=fixture["image"],
+        optimizer="sgd",
+        lr=fixture["lr"],
+        end_lr=1e-5,
+        poly_power=0.9,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=0.0,
+        precision=precision,
+        checkpoint_every=1,
+        val_every=fixture["iter_max"],
+        keep_checkpoints=fixture["iter_max"],
+        preview_images=0,
         output_dir=os.path.join(out, "run"),
     )
-    info = types.SimpleNamespace(num_classes=fixture["n_cls"], ignore_index=255, palette=[[0, 0, 0]] * fixture["n_cls"],
-                                 window_size=None, window_stride=None, crop_size=fixture["image"])
+    info = types.SimpleNamespace(
+        num_classes=fixture["n_cls"],
+        ignore_index=255,
+        palette=[[0, 0, 0]] * fixture["n_cls"],
+        window_size=None,
+        window_stride=None,
+        crop_size=fixture["image"],
+    )
     eval_ds = tf.data.Dataset.from_tensor_slices((images[0], labels[0]))
     if custom_loop:
+
         def make_train_ds(batch_size, seed, start):  # this worker's share of each global batch
             first = worker_info()[0] * batch_size
-            share = (images[:, first:first + batch_size], labels[:, first:first + batch_size])
+            share = (images[:, first : first + batch_size], labels[:, first : first + batch_size])
             return tf.data.Dataset.from_tensor_slices(share).repeat().skip(start)
 
-        loop.train_custom_loop(config, strategy or tf.distribute.get_strategy(), make_train_ds=make_train_ds,
-                               eval_ds=eval_ds, info=info, verbose=False)
+        loop.train_custom_loop(
+            config,
+            strategy or tf.distribute.get_strategy(),
+            make_train_ds=make_train_ds,
+            eval_ds=eval_ds,
+            info=info,
+            verbose=False,
+        )
         if worker_info()[0]:
             return None
     else:
         train_ds = tf.data.Dataset.from_tensor_slices((images, labels)).repeat()
-        run.train(config, strategy=strategy, train_ds=train_ds, eval_ds=eval_ds, info=info, verbose=0)
+        run.train(
+            config, strategy=strategy, train_ds=train_ds, eval_ds=eval_ds, info=info, verbose=0
+        )
     with open(os.path.join(config.output_dir, "history.csv")) as f:
         rows = [line.strip().split(",") for line in f]
     column = rows[0].index("loss")
-    losses = [float(row[column]) for row in rows[1:1 + fixture["steps"]]]
+    losses = [float(row[column]) for row in rows[1 : 1 + fixture["steps"]]]
     checkpoint = os.path.join(config.output_dir, "checkpoints", f"ckpt-{fixture['steps']:08d}.npz")
     with np.load(checkpoint) as saved:  # `model.weights` order (training.checkpoints)
         weights = [saved[f"weights/{i}"] for i in range(len(_model(fixture).weights))]
-    np.savez(os.path.join(out, "result.npz"), losses=np.array(losses), **{f"weight{i}": w for i, w in enumerate(weights)})
+    np.savez(
+        os.path.join(out, "result.npz"),
+        losses=np.array(losses),
+        **{f"weight{i}": w for i, w in enumerate(weights)},
+    )
     return os.path.join(out, "result.npz")
 
 
@@ -153,10 +194,17 @@ def _spawn(tmp_path, mode, tf_configs=(None,), timeout=400):
     script = tmp_path / "train_steps_script.py"
     script.write_text(_SCRIPT)
     args = json.dumps({"mode": mode, "out": str(tmp_path / mode)})
-    procs = [subprocess.Popen([sys.executable, str(script), args], cwd=REPO, text=True,
-                              env=_env(**({"TF_CONFIG": c} if c else {})),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for c in tf_configs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), args],
+            cwd=REPO,
+            text=True,
+            env=_env(**({"TF_CONFIG": c} if c else {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for c in tf_configs
+    ]
     done = []
     try:
         for proc in procs:
@@ -174,8 +222,13 @@ def _official_schedule_optimizer(fixture):
     """`run.make_optimizer` for the fixture's recipe."""
     from keras_segmenter.training import RunConfig, run
 
-    config = RunConfig(dataset="ade20k", iterations=fixture["iter_max"], lr=fixture["lr"], batch_size=2,
-                       output_dir="unused").resolve()
+    config = RunConfig(
+        dataset="ade20k",
+        iterations=fixture["iter_max"],
+        lr=fixture["lr"],
+        batch_size=2,
+        output_dir="unused",
+    ).resolve()
     return run.make_optimizer(config)
 
 
@@ -220,9 +273,15 @@ def test_torch_sgd_is_pytorch_sgd_under_a_changing_learning_rate(nesterov, weigh
     for optimizer_class, matches in ((TorchSGD, True), (keras.optimizers.SGD, False)):
         # Keras' own SGD folds the rate into its velocity: other steps.
         variable = keras.Variable(start)
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0, 1, 2], rates)  # step i: rates[i]
-        optimizer = optimizer_class(learning_rate=schedule, momentum=0.9, nesterov=nesterov,
-                                    weight_decay=weight_decay or None)
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [0, 1, 2], rates
+        )  # step i: rates[i]
+        optimizer = optimizer_class(
+            learning_rate=schedule,
+            momentum=0.9,
+            nesterov=nesterov,
+            weight_decay=weight_decay or None,
+        )
         for g in grads:
             optimizer.apply([g], [variable])
         error = np.max(np.abs(variable.numpy() - expected))
@@ -246,8 +305,12 @@ def test_torch_sgd_config_round_trip_and_saved_model_reload(tmp_path):
 
     from keras_segmenter.training.optimizers import TorchSGD
 
-    optimizer = TorchSGD(learning_rate=keras.optimizers.schedules.PolynomialDecay(0.1, 10, 1e-5, power=0.9),
-                         momentum=0.8, nesterov=False, weight_decay=1e-4)
+    optimizer = TorchSGD(
+        learning_rate=keras.optimizers.schedules.PolynomialDecay(0.1, 10, 1e-5, power=0.9),
+        momentum=0.8,
+        nesterov=False,
+        weight_decay=1e-4,
+    )
     again = TorchSGD.from_config(optimizer.get_config())
     assert again.get_config() == optimizer.get_config()
     assert (again.momentum, again.nesterov, again.weight_decay) == (0.8, False, 1e-4)
@@ -274,7 +337,10 @@ def _fp32_bounds(arrays, fixture):
     step rounds the stored weights on both sides (1 ulp apart per step), and
     one more for the gradients' own round-off.
     """
-    largest = max(float(np.max(np.abs(np.asarray(w.numpy())))) for w in _ported(arrays, fixture, "final/").weights)
+    largest = max(
+        float(np.max(np.abs(np.asarray(w.numpy()))))
+        for w in _ported(arrays, fixture, "final/").weights
+    )
     loss = 2 * float(np.spacing(np.float32(np.max(arrays["losses"]))))
     return loss, (fixture["steps"] + 1) * float(np.spacing(np.float32(largest)))
 
@@ -304,7 +370,10 @@ def test_mirrored_fit_steps_match_the_official_training_steps(tmp_path):
 @pytest.mark.slow
 def test_multi_worker_loop_steps_match_the_official_training_steps(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    configs = [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}) for i in range(2)]
+    configs = [
+        json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+        for i in range(2)
+    ]
     chief, other = _spawn(tmp_path, "worker", configs)
     assert other is None  # only the chief writes
     _check_fp32(chief)

@@ -17,7 +17,12 @@ from keras_segmenter.training import (
     restore_checkpoint,
     save_checkpoint,
 )
-from keras_segmenter.training.checkpoints import DiskFullError, atomic_write_text, remove_temporary_files, resume
+from keras_segmenter.training.checkpoints import (
+    DiskFullError,
+    atomic_write_text,
+    remove_temporary_files,
+    resume,
+)
 
 
 def test_poly_schedule_matches_formula():
@@ -117,7 +122,9 @@ def test_checkpoints_are_atomic_and_restore_optimizer_state(tmp_path):
         f.write('{"iteration": 4, "pa')
     latest = latest_checkpoint(directory)
     assert latest["iteration"] == 2 and latest["path"].endswith("ckpt-00000002.npz")
-    assert remove_temporary_files(directory) == [os.path.join(directory, "tmp-123-ckpt-00000004.npz")]
+    assert remove_temporary_files(directory) == [
+        os.path.join(directory, "tmp-123-ckpt-00000004.npz")
+    ]
 
     model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     save_checkpoint(model, directory, 4, epoch=2, keep=1)
@@ -127,8 +134,12 @@ def test_checkpoints_are_atomic_and_restore_optimizer_state(tmp_path):
     restored = _tiny_compiled_model()
     restore_checkpoint(restored, latest_checkpoint(directory)["path"])
     assert int(restored.optimizer.iterations) == 4
-    assert float(restored.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
-    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert float(restored.optimizer.learning_rate) == pytest.approx(
+        float(model.optimizer.learning_rate)
+    )
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
     # the momentum is restored too: one more step gives the same weights
     model.train_on_batch(x[:2], y[:2])
     restored.train_on_batch(x[:2], y[:2])
@@ -158,7 +169,12 @@ def test_optimizer_choice():
 
 def test_camvid_defaults_are_the_from_scratch_recipe():
     camvid = RunConfig(dataset="camvid").resolve()
-    assert (camvid.optimizer, camvid.lr, camvid.weight_decay, camvid.crop_size) == ("adamw", 1e-4, 0.05, 128)
+    assert (camvid.optimizer, camvid.lr, camvid.weight_decay, camvid.crop_size) == (
+        "adamw",
+        1e-4,
+        0.05,
+        128,
+    )
     paper = RunConfig(dataset="cityscapes", optimizer="adamw").resolve()
     assert (paper.optimizer, paper.lr, paper.weight_decay) == ("adamw", 1e-2, 0.0)  # flags win
 
@@ -200,7 +216,10 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pa
     open(middle, "wb").write(bytes(data))
     lines = []
     assert resume(_tiny_compiled_model(), directory, lines.append) == 2
-    assert "ckpt-00000006.npz is unreadable" in lines[0] and "ckpt-00000004.npz is unreadable" in lines[1]
+    assert (
+        "ckpt-00000006.npz is unreadable" in lines[0]
+        and "ckpt-00000004.npz is unreadable" in lines[1]
+    )
     assert lines[2].startswith("Resumed from") and "ckpt-00000002.npz" in lines[2]
     os.remove(os.path.join(directory, "ckpt-00000002.npz"))
     with pytest.raises(ValueError, match="only unreadable checkpoints"):
@@ -232,11 +251,19 @@ def test_a_full_disk_is_an_error_that_leaves_the_last_checkpoint_named(tmp_path)
     script.write_text(_DISK_FULL_SCRIPT)
     directory = tmp_path / "ckpt"
     tests = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run([sys.executable, str(script), str(directory), tests], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests])))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(directory), tests],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests])),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]  # no crash
     assert "DISKFULL" in proc.stdout and "ckpt-00000004.npz: the disk is full" in proc.stdout
-    assert sorted(os.listdir(directory)) == ["ckpt-00000002.npz", "latest.json"]  # temp file removed
+    assert sorted(os.listdir(directory)) == [
+        "ckpt-00000002.npz",
+        "latest.json",
+    ]  # temp file removed
     assert json.load(open(directory / "latest.json"))["iteration"] == 2
     assert latest_checkpoint(str(directory))["iteration"] == 2
 

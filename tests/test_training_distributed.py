@@ -6,10 +6,10 @@ subprocesses (each bounded by a timeout) running `_SCRIPT`.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
-import signal
 import textwrap
 import time
 
@@ -131,6 +131,7 @@ _SCRIPT = textwrap.dedent(
 
 def _tiny_model(num_classes, dropout=0.0):
     import keras
+
     import keras_segmenter as ks
 
     keras.utils.set_random_seed(0)
@@ -142,13 +143,21 @@ def _run(tmp_path, args, env=None, timeout=300):
     script = tmp_path / "train_script.py"
     script.write_text(_SCRIPT)
     return subprocess.run(
-        [sys.executable, str(script), json.dumps(args)], cwd=REPO, env=env or _env(),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, str(script), json.dumps(args)],
+        cwd=REPO,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+    )
     env.update(extra)
     return env
 
@@ -156,7 +165,7 @@ def _env(**extra):
 def _result(proc):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no result; rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.mark.slow
@@ -172,7 +181,10 @@ def test_mirrored_two_replicas_match_one_replica_on_the_global_batch(tmp_path):
     for column in ("loss", "mIoU", "val_mIoU", "learning_rate"):
         i = rows_m[0].index(column)
         np.testing.assert_allclose(
-            [float(r[i]) for r in rows_m[1:]], [float(r[i]) for r in rows_s[1:]], rtol=1e-4, err_msg=column
+            [float(r[i]) for r in rows_m[1:]],
+            [float(r[i]) for r in rows_s[1:]],
+            rtol=1e-4,
+            err_msg=column,
         )
     for a, b in zip(mirrored["weights"], single["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5)
@@ -194,11 +206,19 @@ def _start_workers(tmp_path, args):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
     for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, str(script), json.dumps(args)],
-            cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), json.dumps(args)],
+                cwd=REPO,
+                env=_env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -243,15 +263,24 @@ def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_ex
     args = {"iterations": 6, "every": 2}
     for out in ("mw", "killed"):  # both workers start from it
         _tiny_model(4).save(str(tmp_path / out) + "_init.keras")
-    full = [_result(p) for p in _finish(_start_workers(tmp_path, dict(args, mode="worker", out=str(tmp_path / "mw"))))]
+    full = [
+        _result(p)
+        for p in _finish(
+            _start_workers(tmp_path, dict(args, mode="worker", out=str(tmp_path / "mw")))
+        )
+    ]
     single = _result(_run(tmp_path, dict(args, mode="single", out=str(tmp_path / "one"))))
     assert [r["worker"] for r in full] == [0, 1] and all(r["num_workers"] == 2 for r in full)
     assert full[0]["weights_sha256"] == full[1]["weights_sha256"]
     assert full[0]["model"] and full[1]["model"] is None
     # Train mIoU and loss over the global batch (both workers' shards), as one device computes them.
     for column in ("mIoU", "loss"):
-        np.testing.assert_allclose(_column(full[0]["history_rows"], column), _column(single["history_rows"], column),
-                                   rtol=1e-6, err_msg=column)
+        np.testing.assert_allclose(
+            _column(full[0]["history_rows"], column),
+            _column(single["history_rows"], column),
+            rtol=1e-6,
+            err_msg=column,
+        )
     for a, b in zip(full[0]["weights"], single["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5)
 
@@ -260,14 +289,21 @@ def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_ex
     for proc in _kill_after_checkpoint(procs, os.path.join(out, "checkpoints"), 2):
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert json.load(open(os.path.join(out, "checkpoints", "latest.json")))["iteration"] < 6
-    resumed = [_result(p) for p in _finish(_start_workers(tmp_path, dict(args, mode="worker", out=out, resume=True)))]
+    resumed = [
+        _result(p)
+        for p in _finish(_start_workers(tmp_path, dict(args, mode="worker", out=out, resume=True)))
+    ]
     assert all(r["iteration"] == 6 for r in resumed)
     assert resumed[0]["weights_sha256"] == resumed[1]["weights_sha256"]
     for a, b in zip(resumed[0]["weights"], full[0]["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
     for column in ("mIoU", "loss", "val_mIoU"):
-        np.testing.assert_allclose(_column(resumed[0]["history_rows"], column),
-                                   _column(full[0]["history_rows"], column), rtol=1e-6, err_msg=column)
+        np.testing.assert_allclose(
+            _column(resumed[0]["history_rows"], column),
+            _column(full[0]["history_rows"], column),
+            rtol=1e-6,
+            err_msg=column,
+        )
 
 
 @pytest.mark.slow
@@ -289,9 +325,22 @@ def test_fit_run_killed_during_validation_redoes_it_and_ends_as_the_uninterrupte
     assert resumed["learning_rate"] == full["learning_rate"]
     for a, b in zip(resumed["weights"], full["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
-    assert sorted(os.listdir(checkpoints)) == ["ckpt-00000006.npz", "ckpt-00000008.npz", "latest.json"]
+    assert sorted(os.listdir(checkpoints)) == [
+        "ckpt-00000006.npz",
+        "ckpt-00000008.npz",
+        "latest.json",
+    ]
     # every epoch once, validation at iteration 4 redone: the same rows as the uninterrupted run
-    assert [row.split(",")[0] for row in resumed["history_rows"].splitlines()[1:]] == ["0", "1", "2", "3"]
+    assert [row.split(",")[0] for row in resumed["history_rows"].splitlines()[1:]] == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
     for column in ("loss", "mIoU", "val_mIoU", "learning_rate"):
-        np.testing.assert_allclose(_column(resumed["history_rows"], column), _column(full["history_rows"], column),
-                                   rtol=1e-6, err_msg=column)
+        np.testing.assert_allclose(
+            _column(resumed["history_rows"], column),
+            _column(full["history_rows"], column),
+            rtol=1e-6,
+            err_msg=column,
+        )

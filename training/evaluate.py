@@ -28,20 +28,37 @@ from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors  # noqa
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", required=True, help="a .keras model saved by fit.py or the converter")
-    p.add_argument("--dataset", required=True, help="ade20k, pascal_context, cityscapes, camvid, folder or tfds:NAME")
-    p.add_argument("--data-dir", required=True, help="dataset root (for tfds:NAME, the TFDS data folder)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="ade20k, pascal_context, cityscapes, camvid, folder or tfds:NAME",
+    )
+    p.add_argument(
+        "--data-dir", required=True, help="dataset root (for tfds:NAME, the TFDS data folder)"
+    )
     p.add_argument("--split", default="val", help="evaluation split (default: val)")
     p.add_argument("--multi-scale", action="store_true", help="scales 0.5..1.75 with flips")
     p.add_argument("--flip", action="store_true", help="flip averaging (on with --multi-scale)")
-    p.add_argument("--window-size", type=int,
-                   help="default: the model's training crop (its backbone image_size)")
+    p.add_argument(
+        "--window-size",
+        type=int,
+        help="default: the model's training crop (its backbone image_size)",
+    )
     p.add_argument("--window-stride", type=int, help="default: window size - 32")
-    p.add_argument("--window-batch-size", type=int,
-                   help="windows per model call (default: as many as keep their logits near 256 MB)")
-    p.add_argument("--original-size", action="store_true",
-                   help="do not rescale images to the dataset's base size before windowing")
+    p.add_argument(
+        "--window-batch-size",
+        type=int,
+        help="windows per model call (default: as many as keep their logits near 256 MB)",
+    )
+    p.add_argument(
+        "--original-size",
+        action="store_true",
+        help="do not rescale images to the dataset's base size before windowing",
+    )
     p.add_argument("--no-object-sizes", action="store_true", help="skip mIoU by object size")
     p.add_argument("--num-classes", type=int, help="for --dataset folder (default: the model's)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
@@ -73,7 +90,9 @@ def format_table(results):
     for name, iou, acc in zip(names, results["IoU"], results["Acc"]):
         lines.append(f"{name:<{width}}  {pct(iou)}  {pct(acc)}")
     lines.append("-" * (width + 16))
-    lines.append(f"mIoU {pct(results['mIoU'])}   aAcc {pct(results['aAcc'])}   mAcc {pct(results['mAcc'])}")
+    lines.append(
+        f"mIoU {pct(results['mIoU'])}   aAcc {pct(results['aAcc'])}   mAcc {pct(results['mAcc'])}"
+    )
     if "size_mIoU" in results:
         small, medium = results["size_thresholds"]
         sizes = results["size_mIoU"]
@@ -92,11 +111,12 @@ def main(argv=None):
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
     if args.output and os.path.isdir(args.output):
-        raise UserError(f"--output {args.output} is a folder; expected the path of the JSON file to write")
+        raise UserError(
+            f"--output {args.output} is a folder; expected the path of the JSON file to write"
+        )
 
     from keras_segmenter.data import eval_dataset, get_dataset_info
-    from keras_segmenter.inference import evaluate
-    from keras_segmenter.inference import num_classes_of
+    from keras_segmenter.inference import evaluate, num_classes_of
     from keras_segmenter.predict import load_model
 
     model = load_model(args.model)

@@ -27,45 +27,88 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_segmenter.cli import LOG_NOTE, fit_next_steps  # noqa: E402
 from keras_segmenter.training.checkpoints import list_checkpoints  # noqa: E402
-from keras_segmenter.training.config import DATASET_DEFAULTS, OPTIMIZERS, PRECISIONS, STRATEGIES, TFDS_DATASETS, RunConfig  # noqa: E402
-from keras_segmenter.training.config import is_bundled_sample  # noqa: E402
+from keras_segmenter.training.config import (
+    DATASET_DEFAULTS,
+    OPTIMIZERS,
+    PRECISIONS,
+    STRATEGIES,
+    TFDS_DATASETS,
+    RunConfig,
+    is_bundled_sample,  # noqa: E402
+)  # noqa: E402
 
 # Flags that cannot change what a resumed run computes.
 RESUME_FLAGS = ("output_dir", "resume", "keep_checkpoints", "dry_run")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help="a config.json of an earlier run; flags override it")
     p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS))
-    p.add_argument("--data-dir", help="dataset root (default: the bundled CamVid sample for camvid)")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: the bundled CamVid sample for camvid)"
+    )
     p.add_argument("--num-classes", type=int, help="classes, for --dataset folder")
     p.add_argument("--ignore-index", type=int)
     p.add_argument("--model", help="a preset, e.g. seg_ti16_mask, seg_s16_linear, seg_b16_mask")
-    p.add_argument("--backbone-weights", help="ImageNet ViT weights: a preset name (ks.list_presets()), a URL, or a timm .safetensors / AugReg .npz file")
-    p.add_argument("--init", help="start from an official Segmenter run folder / checkpoint.pth or a .keras model")
-    p.add_argument("--iterations", type=int, help="training iterations (paper: 160k ADE20K, 80k others)")
+    p.add_argument(
+        "--backbone-weights",
+        help="ImageNet ViT weights: a preset name (ks.list_presets()), a URL, or a timm .safetensors / AugReg .npz file",
+    )
+    p.add_argument(
+        "--init",
+        help="start from an official Segmenter run folder / checkpoint.pth or a .keras model",
+    )
+    p.add_argument(
+        "--iterations", type=int, help="training iterations (paper: 160k ADE20K, 80k others)"
+    )
     p.add_argument("--batch-size", type=int, help="global batch size over all replicas and workers")
     p.add_argument("--lr", type=float, help="initial learning rate of the poly schedule")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (the paper's; default except camvid) or adamw (camvid's default, from scratch)")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="sgd (the paper's; default except camvid) or adamw (camvid's default, from scratch)",
+    )
     p.add_argument("--weight-decay", type=float, help="default 0 (paper); camvid 0.05")
     p.add_argument("--crop-size", type=int, help="square training crop")
     p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device")
+    p.add_argument(
+        "--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device"
+    )
     p.add_argument("--output-dir")
-    p.add_argument("--resume", action="store_true", default=None,
-                   help="continue the run in --output-dir (its config.json) from its newest readable checkpoint")
-    p.add_argument("--seed", type=int, help="default 0; given, TF ops also run deterministically (exact resume)")
-    p.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (and log lines)")
-    p.add_argument("--val-every", type=int, help="iterations between validations (multiple of --checkpoint-every)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue the run in --output-dir (its config.json) from its newest readable checkpoint",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="default 0; given, TF ops also run deterministically (exact resume)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, help="iterations between checkpoints (and log lines)"
+    )
+    p.add_argument(
+        "--val-every",
+        type=int,
+        help="iterations between validations (multiple of --checkpoint-every)",
+    )
     p.add_argument("--val-images", type=int, help="validate on the first N images only")
     p.add_argument("--keep-checkpoints", type=int)
-    p.add_argument("--window-size", type=int, help="sliding-window validation window (default: dataset's)")
+    p.add_argument(
+        "--window-size", type=int, help="sliding-window validation window (default: dataset's)"
+    )
     p.add_argument("--window-stride", type=int)
     p.add_argument("--dropout", type=float)
     p.add_argument("--drop-path-rate", type=float)
     p.add_argument("--decoder-dropout", type=float)
-    p.add_argument("--dry-run", action="store_true", default=None, help="print the resolved recipe and exit")
+    p.add_argument(
+        "--dry-run", action="store_true", default=None, help="print the resolved recipe and exit"
+    )
     return p.parse_args(argv)
 
 
@@ -91,9 +134,13 @@ def _resume_config(args):
         usage_error("--resume needs --output-dir, the folder of the run to continue.")
     path = os.path.join(args.output_dir, "config.json")
     if not os.path.isfile(path):
-        usage_error(f"--resume: {path} does not exist; --output-dir must be the folder of an earlier run.")
+        usage_error(
+            f"--resume: {path} does not exist; --output-dir must be the folder of an earlier run."
+        )
     if not list_checkpoints(os.path.join(args.output_dir, "checkpoints")):
-        usage_error(f"--resume: no checkpoint in {os.path.join(args.output_dir, 'checkpoints')}; nothing to resume.")
+        usage_error(
+            f"--resume: no checkpoint in {os.path.join(args.output_dir, 'checkpoints')}; nothing to resume."
+        )
     config = RunConfig.load(path)
     config.output_dir, config.resume = args.output_dir, True
     if args.keep_checkpoints is not None:
@@ -116,7 +163,9 @@ def make_config(argv):
                     setattr(config, key, value)
             if args.seed is not None:
                 config.deterministic = True
-            from keras_segmenter.models.pretrained import imagenet_weights_path  # NAME|URL -> cached file
+            from keras_segmenter.models.pretrained import (
+                imagenet_weights_path,
+            )  # NAME|URL -> cached file
 
             config.backbone_weights = imagenet_weights_path(config.backbone_weights)
         config.resolve()
@@ -125,8 +174,10 @@ def make_config(argv):
     if config.data_dir is None:
         usage_error(f"--data-dir is required for --dataset {config.dataset}")
     if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
-        usage_error(f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
-                    "it, or choose another --output-dir.")
+        usage_error(
+            f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
+            "it, or choose another --output-dir."
+        )
     return config, bool(args.dry_run)
 
 
@@ -147,15 +198,18 @@ def describe(config):
     crop = f"{config.crop_size}x{config.crop_size}" if config.crop_size else "the dataset's crop"
     decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
     seed = f"seed {config.seed}" + (", deterministic ops" if config.deterministic else "")
-    return "\n".join([
-        ("Resuming" if config.resume else "Training") + f" {config.init or config.model} on {config.dataset}, "
-        f"{source} in {config.data_dir} ({images} training images)",
-        f"  {config.iterations} iterations (steps) x batch {config.batch_size} = {crops} crops of {crop}, "
-        f"{crops / images:.1f} passes over the training images",
-        f"  {config.optimizer}, lr {config.lr:g} poly to {config.end_lr:g}{decay}; {config.precision}; {seed}",
-        f"  checkpoint every {config.checkpoint_every}, validation every {config.val_every} iterations "
-        f"-> {config.output_dir}",
-    ])
+    return "\n".join(
+        [
+            ("Resuming" if config.resume else "Training")
+            + f" {config.init or config.model} on {config.dataset}, "
+            f"{source} in {config.data_dir} ({images} training images)",
+            f"  {config.iterations} iterations (steps) x batch {config.batch_size} = {crops} crops of {crop}, "
+            f"{crops / images:.1f} passes over the training images",
+            f"  {config.optimizer}, lr {config.lr:g} poly to {config.end_lr:g}{decay}; {config.precision}; {seed}",
+            f"  checkpoint every {config.checkpoint_every}, validation every {config.val_every} iterations "
+            f"-> {config.output_dir}",
+        ]
+    )
 
 
 def main(argv=None):
@@ -176,11 +230,16 @@ def main(argv=None):
         else:
             model, summary = run.train(config, strategy=strategy)
             summary["weights_sha256"] = loop.weights_digest(model)
-    except OSError as e:  # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError
+    except (
+        OSError
+    ) as e:  # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError
         if not is_disk_full(e):
             raise
-        print(f"fit.py: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
-              f"continue with --output-dir {config.output_dir} --resume", file=sys.stderr)
+        print(
+            f"fit.py: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
+            f"continue with --output-dir {config.output_dir} --resume",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     if summary.get("model"):
         print(f"\nModel:       {summary['model']}")

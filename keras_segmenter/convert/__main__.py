@@ -60,16 +60,26 @@ def main(argv=None):
         epilog=LOG_NOTE,
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("source", help="official run folder / checkpoint.pth, timm safetensors or AugReg npz")
+    parser.add_argument(
+        "source", help="official run folder / checkpoint.pth, timm safetensors or AugReg npz"
+    )
     parser.add_argument("--out", required=True, help="the .keras file to write")
-    parser.add_argument("--num-classes", type=int, help="classes of the new decoder (ImageNet sources)")
-    parser.add_argument("--decoder", choices=DECODERS, default="mask", help="new decoder type (ImageNet sources)")
-    parser.add_argument("--image-size", type=int, default=512, help="training crop for ImageNet sources")
+    parser.add_argument(
+        "--num-classes", type=int, help="classes of the new decoder (ImageNet sources)"
+    )
+    parser.add_argument(
+        "--decoder", choices=DECODERS, default="mask", help="new decoder type (ImageNet sources)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=512, help="training crop for ImageNet sources"
+    )
     args = parser.parse_args(argv)
     if not args.out.endswith(".keras"):
         parser.error(f"--out must end in .keras. Received: --out={args.out}")
     if os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a folder; expected the path of the .keras file to write")
+        raise UserError(
+            f"--out {args.out} is a folder; expected the path of the .keras file to write"
+        )
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise UserError(f"--out {args.out}: folder {folder} does not exist")

@@ -96,7 +96,9 @@ def read_imagenet_vit(path):
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 state = augreg_to_timm(arrays, path)
-                heads = arrays["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"].shape[1]
+                heads = arrays[
+                    "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+                ].shape[1]
         except (zipfile.BadZipFile, OSError, ValueError) as error:
             raise CheckpointError(f"{path}: not a readable .npz file: {error}") from None
         return state, int(heads), path

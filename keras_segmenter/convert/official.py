@@ -77,7 +77,9 @@ def segmenter_from_variant(variant, source="variant.yml", dtype=None):
         num_layers=_require(net, "n_layers", where),
         num_heads=_require(net, "n_heads", where),
         mlp_dim=4 * width,
-        image_size=tuple(_require(net, "image_size", where, _is_size, "(height, width) positive ints")),
+        image_size=tuple(
+            _require(net, "image_size", where, _is_size, "(height, width) positive ints")
+        ),
         distilled=bool(net.get("distilled", False)),
         dropout=net.get("dropout", 0.0),
         drop_path_rate=net.get("drop_path_rate", 0.1),

@@ -128,7 +128,9 @@ class _Arrays:
     def storage(self, ref, where):
         storage_type = ref.storage_type
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{where}: storage type {storage_type!r} is not a torch storage class")
+            raise CheckpointError(
+                f"{where}: storage type {storage_type!r} is not a torch storage class"
+            )
         if storage_type.name not in STORAGE_DTYPES:
             raise CheckpointError(
                 f"{where}: unsupported dtype `torch.{storage_type.name}`; expected one of "
@@ -228,4 +230,6 @@ def read_torch_checkpoint(path):
         except CheckpointError:
             raise
         except Exception as error:  # an untrusted pickle can fail in many ways
-            raise CheckpointError(f"{path}: corrupt checkpoint: {type(error).__name__}: {error}") from None
+            raise CheckpointError(
+                f"{path}: corrupt checkpoint: {type(error).__name__}: {error}"
+            ) from None

@@ -19,5 +19,4 @@ from keras_segmenter.data.pipeline import eval_dataset, train_dataset
 from keras_segmenter.data.sources import list_pairs, prepare_ade20k
 
 # A real CamVid sample (SegNet layout) shipped with the package.
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "sample", "camvid")
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "camvid")

@@ -9,32 +9,27 @@ from keras_segmenter.cli import LOG_NOTE, reports_user_errors
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data", epilog=LOG_NOTE)
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser(
-        "check", help="scan a dataset split and report every problem")
-    check.add_argument("--dataset", required=True,
-                       help="ade20k, pascal_context, cityscapes, camvid, "
-                            "folder")
+    check = commands.add_parser("check", help="scan a dataset split and report every problem")
+    check.add_argument(
+        "--dataset", required=True, help="ade20k, pascal_context, cityscapes, camvid, folder"
+    )
     check.add_argument("--data-dir", required=True)
-    check.add_argument("--split", default=None,
-                       help="split to scan (default: train and val)")
-    check.add_argument("--num-classes", type=int, default=None,
-                       help="folder: number of classes")
-    check.add_argument("--ignore-index", type=int, default=255,
-                       help="folder: raw mask value to ignore")
-    check.add_argument("--reduce-zero-label", action="store_true",
-                       help="folder: 0 is ignored and k becomes k - 1")
-    check.add_argument("--split-file", default=None,
-                       help="folder: list of file stems of the split")
-    check.add_argument("--manual-dir", default=None,
-                       help="ade20k: folder holding ADEChallengeData2016.zip")
-    tfds = commands.add_parser(
-        "tfds", help="write the TFDS copy of a dataset from its downloads")
-    tfds.add_argument("--dataset", required=True,
-                      help="ade20k, pascal_context, camvid, cityscapes")
-    tfds.add_argument("--manual-dir", required=True,
-                      help="folder holding the manual downloads")
-    tfds.add_argument("--data-dir", default=None,
-                      help="TFDS data folder (default: TFDS' own)")
+    check.add_argument("--split", default=None, help="split to scan (default: train and val)")
+    check.add_argument("--num-classes", type=int, default=None, help="folder: number of classes")
+    check.add_argument(
+        "--ignore-index", type=int, default=255, help="folder: raw mask value to ignore"
+    )
+    check.add_argument(
+        "--reduce-zero-label", action="store_true", help="folder: 0 is ignored and k becomes k - 1"
+    )
+    check.add_argument("--split-file", default=None, help="folder: list of file stems of the split")
+    check.add_argument(
+        "--manual-dir", default=None, help="ade20k: folder holding ADEChallengeData2016.zip"
+    )
+    tfds = commands.add_parser("tfds", help="write the TFDS copy of a dataset from its downloads")
+    tfds.add_argument("--dataset", required=True, help="ade20k, pascal_context, camvid, cityscapes")
+    tfds.add_argument("--manual-dir", required=True, help="folder holding the manual downloads")
+    tfds.add_argument("--data-dir", default=None, help="TFDS data folder (default: TFDS' own)")
     return parser
 
 
@@ -60,9 +55,11 @@ def main(argv=None):
 
     kwargs = {}
     if args.dataset == "folder":
-        kwargs.update(num_classes=args.num_classes,
-                      ignore_index=args.ignore_index,
-                      reduce_zero_label=args.reduce_zero_label)
+        kwargs.update(
+            num_classes=args.num_classes,
+            ignore_index=args.ignore_index,
+            reduce_zero_label=args.reduce_zero_label,
+        )
         if args.split_file:
             kwargs["split_file"] = args.split_file
     if args.manual_dir:
@@ -75,8 +72,7 @@ def main(argv=None):
         splits = ["train", "val"]
     fatal = 0
     for split in splits:
-        num_pairs, problems = check_dataset(
-            args.dataset, args.data_dir, split, **kwargs)
+        num_pairs, problems = check_dataset(args.dataset, args.data_dir, split, **kwargs)
         print(format_report(args.dataset, split, num_pairs, problems))
         fatal += sum(p.fatal for p in problems)
     return 1 if fatal else 0

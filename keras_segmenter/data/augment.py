@@ -25,9 +25,7 @@ def _sub_seed(seed, key):
 
 
 def _uniform(seed, key, low=0.0, high=1.0):
-    return tf.random.stateless_uniform(
-        [], _sub_seed(seed, key), minval=low, maxval=high
-    )
+    return tf.random.stateless_uniform([], _sub_seed(seed, key), minval=low, maxval=high)
 
 
 def rescale_size(height, width, base_size, ratio):
@@ -50,9 +48,7 @@ def rescale_size(height, width, base_size, ratio):
     short_side = tf.floor(float(min(base_size)) * ratio)
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
-    factor = tf.minimum(
-        long_side / tf.maximum(h, w), short_side / tf.minimum(h, w)
-    )
+    factor = tf.minimum(long_side / tf.maximum(h, w), short_side / tf.minimum(h, w))
     new_h = tf.cast(tf.floor(h * factor + 0.5), tf.int32)
     new_w = tf.cast(tf.floor(w * factor + 0.5), tf.int32)
     return tf.maximum(new_h, 1), tf.maximum(new_w, 1)
@@ -75,8 +71,7 @@ def crop_is_balanced(label_hist, ignore_index=255, cat_max_ratio=0.75):
     Returns:
         A boolean scalar tensor.
     """
-    keep = tf.one_hot(ignore_index, 256, on_value=0, off_value=1,
-                      dtype=label_hist.dtype)
+    keep = tf.one_hot(ignore_index, 256, on_value=0, off_value=1, dtype=label_hist.dtype)
     counts = label_hist * keep
     total = tf.cast(tf.reduce_sum(counts), tf.float32)
     largest = tf.cast(tf.reduce_max(counts), tf.float32)
@@ -84,9 +79,17 @@ def crop_is_balanced(label_hist, ignore_index=255, cat_max_ratio=0.75):
     return tf.logical_and(several, largest < cat_max_ratio * total)
 
 
-def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
-                     seed, ignore_index=255, cat_max_ratio=CAT_MAX_RATIO,
-                     return_box=False):
+def rescale_and_crop(
+    image,
+    raw_mask,
+    label_table,
+    base_size,
+    crop_size,
+    seed,
+    ignore_index=255,
+    cat_max_ratio=CAT_MAX_RATIO,
+    return_box=False,
+):
     """Random keep-ratio rescale then `RandomCrop(cat_max_ratio)`.
 
     Only the crop is ever resampled: the mask crop is gathered with nearest
@@ -121,11 +124,19 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
     crop_h = tf.minimum(crop_size[0], new_h)
     crop_w = tf.minimum(crop_size[1], new_w)
     tops = tf.random.stateless_uniform(
-        [CROP_TRIES + 1], _sub_seed(seed, _CROP_Y), minval=0,
-        maxval=new_h - crop_h + 1, dtype=tf.int32)
+        [CROP_TRIES + 1],
+        _sub_seed(seed, _CROP_Y),
+        minval=0,
+        maxval=new_h - crop_h + 1,
+        dtype=tf.int32,
+    )
     lefts = tf.random.stateless_uniform(
-        [CROP_TRIES + 1], _sub_seed(seed, _CROP_X), minval=0,
-        maxval=new_w - crop_w + 1, dtype=tf.int32)
+        [CROP_TRIES + 1],
+        _sub_seed(seed, _CROP_X),
+        minval=0,
+        maxval=new_w - crop_w + 1,
+        dtype=tf.int32,
+    )
     raw_mask = tf.cast(raw_mask, tf.int32)
 
     def mask_crop(k):
@@ -135,8 +146,7 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
 
     def balanced(k):
         labels = tf.gather(label_table, mask_crop(k))
-        hist = tf.math.bincount(tf.maximum(labels, 0), minlength=256,
-                                maxlength=256)
+        hist = tf.math.bincount(tf.maximum(labels, 0), minlength=256, maxlength=256)
         return crop_is_balanced(hist, ignore_index, cat_max_ratio)
 
     if cat_max_ratio < 1.0:
@@ -144,8 +154,8 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
         # counter then names the crop to keep (10 = the unchecked 11th).
         chosen = tf.while_loop(
             lambda k: tf.logical_and(
-                k < CROP_TRIES, tf.logical_not(balanced(tf.minimum(
-                    k, CROP_TRIES - 1)))),
+                k < CROP_TRIES, tf.logical_not(balanced(tf.minimum(k, CROP_TRIES - 1)))
+            ),
             lambda k: k + 1,
             [tf.constant(0)],
         )
@@ -163,25 +173,27 @@ def rescale_and_crop(image, raw_mask, label_table, base_size, crop_size,
     x_end = x_start + tf.cast(crop_w - 1, tf.float32) * scale_x
 
     def window(start, end, size):
-        first = tf.clip_by_value(tf.cast(tf.floor(start), tf.int32), 0,
-                                 size - 1)
-        last = tf.clip_by_value(tf.cast(tf.floor(end), tf.int32) + 1, 0,
-                                size - 1)
+        first = tf.clip_by_value(tf.cast(tf.floor(start), tf.int32), 0, size - 1)
+        last = tf.clip_by_value(tf.cast(tf.floor(end), tf.int32) + 1, 0, size - 1)
         return first, last
 
     row0, row1 = window(y_start, y_end, height)
     col0, col1 = window(x_start, x_end, width)
-    source = image[row0:row1 + 1, col0:col1 + 1]
+    source = image[row0 : row1 + 1, col0 : col1 + 1]
     source = tf.concat([source[:1], source, source[-1:]], 0)
     source = tf.concat([source[:, :1], source, source[:, -1:]], 1)
     span_y = tf.cast(row1 - row0 + 2, tf.float32)
     span_x = tf.cast(col1 - col0 + 2, tf.float32)
     offset_y = 1.0 - tf.cast(row0, tf.float32)
     offset_x = 1.0 - tf.cast(col0, tf.float32)
-    box = tf.stack([(y_start + offset_y) / span_y,
-                    (x_start + offset_x) / span_x,
-                    (y_end + offset_y) / span_y,
-                    (x_end + offset_x) / span_x])
+    box = tf.stack(
+        [
+            (y_start + offset_y) / span_y,
+            (x_start + offset_x) / span_x,
+            (y_end + offset_y) / span_y,
+            (x_end + offset_x) / span_x,
+        ]
+    )
     crop = tf.image.crop_and_resize(
         source[tf.newaxis], box[tf.newaxis], [0], tf.stack([crop_h, crop_w])
     )[0]
@@ -248,12 +260,10 @@ def photometric_distortion(image, seed):
 
     contrast_first = draws[8] < 0.5
     image = maybe(0, brightness, image)
-    image = tf.cond(contrast_first, lambda: maybe(2, contrast, image),
-                    lambda: image)
+    image = tf.cond(contrast_first, lambda: maybe(2, contrast, image), lambda: image)
     image = maybe(4, saturation, image)
     image = maybe(6, hue, image)
-    image = tf.cond(contrast_first, lambda: image,
-                    lambda: maybe(2, contrast, image))
+    image = tf.cond(contrast_first, lambda: image, lambda: maybe(2, contrast, image))
     return image
 
 

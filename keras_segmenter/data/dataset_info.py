@@ -176,8 +176,7 @@ def _folder(
     palette = tuple(tuple(int(c) for c in rgb) for rgb in palette)
     if len(palette) != num_classes or any(len(rgb) != 3 for rgb in palette):
         raise ValueError(
-            f"`palette` must be {num_classes} (r, g, b) triples. "
-            f"Received: palette={palette!r}"
+            f"`palette` must be {num_classes} (r, g, b) triples. Received: palette={palette!r}"
         )
     if reduce_zero_label:
         mapping = {0: IGNORE_INDEX}
@@ -221,8 +220,7 @@ def canonical_name(name):
     key = str(name).lower().replace("-", "_").removeprefix(TFDS_PREFIX)
     if key not in _BUILDERS:
         raise ValueError(
-            f"Unknown dataset. Expected one of {sorted(_BUILDERS)}. "
-            f"Received: name={name!r}"
+            f"Unknown dataset. Expected one of {sorted(_BUILDERS)}. Received: name={name!r}"
         )
     return key
 

@@ -14,9 +14,17 @@ from keras_segmenter.layers.normalization import (
 
 _CHECK_HINT = "; run `python -m keras_segmenter.data check` for a full report"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_INFO_KEYS = ("num_classes", "ignore_index", "class_names", "palette",
-              "base_size", "crop_size", "window_size", "window_stride",
-              "reduce_zero_label")
+_INFO_KEYS = (
+    "num_classes",
+    "ignore_index",
+    "class_names",
+    "palette",
+    "base_size",
+    "crop_size",
+    "window_size",
+    "window_stride",
+    "reduce_zero_label",
+)
 
 
 def _require(condition, *message):
@@ -29,10 +37,10 @@ def _require(condition, *message):
 def _tail_contains(contents, marker, window):
     length = tf.strings.length(contents)
     tail = tf.strings.substr(contents, tf.maximum(length - window, 0), window)
-    positions = tf.range(tf.maximum(tf.strings.length(tail) - len(marker) + 1,
-                                    0))
+    positions = tf.range(tf.maximum(tf.strings.length(tail) - len(marker) + 1, 0))
     pieces = tf.strings.substr(
-        tf.fill(tf.shape(positions), tail), positions,
+        tf.fill(tf.shape(positions), tail),
+        positions,
         tf.fill(tf.shape(positions), len(marker)),
     )
     return tf.reduce_any(tf.equal(pieces, marker))
@@ -44,25 +52,24 @@ def _not_truncated(contents):
     is_png = tf.equal(head, _PNG_MAGIC)
     is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
     length_ok = tf.strings.length(contents) > 8
-    return tf.logical_and(length_ok, tf.logical_and(
-        tf.logical_or(tf.logical_not(is_png),
-                      _tail_contains(contents, b"IEND", 16)),
-        tf.logical_or(tf.logical_not(is_jpeg),
-                      _tail_contains(contents, b"\xff\xd9", 64)),
-    ))
+    return tf.logical_and(
+        length_ok,
+        tf.logical_and(
+            tf.logical_or(tf.logical_not(is_png), _tail_contains(contents, b"IEND", 16)),
+            tf.logical_or(tf.logical_not(is_jpeg), _tail_contains(contents, b"\xff\xd9", 64)),
+        ),
+    )
 
 
 # PNG colour types (IHDR byte 25) by number.
-_PNG_COLOUR_TYPES = ["grayscale", "?", "RGB", "palette", "grayscale+alpha",
-                     "?", "RGBA"]
+_PNG_COLOUR_TYPES = ["grayscale", "?", "RGB", "palette", "grayscale+alpha", "?", "RGBA"]
 
 
 def _png_kind(bit_depth, colour_type):
     """E.g. "16-bit grayscale", "8-bit palette": what a PNG header declares."""
     colour_type = tf.cast(colour_type, tf.int32)
     name = tf.gather(_PNG_COLOUR_TYPES, tf.where(colour_type > 6, 1, colour_type))
-    return tf.strings.join([tf.strings.as_string(tf.cast(bit_depth, tf.int32)),
-                            "-bit ", name])
+    return tf.strings.join([tf.strings.as_string(tf.cast(bit_depth, tf.int32)), "-bit ", name])
 
 
 def load_pair(image_path, mask_path, label_table):
@@ -76,47 +83,64 @@ def load_pair(image_path, mask_path, label_table):
     Returns:
         `(image, raw_mask)`: uint8 (H, W, 3) and uint8 (H, W).
     """
-    return decode_pair(tf.io.read_file(image_path), tf.io.read_file(mask_path),
-                       image_path, mask_path, label_table)
+    return decode_pair(
+        tf.io.read_file(image_path), tf.io.read_file(mask_path), image_path, mask_path, label_table
+    )
 
 
 def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
     """`load_pair` on file contents; the paths only name files in errors."""
-    header = tf.io.decode_raw(
-        tf.strings.substr(mask_bytes, 0, 26, unit="BYTE"), tf.uint8)
+    header = tf.io.decode_raw(tf.strings.substr(mask_bytes, 0, 26, unit="BYTE"), tf.uint8)
     header = tf.pad(header, [[0, tf.maximum(26 - tf.size(header), 0)]])
     is_png = tf.equal(tf.strings.substr(mask_bytes, 0, 8), _PNG_MAGIC)
     checks = [
-        _require(_not_truncated(image_bytes),
-                 "Truncated or empty image file: ", image_path, _CHECK_HINT),
-        _require(_not_truncated(mask_bytes),
-                 "Truncated or empty mask file: ", mask_path, _CHECK_HINT),
+        _require(
+            _not_truncated(image_bytes), "Truncated or empty image file: ", image_path, _CHECK_HINT
+        ),
+        _require(
+            _not_truncated(mask_bytes), "Truncated or empty mask file: ", mask_path, _CHECK_HINT
+        ),
         _require(is_png, "Mask is not a PNG file: ", mask_path, _CHECK_HINT),
         # IHDR: byte 24 = bit depth, byte 25 = colour type (0 = grayscale).
-        _require(tf.logical_and(tf.equal(header[24], 8),
-                                tf.equal(header[25], 0)),
-                 "Mask must be an 8-bit single-channel (mode 'L') PNG of "
-                 "label indices: ", mask_path, " is a ",
-                 _png_kind(header[24], header[25]), " PNG", _CHECK_HINT),
+        _require(
+            tf.logical_and(tf.equal(header[24], 8), tf.equal(header[25], 0)),
+            "Mask must be an 8-bit single-channel (mode 'L') PNG of label indices: ",
+            mask_path,
+            " is a ",
+            _png_kind(header[24], header[25]),
+            " PNG",
+            _CHECK_HINT,
+        ),
     ]
     with tf.control_dependencies(checks):
-        image = tf.io.decode_image(image_bytes, channels=3,
-                                   expand_animations=False)
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
         mask = tf.io.decode_png(mask_bytes, channels=1)[..., 0]
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(mask)))
     size_check = _require(
-        same_size, "Image/mask size mismatch: ", image_path, " is ",
-        tf.strings.as_string(tf.shape(image)[0]), "x",
-        tf.strings.as_string(tf.shape(image)[1]), " but ", mask_path, " is ",
-        tf.strings.as_string(tf.shape(mask)[0]), "x",
-        tf.strings.as_string(tf.shape(mask)[1]))
-    hist = tf.math.bincount(tf.cast(mask, tf.int32), minlength=256,
-                            maxlength=256)
+        same_size,
+        "Image/mask size mismatch: ",
+        image_path,
+        " is ",
+        tf.strings.as_string(tf.shape(image)[0]),
+        "x",
+        tf.strings.as_string(tf.shape(image)[1]),
+        " but ",
+        mask_path,
+        " is ",
+        tf.strings.as_string(tf.shape(mask)[0]),
+        "x",
+        tf.strings.as_string(tf.shape(mask)[1]),
+    )
+    hist = tf.math.bincount(tf.cast(mask, tf.int32), minlength=256, maxlength=256)
     invalid = tf.where(tf.logical_and(hist > 0, label_table < 0))[:, 0]
     label_check = _require(
-        tf.equal(tf.size(invalid), 0), "Mask values outside the classes in ",
-        mask_path, ": ", tf.strings.reduce_join(
-            tf.strings.as_string(invalid[:10]), separator=","), _CHECK_HINT)
+        tf.equal(tf.size(invalid), 0),
+        "Mask values outside the classes in ",
+        mask_path,
+        ": ",
+        tf.strings.reduce_join(tf.strings.as_string(invalid[:10]), separator=","),
+        _CHECK_HINT,
+    )
     with tf.control_dependencies([size_check, label_check]):
         return tf.identity(image), tf.identity(mask)
 
@@ -133,8 +157,7 @@ def _resolve(name, data_dir, split, kwargs):
     if str(name).startswith(TFDS_PREFIX):
         from keras_segmenter.data.tfds import read
 
-        pairs, label_ids = read(name[len(TFDS_PREFIX):], split, data_dir,
-                                **source_kwargs)
+        pairs, label_ids = read(name[len(TFDS_PREFIX) :], split, data_dir, **source_kwargs)
         load = decode_pair
     else:
         result = usable_scan(name, data_dir, split, **source_kwargs)
@@ -152,19 +175,30 @@ def _resolve(name, data_dir, split, kwargs):
 def _as_pair(size, name):
     if isinstance(size, int):
         size = (size, size)
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, int) and s > 0 for s in size)):
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, int) and s > 0 for s in size)
+    ):
         raise ValueError(
-            f"`{name}` must be a positive int or (height, width). "
-            f"Received: {name}={size!r}"
+            f"`{name}` must be a positive int or (height, width). Received: {name}={size!r}"
         )
     return tuple(size)
 
 
-def train_dataset(name, data_dir, batch_size=8, crop_size=None,
-                  normalization="vit", seed=None, split="train", repeat=True,
-                  cat_max_ratio=augment.CAT_MAX_RATIO, start=0,
-                  **dataset_kwargs):
+def train_dataset(
+    name,
+    data_dir,
+    batch_size=8,
+    crop_size=None,
+    normalization="vit",
+    seed=None,
+    split="train",
+    repeat=True,
+    cat_max_ratio=augment.CAT_MAX_RATIO,
+    start=0,
+    **dataset_kwargs,
+):
     """Training batches with the MMSegmentation augmentation recipe.
 
     Per example: random keep-ratio rescale to the base scale times a ratio
@@ -200,13 +234,11 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
-            f"`batch_size` must be a positive int. Received: "
-            f"batch_size={batch_size!r}"
+            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
         )
     check_normalization(normalization)
     info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
-    crop = _as_pair(info.crop_size if crop_size is None else crop_size,
-                    "crop_size")
+    crop = _as_pair(info.crop_size if crop_size is None else crop_size, "crop_size")
     stats = NORMALIZATIONS[normalization]
     table = tf.constant(info.label_table(), tf.int32)
     if seed is None:
@@ -218,8 +250,15 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
         example_seed = tf.stack([tf.cast(seed, tf.int64), index])
         image, raw_mask = load(*pair, table)
         image, mask = augment.rescale_and_crop(
-            image, raw_mask, table, base_size, crop, example_seed,
-            ignore_index=ignore, cat_max_ratio=cat_max_ratio)
+            image,
+            raw_mask,
+            table,
+            base_size,
+            crop,
+            example_seed,
+            ignore_index=ignore,
+            cat_max_ratio=cat_max_ratio,
+        )
         image, mask = augment.random_flip(image, mask, example_seed)
         image = augment.photometric_distortion(image, example_seed)
         image = augment.normalize(image, stats["mean"], stats["std"])
@@ -246,8 +285,7 @@ def train_dataset(name, data_dir, batch_size=8, crop_size=None,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(name, data_dir, split="val", normalization="vit",
-                 **dataset_kwargs):
+def eval_dataset(name, data_dir, split="val", normalization="vit", **dataset_kwargs):
     """Unbatched evaluation pairs at their original resolution.
 
     The sliding-window inference resizes (as the official evaluation does);

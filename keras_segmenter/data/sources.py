@@ -9,8 +9,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_EXTENSIONS = (".png",)
 ADE20K_ZIP = "ADEChallengeData2016.zip"
 
-_ADE_SPLITS = {"train": "training", "training": "training",
-               "val": "validation", "validation": "validation"}
+_ADE_SPLITS = {
+    "train": "training",
+    "training": "training",
+    "val": "validation",
+    "validation": "validation",
+}
 
 
 @dataclasses.dataclass
@@ -57,8 +61,9 @@ def _files_by_stem(folder, extensions, suffix=""):
         parent = os.path.dirname(dirpath)
         while parent in real_paths:
             if real_paths[parent] == real:
-                logging.warning("%s links back to %s: a symlink loop, not followed "
-                                "again.", dirpath, parent)
+                logging.warning(
+                    "%s links back to %s: a symlink loop, not followed again.", dirpath, parent
+                )
                 dirnames[:], filenames = [], []
                 break
             parent = os.path.dirname(parent)
@@ -67,9 +72,7 @@ def _files_by_stem(folder, extensions, suffix=""):
             stem, ext = os.path.splitext(filename)
             if not stem.endswith(suffix):
                 continue
-            key = os.path.relpath(
-                os.path.join(dirpath, stem[: len(stem) - len(suffix)]), folder
-            )
+            key = os.path.relpath(os.path.join(dirpath, stem[: len(stem) - len(suffix)]), folder)
             path = os.path.join(dirpath, filename)
             if ext.lower() not in extensions:
                 found.others.setdefault(key, path)
@@ -82,10 +85,17 @@ def _files_by_stem(folder, extensions, suffix=""):
 
 def _match(images, masks, root, keys=None, label_ids=False):
     wanted = set(images) | set(masks) if keys is None else set(keys)
-    ambiguous = [tuple(paths) for files in (images, masks)
-                 for k, paths in sorted(files.duplicates.items()) if k in wanted]
-    misnamed = {images[k]: masks.others[k] for k in images
-                if k in wanted and k not in masks and k in masks.others}
+    ambiguous = [
+        tuple(paths)
+        for files in (images, masks)
+        for k, paths in sorted(files.duplicates.items())
+        if k in wanted
+    ]
+    misnamed = {
+        images[k]: masks.others[k]
+        for k in images
+        if k in wanted and k not in masks and k in masks.others
+    }
     if keys is not None:
         images = {k: v for k, v in images.items() if k in wanted}
         masks = {k: v for k, v in masks.items() if k in wanted}
@@ -96,8 +106,7 @@ def _match(images, masks, root, keys=None, label_ids=False):
     lonely_images = [images[k] for k in sorted(images) if k not in masks]
     lonely_images += [f"{k} (listed, no image found)" for k in missing]
     lonely_masks = [masks[k] for k in sorted(masks) if k not in images]
-    return Scan(pairs, lonely_images, lonely_masks, root, label_ids,
-                ambiguous, misnamed)
+    return Scan(pairs, lonely_images, lonely_masks, root, label_ids, ambiguous, misnamed)
 
 
 def _read_list(path):
@@ -117,8 +126,7 @@ def extract_zip(zip_path, out_dir):
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as e:
         raise ValueError(
-            f"{zip_path} is not a readable zip archive ({e}). "
-            f"Received: zip_path={zip_path!r}"
+            f"{zip_path} is not a readable zip archive ({e}). Received: zip_path={zip_path!r}"
         ) from None
     with archive:
         for member in archive.namelist():
@@ -175,10 +183,8 @@ def _scan_ade20k(data_dir, split, manual_dir=None, **unused):
         )
     root = prepare_ade20k(data_dir, manual_dir)
     folder = _ADE_SPLITS[split]
-    images = _files_by_stem(os.path.join(root, "images", folder),
-                            IMAGE_EXTENSIONS)
-    masks = _files_by_stem(os.path.join(root, "annotations", folder),
-                           MASK_EXTENSIONS)
+    images = _files_by_stem(os.path.join(root, "images", folder), IMAGE_EXTENSIONS)
+    masks = _files_by_stem(os.path.join(root, "annotations", folder), MASK_EXTENSIONS)
     return _match(images, masks, os.path.join(root, "images", folder))
 
 
@@ -187,8 +193,7 @@ def _scan_pascal_context(data_dir, split, **unused):
     for sub in ("VOCdevkit/VOC2010", "VOC2010"):
         if os.path.isdir(os.path.join(data_dir, sub, "JPEGImages")):
             root = os.path.join(data_dir, sub)
-    list_path = os.path.join(root, "ImageSets", "SegmentationContext",
-                             f"{split}.txt")
+    list_path = os.path.join(root, "ImageSets", "SegmentationContext", f"{split}.txt")
     if not os.path.isfile(list_path):
         raise FileNotFoundError(
             f"No Pascal Context split list {list_path}: expected the "
@@ -197,8 +202,7 @@ def _scan_pascal_context(data_dir, split, **unused):
         )
     keys = _read_list(list_path)
     images = _files_by_stem(os.path.join(root, "JPEGImages"), IMAGE_EXTENSIONS)
-    masks = _files_by_stem(os.path.join(root, "SegmentationClassContext"),
-                           MASK_EXTENSIONS)
+    masks = _files_by_stem(os.path.join(root, "SegmentationClassContext"), MASK_EXTENSIONS)
     return _match(images, masks, root, keys=keys)
 
 
@@ -206,8 +210,7 @@ def _scan_cityscapes(data_dir, split, **unused):
     image_dir = os.path.join(data_dir, "leftImg8bit", split)
     mask_dir = os.path.join(data_dir, "gtFine", split)
     images = _files_by_stem(image_dir, IMAGE_EXTENSIONS, "_leftImg8bit")
-    train_ids = _files_by_stem(mask_dir, MASK_EXTENSIONS,
-                               "_gtFine_labelTrainIds")
+    train_ids = _files_by_stem(mask_dir, MASK_EXTENSIONS, "_gtFine_labelTrainIds")
     label_ids = _files_by_stem(mask_dir, MASK_EXTENSIONS, "_gtFine_labelIds")
     # Train ids only if every image has them, else map labelIds.
     use_label_ids = bool(label_ids) and not all(k in train_ids for k in images)
@@ -220,13 +223,13 @@ def _scan_camvid(data_dir, split, **unused):
     if os.path.isdir(os.path.join(data_dir, "CamVid", split)):
         root = os.path.join(data_dir, "CamVid")
     images = _files_by_stem(os.path.join(root, split), IMAGE_EXTENSIONS)
-    masks = _files_by_stem(os.path.join(root, f"{split}annot"),
-                           MASK_EXTENSIONS)
+    masks = _files_by_stem(os.path.join(root, f"{split}annot"), MASK_EXTENSIONS)
     return _match(images, masks, os.path.join(root, split))
 
 
-def _scan_folder(data_dir, split, split_file=None, images_dir="images",
-                 masks_dir="masks", **unused):
+def _scan_folder(
+    data_dir, split, split_file=None, images_dir="images", masks_dir="masks", **unused
+):
     image_root = os.path.join(data_dir, images_dir)
     mask_root = os.path.join(data_dir, masks_dir)
     if split and os.path.isdir(os.path.join(image_root, split)):
@@ -237,23 +240,26 @@ def _scan_folder(data_dir, split, split_file=None, images_dir="images",
     masks = _files_by_stem(mask_root, MASK_EXTENSIONS)
     keys = None
     if split_file is None and split not in (None, "all"):
-        for candidate in (os.path.join(data_dir, f"{split}.txt"),
-                          os.path.join(data_dir, "splits", f"{split}.txt")):
+        for candidate in (
+            os.path.join(data_dir, f"{split}.txt"),
+            os.path.join(data_dir, "splits", f"{split}.txt"),
+        ):
             if os.path.isfile(candidate):
                 split_file = candidate
                 break
         else:
             has_lists = any(
                 os.path.isfile(os.path.join(data_dir, d, f"{s}.txt"))
-                for d in ("", "splits") for s in ("train", "val", "test"))
+                for d in ("", "splits")
+                for s in ("train", "val", "test")
+            )
             if split != "train" or has_lists:
                 raise FileNotFoundError(
                     f"No split {split!r} in {data_dir}: expected "
                     f"{images_dir}/{split}/ or a list file {split}.txt or "
                     f"splits/{split}.txt (one file stem per line)."
                 )
-            logging.warning("%s has no split lists; using every pair for "
-                            "split='train'.", data_dir)
+            logging.warning("%s has no split lists; using every pair for split='train'.", data_dir)
     if split_file is not None:
         keys = [os.path.splitext(k)[0] for k in _read_list(split_file)]
     return _match(images, masks, image_root, keys=keys)
@@ -280,9 +286,7 @@ def scan(name, data_dir, split="train", **kwargs):
             f"root folder (dataset {key!r})."
         )
     if not os.path.isdir(data_dir) and not kwargs.get("manual_dir"):
-        raise FileNotFoundError(
-            f"Data directory {data_dir} does not exist (dataset {key!r})."
-        )
+        raise FileNotFoundError(f"Data directory {data_dir} does not exist (dataset {key!r}).")
     return _SCANNERS[key](data_dir, split, **kwargs)
 
 

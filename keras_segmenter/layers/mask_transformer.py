@@ -2,7 +2,6 @@ import keras
 from keras import ops
 
 from keras_segmenter.layers.patch_grid import patch_grid_shape, to_patch_grid
-
 from keras_segmenter.layers.transformer_block import transformer_blocks
 
 

@@ -50,9 +50,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def _heads(self, inputs):
         # (B, N, 3D) -> three (B, heads, N, head_dim) tensors.
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        qkv = ops.reshape(
-            self.qkv(inputs), (batch, tokens, 3, self.num_heads, self.head_dim)
-        )
+        qkv = ops.reshape(self.qkv(inputs), (batch, tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         return qkv[0], qkv[1], qkv[2]
 

@@ -26,7 +26,9 @@ class PrefixTokens(keras.layers.Layer):
         self.cls_token = self.add_weight(shape=(1, 1, dim), initializer=init, name="cls_token")
         self.dist_token = None
         if self.num_tokens == 2:
-            self.dist_token = self.add_weight(shape=(1, 1, dim), initializer=init, name="dist_token")
+            self.dist_token = self.add_weight(
+                shape=(1, 1, dim), initializer=init, name="dist_token"
+            )
 
     def call(self, grid):
         shape = ops.shape(grid)

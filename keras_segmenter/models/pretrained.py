@@ -19,7 +19,6 @@ import keras
 
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
-from keras_segmenter.convert.torch_checkpoint import CheckpointError
 from keras_segmenter.data.dataset_info import get_dataset_info
 from keras_segmenter.models.segmenter import Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
@@ -39,11 +38,21 @@ SEGMENTER_PRESETS = {
     "ade20k/seg_small_mask": dict(model="Seg-S-Mask/16", crop=512, miou=(45.3, 46.9), params="27M"),
     "ade20k/seg_base_mask": dict(model="Seg-B-Mask/16", crop=512, miou=(48.5, 50.0), params="106M"),
     "ade20k/seg_base_patch8": dict(model="Seg-B/8", crop=512, miou=(49.5, 50.5), params="89M"),
-    "ade20k/seg_base_deit_linear": dict(model="Seg-B†/16 (DeiT)", crop=512, miou=(47.1, 48.1), params="87M"),
-    "ade20k/seg_base_deit_mask": dict(model="Seg-B†-Mask/16 (DeiT)", crop=512, miou=(48.7, 50.1), params="106M"),
-    "ade20k/seg_large_mask_640": dict(model="Seg-L-Mask/16", crop=640, miou=(51.8, 53.6), params="334M"),
-    "pascal_context/seg_large_mask": dict(model="Seg-L-Mask/16", crop=480, miou=(58.1, 59.0), params="334M"),
-    "cityscapes/seg_large_mask": dict(model="Seg-L-Mask/16", crop=768, miou=(79.1, 81.3), params="322M"),
+    "ade20k/seg_base_deit_linear": dict(
+        model="Seg-B†/16 (DeiT)", crop=512, miou=(47.1, 48.1), params="87M"
+    ),
+    "ade20k/seg_base_deit_mask": dict(
+        model="Seg-B†-Mask/16 (DeiT)", crop=512, miou=(48.7, 50.1), params="106M"
+    ),
+    "ade20k/seg_large_mask_640": dict(
+        model="Seg-L-Mask/16", crop=640, miou=(51.8, 53.6), params="334M"
+    ),
+    "pascal_context/seg_large_mask": dict(
+        model="Seg-L-Mask/16", crop=480, miou=(58.1, 59.0), params="334M"
+    ),
+    "cityscapes/seg_large_mask": dict(
+        model="Seg-L-Mask/16", crop=768, miou=(79.1, 81.3), params="322M"
+    ),
 }
 
 # The ImageNet ViTs the paper fine-tunes, keyed by the `--backbone` names of the
@@ -58,35 +67,58 @@ SEGMENTER_PRESETS = {
 _AUGREG = "https://storage.googleapis.com/vit_models/augreg/"
 IMAGENET_PRESETS = {
     "vit_tiny_patch16_384": dict(
-        model="ViT-Ti/16", resolution=384, normalization="vit",
-        url=_AUGREG + "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
+        model="ViT-Ti/16",
+        resolution=384,
+        normalization="vit",
+        url=_AUGREG
+        + "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
     ),
     "vit_small_patch16_384": dict(
-        model="ViT-S/16", resolution=384, normalization="vit",
-        url=_AUGREG + "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
+        model="ViT-S/16",
+        resolution=384,
+        normalization="vit",
+        url=_AUGREG
+        + "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
     ),
     "vit_small_patch32_384": dict(
-        model="ViT-S/32", resolution=384, normalization="vit",
-        url=_AUGREG + "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
+        model="ViT-S/32",
+        resolution=384,
+        normalization="vit",
+        url=_AUGREG
+        + "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
     ),
     "vit_base_patch16_384": dict(
-        model="ViT-B/16", resolution=384, normalization="vit",
-        url=_AUGREG + "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384.npz",
+        model="ViT-B/16",
+        resolution=384,
+        normalization="vit",
+        url=_AUGREG
+        + "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384.npz",
     ),
     "vit_base_patch32_384": dict(
-        model="ViT-B/32", resolution=384, normalization="vit",
-        url=_AUGREG + "B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
+        model="ViT-B/32",
+        resolution=384,
+        normalization="vit",
+        url=_AUGREG
+        + "B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384.npz",
     ),
     "vit_base_patch8_384": dict(
-        model="ViT-B/8", resolution=224, normalization="vit",
-        url=_AUGREG + "B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz",
+        model="ViT-B/8",
+        resolution=224,
+        normalization="vit",
+        url=_AUGREG
+        + "B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz",
     ),
     "vit_large_patch16_384": dict(
-        model="ViT-L/16", resolution=384, normalization="vit",
-        url=_AUGREG + "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.npz",
+        model="ViT-L/16",
+        resolution=384,
+        normalization="vit",
+        url=_AUGREG
+        + "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.npz",
     ),
     "deit_base_distilled_patch16_384": dict(
-        model="DeiT-B†/16", resolution=384, normalization="deit",
+        model="DeiT-B†/16",
+        resolution=384,
+        normalization="deit",
         url="https://huggingface.co/timm/deit_base_distilled_patch16_384.fb_in1k/resolve/main/model.safetensors",
     ),
 }
@@ -127,7 +159,9 @@ def presets_table():
         "|---|---|---|---|---|",
     ]
     for name, entry in IMAGENET_PRESETS.items():
-        source = "ImageNet-1k (DeiT)" if entry["normalization"] == "deit" else "AugReg IN-21k → IN-1k"
+        source = (
+            "ImageNet-1k (DeiT)" if entry["normalization"] == "deit" else "AugReg IN-21k → IN-1k"
+        )
         lines.append(
             f"| `{name}` | {entry['model']} | {source} | {entry['resolution']} | {entry['normalization']} |"
         )
@@ -180,7 +214,10 @@ def _download(url):
     os.makedirs(os.path.dirname(target), exist_ok=True)  # else get_file falls back to /tmp
     try:
         partial = keras.utils.get_file(
-            f"{fname}.part-{os.getpid()}", origin=url, cache_dir=_keras_home(), cache_subdir=folder,
+            f"{fname}.part-{os.getpid()}",
+            origin=url,
+            cache_dir=_keras_home(),
+            cache_subdir=folder,
             force_download=True,
         )
     except Exception as error:  # get_file raises a bare Exception for HTTP errors
@@ -243,7 +280,9 @@ def imagenet_weights_path(source):
 
 
 def _is_imagenet(path):
-    return path.endswith(IMAGENET_SUFFIXES) or os.path.isfile(os.path.join(path, "model.safetensors"))
+    return path.endswith(IMAGENET_SUFFIXES) or os.path.isfile(
+        os.path.join(path, "model.safetensors")
+    )
 
 
 def _read_preset_folder(path):
@@ -255,7 +294,9 @@ def _read_preset_folder(path):
         model.load_weights(weights_path)
     except (OSError, ValueError, TypeError, KeyError) as error:
         reason = " ".join(str(error).split())
-        raise PresetError(f"{path}: not a readable preset folder ({PRESET_CONFIG} + {PRESET_WEIGHTS}): {reason}") from None
+        raise PresetError(
+            f"{path}: not a readable preset folder ({PRESET_CONFIG} + {PRESET_WEIGHTS}): {reason}"
+        ) from None
     return model
 
 

@@ -5,7 +5,6 @@ from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.normalization import normalize_images
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
-from keras_segmenter.models.vit_backbone import ViTBackbone
 
 DECODERS = ("mask", "linear")
 
@@ -32,8 +31,8 @@ class Segmenter(keras.Model):
 
     Example:
 
-    >>> backbone = ViTBackbone(patch_size=8, hidden_dim=16, num_layers=2,
-    ...                        num_heads=2, mlp_dim=32, image_size=32)
+    >>> backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=2,
+    ...                           num_heads=2, mlp_dim=32, image_size=32)
     >>> model = Segmenter(backbone, num_classes=5)
     >>> model(np.zeros((1, 30, 41, 3), "float32")).shape
     TensorShape([1, 30, 41, 5])
@@ -171,7 +170,9 @@ class Segmenter(keras.Model):
             if optimizer == "auto":
                 optimizer = make_optimizer(RunConfig(**DATASET_DEFAULTS["ade20k"]))
             if metrics == "auto":
-                metrics = [make_metric(self.num_classes, ignore_index=255)] if loss == "auto" else None
+                metrics = (
+                    [make_metric(self.num_classes, ignore_index=255)] if loss == "auto" else None
+                )
             if loss == "auto":
                 loss = SegmentationCrossEntropy(ignore_index=255)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)

@@ -49,7 +49,11 @@ def trim_history(path, epochs):
         return
     with open(path) as f:
         lines = f.read().splitlines()
-    kept = lines[:1] + [line for line in lines[1:] if line.split(",")[0].isdigit() and int(line.split(",")[0]) < epochs]
+    kept = lines[:1] + [
+        line
+        for line in lines[1:]
+        if line.split(",")[0].isdigit() and int(line.split(",")[0]) < epochs
+    ]
     if kept != lines:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
@@ -108,6 +112,7 @@ class Validation(keras.callbacks.Callback):
                 for key in ("mIoU", "aAcc", "mAcc"):
                     tf.summary.scalar(f"val_{key}", float(results[key]))
                 if self.preview_fn is not None:
-                    tf.summary.image("image | truth | prediction", self.preview_fn(self.model), max_outputs=8)
+                    tf.summary.image(
+                        "image | truth | prediction", self.preview_fn(self.model), max_outputs=8
+                    )
             self.writer.flush()
-

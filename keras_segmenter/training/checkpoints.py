@@ -34,7 +34,8 @@ def is_disk_full(error):
     """True for the errors of a write that found no space (ENOSPC, EFBIG, EDQUOT)."""
     text = str(error)
     return getattr(error, "errno", None) in _DISK_FULL or any(
-        marker in text for marker in ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
+        marker in text
+        for marker in ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
     )
 
 
@@ -69,7 +70,9 @@ def atomic_write(path, write):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         if isinstance(error, Exception) and is_disk_full(error):
-            raise DiskFullError(f"{path}: the disk is full, nothing was written ({error})".splitlines()[0]) from None
+            raise DiskFullError(
+                f"{path}: the disk is full, nothing was written ({error})".splitlines()[0]
+            ) from None
         raise
     return path
 
@@ -152,7 +155,11 @@ def save_checkpoint(model, directory, iteration, epoch=None, keep=2, write=True)
         return None
     os.makedirs(directory, exist_ok=True)
     final = atomic_write(os.path.join(directory, name), lambda tmp: _write_checkpoint(model, tmp))
-    meta = {"iteration": int(iteration), "epoch": None if epoch is None else int(epoch), "path": name}
+    meta = {
+        "iteration": int(iteration),
+        "epoch": None if epoch is None else int(epoch),
+        "path": name,
+    }
     atomic_write_text(os.path.join(directory, LATEST), json.dumps(meta))
     for path, it in list_checkpoints(directory)[:-keep] if keep else []:
         if it < iteration:
@@ -178,7 +185,9 @@ def unreadable_reason(path):
         with np.load(path, allow_pickle=False) as arrays:
             for key in arrays.files:
                 arrays[key]
-    except Exception as e:  # zipfile and numpy report damage as BadZipFile, OSError, ValueError, EOFError...
+    except (
+        Exception
+    ) as e:  # zipfile and numpy report damage as BadZipFile, OSError, ValueError, EOFError...
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
 
@@ -220,7 +229,11 @@ def restore_checkpoint(model, path):
     pairs = []
     with np.load(path, allow_pickle=False) as arrays:
         for group, variables in _state(model).items():
-            saved = sum(1 for key in arrays.files if key.startswith(f"{group}/") and not key.endswith(".path"))
+            saved = sum(
+                1
+                for key in arrays.files
+                if key.startswith(f"{group}/") and not key.endswith(".path")
+            )
             if saved != len(variables):
                 raise ValueError(
                     f"Checkpoint {path} does not match this model ({hint}): it holds {saved} {group} "
@@ -251,12 +264,18 @@ def resume(model, directory, report=print):
         ValueError: there is no readable checkpoint.
     """
     latest = latest_checkpoint(directory)
-    broken = latest["skipped"] if latest else [(path, unreadable_reason(path)) for path, _ in list_checkpoints(directory)]
+    broken = (
+        latest["skipped"]
+        if latest
+        else [(path, unreadable_reason(path)) for path, _ in list_checkpoints(directory)]
+    )
     for path, reason in broken:
         report(f"Checkpoint {path} is unreadable ({reason}); falling back to an older one.")
     if latest is None:
         found = "only unreadable checkpoints" if broken else "no checkpoint"
-        raise ValueError(f"--resume: {directory} holds {found}; nothing to resume (is --output-dir right?)")
+        raise ValueError(
+            f"--resume: {directory} holds {found}; nothing to resume (is --output-dir right?)"
+        )
     restore_checkpoint(model, latest["path"])
     report(f"Resumed from {latest['path']} (iteration {latest['iteration']}).")
     return latest["iteration"]

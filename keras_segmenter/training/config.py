@@ -32,8 +32,9 @@ DATASET_DEFAULTS = {
     "ade20k": dict(_PAPER, lr=1e-3, iterations=160_000, batch_size=8, crop_size=512),
     "pascal_context": dict(_PAPER, lr=1e-3, iterations=80_000, batch_size=16, crop_size=480),
     "cityscapes": dict(_PAPER, lr=1e-2, iterations=80_000, batch_size=8, crop_size=768),
-    "camvid": dict(optimizer="adamw", weight_decay=0.05, lr=1e-4, iterations=4_800,
-                   batch_size=8, crop_size=128),
+    "camvid": dict(
+        optimizer="adamw", weight_decay=0.05, lr=1e-4, iterations=4_800, batch_size=8, crop_size=128
+    ),
     "folder": dict(_PAPER, lr=1e-3, iterations=20_000, batch_size=8, crop_size=None),
 }
 # `tfds:NAME` reads NAME from its TFDS-prepared copy, with NAME's defaults.
@@ -42,8 +43,13 @@ TFDS_DATASETS = tuple(f"tfds:{name}" for name in DATASET_DEFAULTS if name != "fo
 
 # The bundled CamVid sample (55 images): the README's first command, minutes
 # on a CPU. Fields not named here come from DATASET_DEFAULTS["camvid"].
-SAMPLE_DEFAULTS = dict(batch_size=4, iterations=300, checkpoint_every=50, val_every=150,
-                       output_dir=os.path.join("runs", "sample"))
+SAMPLE_DEFAULTS = dict(
+    batch_size=4,
+    iterations=300,
+    checkpoint_every=50,
+    val_every=150,
+    output_dir=os.path.join("runs", "sample"),
+)
 
 
 def is_bundled_sample(dataset, data_dir):
@@ -86,7 +92,9 @@ class RunConfig:
     output_dir: str = None
     resume: bool = False
     seed: int = 0
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism() (fit.py: on with --seed)
+    deterministic: bool = (
+        False  # tf.config.experimental.enable_op_determinism() (fit.py: on with --seed)
+    )
     checkpoint_every: int = None
     val_every: int = None
     keep_checkpoints: int = 2
@@ -116,9 +124,13 @@ class RunConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {PRECISIONS}. Received: {self.precision!r}")
+            raise ValueError(
+                f"--precision must be one of {PRECISIONS}. Received: {self.precision!r}"
+            )
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}")
+            raise ValueError(
+                f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}"
+            )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
         for flag in ("iterations", "batch_size", "keep_checkpoints"):
@@ -143,7 +155,9 @@ class RunConfig:
             # About 20 checkpoints a run, dividing the run evenly.
             self.checkpoint_every = math.gcd(self.iterations, max(1, self.iterations // 20))
         if self.val_every is None:
-            self.val_every = self.checkpoint_every * max(1, (self.iterations // 10) // self.checkpoint_every)
+            self.val_every = self.checkpoint_every * max(
+                1, (self.iterations // 10) // self.checkpoint_every
+            )
         if self.checkpoint_every < 1 or self.iterations % self.checkpoint_every:
             raise ValueError(
                 "--iterations must be a multiple of --checkpoint-every (model.fit runs in "
@@ -178,7 +192,9 @@ class RunConfig:
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ValueError(f"{path}: not a readable config.json ({e})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a JSON object of run settings, got {type(values).__name__}")
+            raise ValueError(
+                f"{path}: expected a JSON object of run settings, got {type(values).__name__}"
+            )
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")

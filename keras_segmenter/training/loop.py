@@ -24,10 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.metrics import confusion_matrix, summarize_confusion
 from keras_segmenter.progress import fit_verbosity
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training import run
-from keras_segmenter.metrics import confusion_matrix, summarize_confusion
 from keras_segmenter.training.checkpoints import resume, save_checkpoint
 from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.strategies import worker_info
@@ -61,7 +61,9 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     num_classes, ignore_index = info.num_classes, info.ignore_index
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas.")
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
+        )
     checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
     if config.crop_size is None:
         config.crop_size = info.crop_size
@@ -81,15 +83,20 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
         start = resume(model, checkpoint_dir, report) if config.resume else 0
 
     if make_train_ds is None:
+
         def make_train_ds(batch_size, seed, start):
-            return run.make_train_dataset(config, info, model.normalization, batch_size, seed, start)
+            return run.make_train_dataset(
+                config, info, model.normalization, batch_size, seed, start
+            )
 
     def dataset_fn(context):
         batch = context.get_per_replica_batch_size(config.batch_size)
         # A different stream per worker, continued where the checkpoint left it
         # (each step takes one batch per local replica).
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-        return make_train_ds(batch, config.seed + 1000 * context.input_pipeline_id, start * local_replicas)
+        return make_train_ds(
+            batch, config.seed + 1000 * context.input_pipeline_id, start * local_replicas
+        )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -103,12 +110,17 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
             gradients = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            return loss, tf.cast(confusion_matrix(masks, predictions, num_classes, ignore_index), tf.float64)
+            return loss, tf.cast(
+                confusion_matrix(masks, predictions, num_classes, ignore_index), tf.float64
+            )
 
         images, masks = next(iterator)
         loss, confusion = strategy.run(step, args=(images, masks))
         # Summed over all replicas of all workers: the global loss and confusion matrix.
-        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in (loss, confusion))
+        return tuple(
+            strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for value in (loss, confusion)
+        )
 
     steps = config.checkpoint_every
     log_callbacks = []
@@ -118,10 +130,14 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
             eval_ds = run.make_eval_dataset(config, info, model.normalization)
         window, stride = run.validation_window(config, info)
         validation = cb.Validation(
-            run.make_evaluate_fn(eval_ds, num_classes, ignore_index, window, stride, config.val_images),
+            run.make_evaluate_fn(
+                eval_ds, num_classes, ignore_index, window, stride, config.val_images
+            ),
             every=config.val_every // steps,
             last_epoch=config.iterations // steps,
-            log_dir=os.path.join(config.output_dir, "logs", "validation") if run.tensorboard_available() else None,
+            log_dir=os.path.join(config.output_dir, "logs", "validation")
+            if run.tensorboard_available()
+            else None,
             verbose=verbose,
         )
         log_callbacks = [
@@ -157,13 +173,24 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
                 progbar.update(count, [("loss", loss)])
         last_loss = total / count
         logs = {"loss": last_loss, "mIoU": summarize_confusion(confusion)["mIoU"]}
-        callback_list.on_epoch_end(epoch, logs)  # validation and history.csv row first, as in run.train
-        save_checkpoint(model, checkpoint_dir, iteration, epoch=epoch + 1, keep=config.keep_checkpoints, write=chief)
+        callback_list.on_epoch_end(
+            epoch, logs
+        )  # validation and history.csv row first, as in run.train
+        save_checkpoint(
+            model,
+            checkpoint_dir,
+            iteration,
+            epoch=epoch + 1,
+            keep=config.keep_checkpoints,
+            write=chief,
+        )
 
     callback_list.on_train_end()
     model_path = None
     if chief:
-        model_path = run.save_model_atomically(model, os.path.join(config.output_dir, "model.keras"))
+        model_path = run.save_model_atomically(
+            model, os.path.join(config.output_dir, "model.keras")
+        )
     summary = {
         "worker": task,
         "num_workers": num_workers,

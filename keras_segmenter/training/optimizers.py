@@ -41,11 +41,22 @@ class TorchSGD(keras.optimizers.Optimizer):
     0.85
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.9, nesterov=True, weight_decay=None, name="torch_sgd",
-                 **kwargs):
-        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs)
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=None,
+        name="torch_sgd",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs
+        )
         if not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-            raise ValueError(f"`momentum` must be a float in [0, 1]. Received: momentum={momentum!r}")
+            raise ValueError(
+                f"`momentum` must be a float in [0, 1]. Received: momentum={momentum!r}"
+            )
         if nesterov and momentum == 0:
             raise ValueError("`nesterov=True` needs a positive `momentum` (as torch.optim.SGD).")
         self.momentum = float(momentum)
@@ -55,7 +66,9 @@ class TorchSGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self.momentums = self.add_optimizer_variables(variables, "momentum") if self.momentum else []
+        self.momentums = (
+            self.add_optimizer_variables(variables, "momentum") if self.momentum else []
+        )
 
     def _apply_weight_decay(self, variables):
         """Keras' decoupled decay is off: `update_step` adds it to the gradient."""
@@ -64,13 +77,17 @@ class TorchSGD(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         if self.weight_decay and self._use_weight_decay(variable):
-            gradient = ops.add(gradient, ops.multiply(ops.cast(self.weight_decay, variable.dtype), variable))
+            gradient = ops.add(
+                gradient, ops.multiply(ops.cast(self.weight_decay, variable.dtype), variable)
+            )
         if self.momentum:
             momentum = ops.cast(self.momentum, variable.dtype)
             buf = self.momentums[self._get_variable_index(variable)]
             new_buf = ops.add(ops.multiply(buf, momentum), gradient)
             self.assign(buf, new_buf)
-            gradient = ops.add(gradient, ops.multiply(new_buf, momentum)) if self.nesterov else new_buf
+            gradient = (
+                ops.add(gradient, ops.multiply(new_buf, momentum)) if self.nesterov else new_buf
+            )
         self.assign_sub(variable, ops.multiply(gradient, learning_rate))
 
     def get_config(self):

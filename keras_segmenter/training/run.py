@@ -7,7 +7,6 @@ which reuses the pieces defined here.
 
 import math
 import os
-import sys
 import time
 
 import keras
@@ -18,12 +17,17 @@ import keras_segmenter as ks
 from keras_segmenter.layers.normalization import NORMALIZATIONS
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
-from keras_segmenter.training.checkpoints import atomic_write, list_checkpoints, remove_temporary_files, resume
+from keras_segmenter.training.checkpoints import (
+    atomic_write,
+    list_checkpoints,
+    remove_temporary_files,
+    resume,
+)
 from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.optimizers import TorchSGD
 from keras_segmenter.training.schedules import poly_schedule
-from keras_segmenter.visualization import as_palette, colorize
 from keras_segmenter.training.strategies import make_strategy
+from keras_segmenter.visualization import as_palette, colorize
 
 # ---------------------------------------------------------------- model
 
@@ -58,7 +62,9 @@ def build_model(config, num_classes):
             )
         return model
     if config.model not in ks.MODEL_PRESETS:
-        raise ValueError(f"--model must be one of {sorted(ks.MODEL_PRESETS)}. Received: {config.model!r}")
+        raise ValueError(
+            f"--model must be one of {sorted(ks.MODEL_PRESETS)}. Received: {config.model!r}"
+        )
     model = ks.build_segmenter(
         config.model,
         num_classes,
@@ -102,7 +108,9 @@ def dataset_info(config):
     from keras_segmenter.data import get_dataset_info
 
     if config.dataset == "folder":
-        return get_dataset_info("folder", num_classes=config.num_classes, ignore_index=config.ignore_index)
+        return get_dataset_info(
+            "folder", num_classes=config.num_classes, ignore_index=config.ignore_index
+        )
     return get_dataset_info(config.dataset)
 
 
@@ -128,8 +136,15 @@ def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
     from keras_segmenter.data import train_dataset
 
     return train_dataset(
-        config.dataset, config.data_dir, batch_size=batch_size, crop_size=config.crop_size,
-        normalization=normalization, seed=seed, split="train", repeat=True, start=start * batch_size,
+        config.dataset,
+        config.data_dir,
+        batch_size=batch_size,
+        crop_size=config.crop_size,
+        normalization=normalization,
+        seed=seed,
+        split="train",
+        repeat=True,
+        start=start * batch_size,
         **_data_kwargs(config),
     )
 
@@ -137,14 +152,21 @@ def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
 def make_eval_dataset(config, info, normalization):
     from keras_segmenter.data import eval_dataset
 
-    return eval_dataset(config.dataset, config.data_dir, split="val", normalization=normalization,
-                        **_data_kwargs(config))
+    return eval_dataset(
+        config.dataset,
+        config.data_dir,
+        split="val",
+        normalization=normalization,
+        **_data_kwargs(config),
+    )
 
 
 # ---------------------------------------------------------------- validation
 
 
-def make_evaluate_fn(dataset, num_classes, ignore_index, window_size=None, window_stride=None, max_images=None):
+def make_evaluate_fn(
+    dataset, num_classes, ignore_index, window_size=None, window_stride=None, max_images=None
+):
     """`evaluate(model) -> {"mIoU", "aAcc", "mAcc", "IoU"}` over `dataset`.
 
     `dataset` yields unbatched `(image (H, W, 3), mask (H, W))` at the
@@ -161,7 +183,9 @@ def make_evaluate_fn(dataset, num_classes, ignore_index, window_size=None, windo
             infer = make_segment_function(model, window_size, window_stride or window_size)
         else:
             infer = tf.function(
-                lambda image: tf.argmax(model(image[None], training=False)[0], -1, output_type=tf.int32),
+                lambda image: tf.argmax(
+                    model(image[None], training=False)[0], -1, output_type=tf.int32
+                ),
                 reduce_retracing=True,
             )
         metric = make_metric(num_classes, ignore_index)
@@ -188,11 +212,12 @@ def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
         for image, mask in samples:
             pred = np.argmax(np.asarray(model(image[None], training=False))[0], axis=-1)
             rgb = np.clip((image * std + mean) * 255, 0, 255).astype("uint8")
-            panels.append(np.concatenate(
-                [rgb, paint(mask), paint(pred)], axis=1))
+            panels.append(np.concatenate([rgb, paint(mask), paint(pred)], axis=1))
         height = max(p.shape[0] for p in panels)
         width = max(p.shape[1] for p in panels)
-        return np.stack([np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels])
+        return np.stack(
+            [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels]
+        )
 
     return preview
 
@@ -206,7 +231,9 @@ def tensorboard_available():
         import tensorboard  # noqa: F401
     except ImportError:
         if not getattr(tensorboard_available, "warned", False):
-            print("Note: `pip install tensorboard` to get TensorBoard logs; writing history.csv only.")
+            print(
+                "Note: `pip install tensorboard` to get TensorBoard logs; writing history.csv only."
+            )
             tensorboard_available.warned = True
         return False
     return True
@@ -247,7 +274,15 @@ def prepare_output_dir(config, info=None):
 # ---------------------------------------------------------------- model.fit
 
 
-def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_callbacks=(), verbose="auto"):
+def train(
+    config,
+    strategy=None,
+    train_ds=None,
+    eval_ds=None,
+    info=None,
+    extra_callbacks=(),
+    verbose="auto",
+):
     """Trains with `model.fit` as `config` says; returns `(model, summary)`.
 
     `train_ds` / `eval_ds` / `info` replace the `keras_segmenter.data`
@@ -277,7 +312,9 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
         start = resume(model, checkpoint_dir) if config.resume else 0
     # The same batches as an uninterrupted run from iteration `start` on.
     if train_ds is None:
-        train_ds = make_train_dataset(config, info, model.normalization, config.batch_size, config.seed, start)
+        train_ds = make_train_dataset(
+            config, info, model.normalization, config.batch_size, config.seed, start
+        )
     elif start:
         train_ds = train_ds.skip(start)
     if eval_ds is None:
@@ -290,12 +327,17 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
     window, stride = validation_window(config, info)
     log_dir = os.path.join(config.output_dir, "logs")
     validation = cb.Validation(
-        make_evaluate_fn(eval_ds, num_classes, info.ignore_index, window, stride, config.val_images),
+        make_evaluate_fn(
+            eval_ds, num_classes, info.ignore_index, window, stride, config.val_images
+        ),
         every=config.val_every // steps,
         last_epoch=epochs,
         log_dir=os.path.join(log_dir, "validation") if tensorboard_available() else None,
-        preview_fn=make_preview_fn(eval_ds, model.normalization, info.palette, info.ignore_index,
-                                   config.preview_images) if config.preview_images else None,
+        preview_fn=make_preview_fn(
+            eval_ds, model.normalization, info.palette, info.ignore_index, config.preview_images
+        )
+        if config.preview_images
+        else None,
     )
     callbacks = [
         *extra_callbacks,
@@ -305,15 +347,25 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
         keras.callbacks.CSVLogger(history_path, append=True),
     ]
     if tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch"))
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch")
+        )
     callbacks.append(ProgressLogger())  # after every callback that adds to the logs
     callbacks.append(cb.Checkpointer(checkpoint_dir, steps, keep=config.keep_checkpoints))  # last
     begin = time.time()
-    history = model.fit(
-        train_ds, epochs=epochs, initial_epoch=start // steps, steps_per_epoch=steps,
-        callbacks=callbacks, verbose=verbose,
-        shuffle=False,  # train_ds shuffles itself; Keras cannot shuffle a tf.data.Dataset
-    ) if start < config.iterations else None
+    history = (
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            initial_epoch=start // steps,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # train_ds shuffles itself; Keras cannot shuffle a tf.data.Dataset
+        )
+        if start < config.iterations
+        else None
+    )
     seconds = time.time() - begin
     iteration = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     model_path = None
@@ -328,6 +380,8 @@ def train(config, strategy=None, train_ds=None, eval_ds=None, info=None, extra_c
         "checkpoints": checkpoint_dir,
         "validation": validation.history,
         "seconds": seconds,
-        "final_loss": history.history.get("loss", [math.nan])[-1] if history and history.history else math.nan,
+        "final_loss": history.history.get("loss", [math.nan])[-1]
+        if history and history.history
+        else math.nan,
     }
     return model, summary

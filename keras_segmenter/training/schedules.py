@@ -6,7 +6,9 @@ END_LEARNING_RATE = 1e-5
 POWER = 0.9
 
 
-def poly_schedule(learning_rate, total_iterations, end_learning_rate=END_LEARNING_RATE, power=POWER):
+def poly_schedule(
+    learning_rate, total_iterations, end_learning_rate=END_LEARNING_RATE, power=POWER
+):
     """Poly decay stepped every iteration, as the official Segmenter code.
 
     The official `PolynomialLR` (`segm/optim/scheduler.py`, stepped after
@@ -30,7 +32,9 @@ def poly_schedule(learning_rate, total_iterations, end_learning_rate=END_LEARNIN
     True
     """
     if learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={learning_rate}")
+        raise ValueError(
+            f"`learning_rate` must be positive. Received: learning_rate={learning_rate}"
+        )
     if total_iterations < 1:
         raise ValueError(
             f"`total_iterations` must be >= 1. Received: total_iterations={total_iterations}"
@@ -43,7 +47,11 @@ def poly_schedule(learning_rate, total_iterations, end_learning_rate=END_LEARNIN
     )
 
 
-def poly_learning_rate(learning_rate, iteration, total_iterations, end_learning_rate=END_LEARNING_RATE, power=POWER):
+def poly_learning_rate(
+    learning_rate, iteration, total_iterations, end_learning_rate=END_LEARNING_RATE, power=POWER
+):
     """The poly formula in plain Python (the reference for `poly_schedule`)."""
     iteration = min(iteration, total_iterations)
-    return (learning_rate - end_learning_rate) * (1 - iteration / total_iterations) ** power + end_learning_rate
+    return (learning_rate - end_learning_rate) * (
+        1 - iteration / total_iterations
+    ) ** power + end_learning_rate

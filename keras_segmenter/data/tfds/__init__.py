@@ -18,5 +18,4 @@ from keras_segmenter.data.tfds.camvid import Camvid
 from keras_segmenter.data.tfds.pascal_context import PascalContext
 from keras_segmenter.data.tfds.reader import DATASETS, builder, prepare, read
 
-__all__ = ["Ade20k", "Camvid", "PascalContext", "DATASETS", "builder",
-           "prepare", "read"]
+__all__ = ["Ade20k", "Camvid", "PascalContext", "DATASETS", "builder", "prepare", "read"]

@@ -23,6 +23,5 @@ class Ade20k(PairsBuilder):
     """
 
     def source_dir(self, dl_manager):
-        extracted = os.path.join(dl_manager.download_dir, "extracted",
-                                 "ade20k")
+        extracted = os.path.join(dl_manager.download_dir, "extracted", "ade20k")
         return prepare_ade20k(extracted, os.fspath(dl_manager.manual_dir))

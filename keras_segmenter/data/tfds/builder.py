@@ -28,13 +28,14 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__.split("\n")[0],
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "mask": tfds.features.Image(shape=(None, None, 1),
-                                            use_colormap=True),
-                "image/filename": tfds.features.Text(),
-                "mask/filename": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "mask": tfds.features.Image(shape=(None, None, 1), use_colormap=True),
+                    "image/filename": tfds.features.Text(),
+                    "mask/filename": tfds.features.Text(),
+                }
+            ),
             supervised_keys=("image", "mask"),
             homepage=self.HOMEPAGE,
             disable_shuffling=True,
@@ -46,15 +47,17 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         root = self.source_dir(dl_manager)
-        return {name: self._generate_examples(root, split)
-                for name, split in self.SPLITS.items()}
+        return {name: self._generate_examples(root, split) for name, split in self.SPLITS.items()}
 
     def _generate_examples(self, root, split):
         pairs = list_pairs(self.DATASET, root, split)
         for index, (image, mask) in enumerate(pairs):
-            yield index, {
-                "image": image,
-                "mask": mask,
-                "image/filename": os.path.relpath(image, root),
-                "mask/filename": os.path.relpath(mask, root),
-            }
+            yield (
+                index,
+                {
+                    "image": image,
+                    "mask": mask,
+                    "image/filename": os.path.relpath(image, root),
+                    "mask/filename": os.path.relpath(mask, root),
+                },
+            )

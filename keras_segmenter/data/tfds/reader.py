@@ -8,14 +8,17 @@ from keras_segmenter.data.dataset_info import canonical_name
 # Dataset -> (TFDS builder, image, mask, image name, mask name, labelIds).
 # TFDS' own `cityscapes` stores `gtFine_labelIds`; ours store raw masks.
 _SOURCES = {
-    "ade20k": ("ade20k", "image", "mask", "image/filename", "mask/filename",
-               False),
-    "pascal_context": ("pascal_context", "image", "mask", "image/filename",
-                       "mask/filename", False),
-    "camvid": ("camvid", "image", "mask", "image/filename", "mask/filename",
-               False),
-    "cityscapes": ("cityscapes/semantic_segmentation", "image_left",
-                   "segmentation_label", "image_id", "image_id", True),
+    "ade20k": ("ade20k", "image", "mask", "image/filename", "mask/filename", False),
+    "pascal_context": ("pascal_context", "image", "mask", "image/filename", "mask/filename", False),
+    "camvid": ("camvid", "image", "mask", "image/filename", "mask/filename", False),
+    "cityscapes": (
+        "cityscapes/semantic_segmentation",
+        "image_left",
+        "segmentation_label",
+        "image_id",
+        "image_id",
+        True,
+    ),
 }
 _SPLITS = {"val": "validation"}
 DATASETS = tuple(_SOURCES)
@@ -54,8 +57,8 @@ def prepare(name, manual_dir, data_dir=None):
     """
     prepared = builder(name, data_dir)
     prepared.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+    )
     return prepared
 
 
@@ -89,17 +92,20 @@ def read(name, split, data_dir=None, **unexpected):
     tfds_split = _SPLITS.get(split, split)
     if tfds_split not in source.info.splits:
         raise ValueError(
-            f"tfds:{key} has splits {sorted(source.info.splits)}. "
-            f"Received: split={split!r}"
+            f"tfds:{key} has splits {sorted(source.info.splits)}. Received: split={split!r}"
         )
     skip = tfds.decode.SkipDecoding()
-    ds = source.as_dataset(split=tfds_split, shuffle_files=False,
-                           decoders={image_key: skip, mask_key: skip})
+    ds = source.as_dataset(
+        split=tfds_split, shuffle_files=False, decoders={image_key: skip, mask_key: skip}
+    )
     prefix = f"tfds:{key}/{tfds_split}/"
 
     def pair(example):
-        return (example[image_key], example[mask_key],
-                tf.strings.join([prefix, example[image_name]]),
-                tf.strings.join([prefix, example[mask_name]]))
+        return (
+            example[image_key],
+            example[mask_key],
+            tf.strings.join([prefix, example[image_name]]),
+            tf.strings.join([prefix, example[mask_name]]),
+        )
 
     return ds.map(pair), label_ids
