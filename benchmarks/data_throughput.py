@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+import keras_segmenter  # noqa: F401  first: TensorFlow set up as the commands do it
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SHARED = os.path.join(

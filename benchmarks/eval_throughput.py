@@ -19,7 +19,8 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras_segmenter  # noqa: F401  first: TensorFlow set up as the commands do it
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -19,6 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(

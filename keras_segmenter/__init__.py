@@ -1,6 +1,6 @@
 """Segmenter (Strudel et al., ICCV 2021) in Keras 3 on TensorFlow."""
 
-# First, before TensorFlow is imported: quiets its C++ logs in the command-line entry points.
+# First, before TensorFlow is imported: the command-line entry points set it up (keras_segmenter.cli).
 from keras_segmenter import (
     cli,  # noqa: F401
     layers,
