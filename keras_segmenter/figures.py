@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from keras_segmenter import visualization as vis
-from keras_segmenter.layers.normalization import NORMALIZATIONS
+from keras_segmenter.layers.normalization import denormalize_images, normalize_images
 
 
 def _figure(rows, columns, cell=3.0, **kwargs):
@@ -168,12 +168,11 @@ def patch_attention(model, image, patch, layers=None):
         `(maps, grid)`: `maps` a dict `{layer: float array (heads, H, W)}`,
         `grid` the patch grid `(gh, gw)`.
     """
-    from keras_segmenter.layers.normalization import ImageNormalization
     from keras_segmenter.models.attention import encoder_attention_maps
 
     image = np.asarray(image)
     backbone = getattr(model, "backbone", model)
-    normalized = ImageNormalization(backbone.normalization)(image[None].astype("float32"))
+    normalized = normalize_images(image[None], backbone.normalization)
     attention, grid = encoder_attention_maps(model, normalized, layers=layers)
     row, col = patch
     if not (0 <= row < grid[0] and 0 <= col < grid[1]):
@@ -330,16 +329,14 @@ def mean_attention_distance(model, images, batch_size=4):
     Returns:
         float array `(layers, heads)`, pixels.
     """
-    from keras_segmenter.layers.normalization import ImageNormalization
     from keras_segmenter.models.attention import encoder_attention_maps
 
     images = np.stack(_as_image_batch(images)).astype("float32")
     backbone = getattr(model, "backbone", model)
-    normalize = ImageNormalization(backbone.normalization)
     total, count = None, 0
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        maps, grid = encoder_attention_maps(model, normalize(batch))
+        maps, grid = encoder_attention_maps(model, normalize_images(batch, backbone.normalization))
         distances = np.stack(
             [
                 attention_distances(
@@ -522,12 +519,8 @@ def plot_training_curves(history_csv):
     return fig
 
 
-def denormalize(images, normalization="vit"):
-    """Normalized model inputs back to uint8 RGB (inverse of `ImageNormalization`)."""
-    stats = NORMALIZATIONS[normalization]
-    rgb = np.asarray(images, np.float32) * np.float32(255) * np.asarray(stats["std"], np.float32)
-    rgb = rgb + np.float32(255) * np.asarray(stats["mean"], np.float32)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+# Normalized model inputs back to uint8 RGB (inverse of `ImageNormalization`).
+denormalize = denormalize_images
 
 
 def plot_augmented_crops(

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_segmenter as ks
-from keras_segmenter.layers.normalization import NORMALIZATIONS
+from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import (
@@ -200,8 +200,6 @@ def make_evaluate_fn(
 def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
     """Panels `image | truth | prediction` (uint8) of the first `count` images."""
     samples = [(img.numpy(), m.numpy()) for img, m in dataset.take(count)]
-    stats = NORMALIZATIONS[normalization]
-    mean, std = np.array(stats["mean"]), np.array(stats["std"])
     colours = np.concatenate([as_palette(palette), [[0, 0, 0]]])  # ignored pixels: black
 
     def paint(class_map):
@@ -211,7 +209,7 @@ def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
         panels = []
         for image, mask in samples:
             pred = np.argmax(np.asarray(model(image[None], training=False))[0], axis=-1)
-            rgb = np.clip((image * std + mean) * 255, 0, 255).astype("uint8")
+            rgb = denormalize_images(image, normalization)
             panels.append(np.concatenate([rgb, paint(mask), paint(pred)], axis=1))
         height = max(p.shape[0] for p in panels)
         width = max(p.shape[1] for p in panels)
