@@ -45,6 +45,9 @@ class ImageNormalization(keras.layers.Layer):
     Args:
         normalization: str, `"vit"` or `"deit"`. Defaults to `"vit"`.
 
+    Call arguments:
+        images: RGB tensor `(..., 3)` in [0, 255], of any dtype.
+
     Example:
 
     >>> layer = ImageNormalization("vit")

@@ -12,6 +12,9 @@ class PadToMultiple(keras.layers.Layer):
 
     Args:
         multiple: int, usually the patch size.
+
+    Call arguments:
+        images: tensor `(batch, H, W, C)`.
     """
 
     def __init__(self, multiple, **kwargs):
@@ -40,10 +43,18 @@ class PadToMultiple(keras.layers.Layer):
 class ResizeAndCrop(keras.layers.Layer):
     """Upsamples patch-level logits to the padded image, then crops the padding.
 
-    Call with `(logits, padded_images, images)`: `logits` `(batch, gh, gw, K)`
-    is resized bilinearly (half-pixel centres, as PyTorch with
+    The logits are resized bilinearly (half-pixel centres, as PyTorch with
     `align_corners=False`) to the size of `padded_images`, then cropped to
-    the size of `images`. The two image tensors are read only for their shape.
+    the size of `images`.
+
+    Call arguments:
+        logits: tensor `(batch, gh, gw, K)`.
+        padded_images: tensor `(batch, H_pad, W_pad, 3)`, read only for its
+            shape.
+        images: tensor `(batch, H, W, 3)`, read only for its shape.
+
+    Returns:
+        Tensor `(batch, H, W, K)`.
     """
 
     def call(self, logits, padded_images, images):

@@ -39,12 +39,14 @@ class PositionEmbedding(keras.layers.Layer):
     resized bilinearly on every call and the prefix-token rows are used as
     they are, as the official encoder does.
 
-    Call with `(tokens, grid)`: `tokens` is `(batch, k + gh * gw, D)`, and
-    `grid` is the `(batch, gh, gw, D)` patch grid, read only for its shape.
-
     Args:
         grid_size: `(gh, gw)`, the grid the embedding is learned for.
         num_prefix_tokens: int, prefix tokens in front of the patches. Defaults to 1.
+
+    Call arguments:
+        tokens: tensor `(batch, k + gh * gw, D)`, the k prefix tokens first.
+        grid: tensor `(batch, gh, gw, D)`, the patch grid, read only for its
+            shape.
     """
 
     def __init__(self, grid_size, num_prefix_tokens=1, **kwargs):
