@@ -27,7 +27,7 @@ class PadToMultiple(keras.layers.Layer):
         # truncated remainder, which pads by a negative amount (crops).
         pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
         pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
-        return tf.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        return ops.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
     def compute_output_shape(self, input_shape):
         def padded(size):
@@ -59,6 +59,7 @@ class ResizeAndCrop(keras.layers.Layer):
 
     def call(self, logits, padded_images, images):
         padded, size = ops.shape(padded_images), ops.shape(images)
+        # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
         logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
         return logits[:, : size[1], : size[2], :]
 

@@ -21,13 +21,14 @@ def resize_position_embedding(embedding, old_grid, new_grid, num_prefix_tokens):
     Returns:
         Tensor `(1, num_prefix_tokens + new_gh * new_gw, D)`, float32.
     """
-    embedding = tf.convert_to_tensor(embedding)
+    embedding = ops.convert_to_tensor(embedding)
     dim = embedding.shape[-1]
     prefix = embedding[:, :num_prefix_tokens]
-    grid = tf.reshape(embedding[:, num_prefix_tokens:], (1, old_grid[0], old_grid[1], dim))
+    grid = ops.reshape(embedding[:, num_prefix_tokens:], (1, old_grid[0], old_grid[1], dim))
+    # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
     grid = tf.image.resize(grid, tf.stack(new_grid), method="bilinear", antialias=False)
-    grid = tf.reshape(tf.cast(grid, embedding.dtype), (1, -1, dim))
-    return tf.concat([prefix, grid], axis=1)
+    grid = ops.reshape(ops.cast(grid, embedding.dtype), (1, -1, dim))
+    return ops.concatenate([prefix, grid], axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
