@@ -142,7 +142,7 @@ def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
         return tf.identity(image), tf.identity(mask)
 
 
-def _split_kwargs(name, kwargs):
+def _split_kwargs(kwargs):
     info_kwargs = {k: v for k, v in kwargs.items() if k in _INFO_KEYS}
     source_kwargs = {k: v for k, v in kwargs.items() if k not in _INFO_KEYS}
     return info_kwargs, source_kwargs
@@ -150,7 +150,7 @@ def _split_kwargs(name, kwargs):
 
 def _resolve(name, data_dir, split, kwargs):
     """`(info, pairs, load)`: `load(*pair, label_table)` reads one pair."""
-    info_kwargs, source_kwargs = _split_kwargs(name, kwargs)
+    info_kwargs, source_kwargs = _split_kwargs(kwargs)
     if str(name).startswith(TFDS_PREFIX):
         from keras_segmenter.data.tfds import read
 

@@ -35,7 +35,8 @@ class LinearDecoder(keras.layers.Layer):
             name="head",
         )
 
-    def build(self, tokens_shape, images_shape=None):
+    def build(self, tokens_shape):
+        # Keras passes a one-argument `build` the shape of the first call argument.
         self.head.build(tokens_shape)
 
     def call(self, tokens, images):

@@ -87,7 +87,8 @@ class MaskTransformer(keras.layers.Layer):
             epsilon=layer_norm_epsilon, dtype=dtype, name="mask_norm"
         )
 
-    def build(self, tokens_shape, images_shape=None):
+    def build(self, tokens_shape):
+        # Keras passes a one-argument `build` the shape of the first call argument.
         self.proj_dec.build(tokens_shape)
         hidden_shape = (None, None, self.hidden_dim)
         for block in self.blocks:

@@ -63,5 +63,5 @@ class ResizeAndCrop(keras.layers.Layer):
         logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
         return logits[:, : size[1], : size[2], :]
 
-    def compute_output_shape(self, logits_shape, padded_images_shape, images_shape):
+    def compute_output_shape(self, logits_shape, images_shape):
         return (logits_shape[0], images_shape[1], images_shape[2], logits_shape[-1])

@@ -60,7 +60,8 @@ class PositionEmbedding(keras.layers.Layer):
         self.grid_size = grid_size
         self.num_prefix_tokens = num_prefix_tokens
 
-    def build(self, tokens_shape, grid_shape=None):
+    def build(self, tokens_shape):
+        # Keras passes a one-argument `build` the shape of the first call argument.
         length = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.position_embedding = self.add_weight(
             shape=(1, length, tokens_shape[-1]),
@@ -75,7 +76,7 @@ class PositionEmbedding(keras.layers.Layer):
         )
         return tokens + ops.cast(embedding, tokens.dtype)
 
-    def compute_output_shape(self, tokens_shape, grid_shape=None):
+    def compute_output_shape(self, tokens_shape):
         return tokens_shape
 
     def get_config(self):

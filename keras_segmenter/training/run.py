@@ -131,7 +131,7 @@ def validation_window(config, info):
     return window, window
 
 
-def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
+def make_train_dataset(config, normalization, batch_size, seed, start=0):
     """The training batches; `start` batches already trained are skipped (resume)."""
     from keras_segmenter.data import train_dataset
 
@@ -149,7 +149,7 @@ def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
     )
 
 
-def make_eval_dataset(config, info, normalization):
+def make_eval_dataset(config, normalization):
     from keras_segmenter.data import eval_dataset
 
     return eval_dataset(
@@ -311,12 +311,12 @@ def train(
     # The same batches as an uninterrupted run from iteration `start` on.
     if train_ds is None:
         train_ds = make_train_dataset(
-            config, info, model.normalization, config.batch_size, config.seed, start
+            config, model.normalization, config.batch_size, config.seed, start
         )
     elif start:
         train_ds = train_ds.skip(start)
     if eval_ds is None:
-        eval_ds = make_eval_dataset(config, info, model.normalization)
+        eval_ds = make_eval_dataset(config, model.normalization)
 
     steps = config.checkpoint_every
     epochs = config.iterations // steps
