@@ -76,7 +76,7 @@ def serving_function(model, image_size=None, probabilities=False):
     return serve
 
 
-def _erfc_as_one_minus_erf(ctx, node, name, args):
+def _erfc_as_one_minus_erf(ctx, node, name, _args):
     """tf2onnx handler: `Erfc(z)` becomes `Sub(1, Erf(z))`."""
     one = ctx.make_const(f"{name}/one", np.array(1.0, np.float32))
     erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=name)

@@ -238,9 +238,9 @@ def _stream(
         tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False) for dtype, _ in specs
     ]
 
-    def merge_windows(carried, extent, top, left, anchors):
-        """`carried()`, the sums of earlier windows over a block of `extent` at `top`,
-        `left`, plus the logits of the windows at `anchors`, added in anchor order."""
+    def merge_windows(carried, top, left, anchors):
+        """`carried()`, the sums of earlier windows over the block at `top`, `left`,
+        plus the logits of the windows at `anchors`, added in anchor order."""
 
         def call(start, total):
             batch = anchors[start : start + batch_size]
@@ -317,7 +317,6 @@ def _stream(
             grid = tf.meshgrid(band_rows, cols[col_first[column] : col_last[column]], indexing="ij")
             total = merge_windows(
                 carried,
-                (extent_rows, extent_cols),
                 top,
                 left,
                 tf.reshape(tf.stack(grid, axis=-1), (-1, 2)),

@@ -194,7 +194,8 @@ def test_bad_requests_name_what_was_expected(prepared, tmp_path):
         eval_dataset("tfds:ade20k", data_dir, manual_dir=str(tmp_path))
 
 
-def test_cli_prepares_and_a_bad_mask_names_its_record(prepared, tmp_path, capsys):
+@pytest.mark.usefixtures("prepared")
+def test_cli_prepares_and_a_bad_mask_names_its_record(tmp_path, capsys):
     from keras_segmenter.data.__main__ import main
 
     manual = tmp_path / "manual"

@@ -50,7 +50,7 @@ def folder_copy(root, labels=None):
 WINDOW = ["--window-size", "128", "--original-size", "--no-object-sizes"]
 
 
-def test_folder_dataset_with_num_classes_gives_the_camvid_numbers(model_path, tmp_path, capsys):
+def test_folder_dataset_with_num_classes_gives_the_camvid_numbers(model_path, tmp_path):
     folder = folder_copy(tmp_path / "data")
     output = tmp_path / "folder.json"
     evaluate_script.main(

@@ -267,7 +267,7 @@ def huge_png(height, width):
     )
 
 
-def test_declared_size_reads_the_headers(tmp_path):
+def test_declared_size_reads_the_headers():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8))
     encoded = {}
     for name, kwargs in {
@@ -323,7 +323,7 @@ def test_a_small_png_declaring_20000x20000_is_refused_before_decoding(model):
     assert "[1 20000 20000]" in str(error.value)
 
 
-def test_module_signatures_in_process(model, tmp_path):
+def test_module_signatures_in_process(model):
     """Without --probabilities only `segmentation` is returned; default window from the crop."""
     module = export.SegmenterServingModule(model)
     assert (module.window_size, module.window_stride) == (32, 16)

@@ -48,7 +48,8 @@ def execute(nb, timeout=600):
     return nb
 
 
-def test_kernel_is_this_interpreter(kernel_env):
+@pytest.mark.usefixtures("kernel_env")
+def test_kernel_is_this_interpreter():
     nb = nbformat.v4.new_notebook(
         cells=[
             nbformat.v4.new_code_cell("import os, sys\nprint(sys.executable)\nprint(os.getcwd())"),
@@ -64,7 +65,8 @@ def test_every_notebook_is_listed():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom(kernel_env, name):
+@pytest.mark.usefixtures("kernel_env")
+def test_notebook_runs_top_to_bottom(name):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     committed_images = sum(
         "image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", [])

@@ -249,7 +249,7 @@ def test_cli_writes_class_maps_and_overlays_and_reports_unreadable_files(
         assert path.name in captured.out
 
 
-def test_cli_uses_the_dataset_palette(tmp_path, capsys):
+def test_cli_uses_the_dataset_palette(tmp_path):
     model = tiny_model(num_classes=11)
     model.save(tmp_path / "camvid.keras")
     out = tmp_path / "out"

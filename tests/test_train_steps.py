@@ -120,7 +120,7 @@ def train_fixture_steps(out, strategy=None, precision="float32", custom_loop=Fal
     eval_ds = tf.data.Dataset.from_tensor_slices((images[0], labels[0]))
     if custom_loop:
 
-        def make_train_ds(batch_size, seed, start):  # this worker's share of each global batch
+        def make_train_ds(batch_size, _seed, start):  # this worker's share of each global batch
             first = worker_info()[0] * batch_size
             share = (images[:, first : first + batch_size], labels[:, first : first + batch_size])
             return tf.data.Dataset.from_tensor_slices(share).repeat().skip(start)

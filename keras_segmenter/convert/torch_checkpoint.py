@@ -62,7 +62,7 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
     return _Tensor(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
+def _rebuild_parameter(data, _requires_grad, _backward_hooks, *unused):
     return data
 
 

@@ -267,13 +267,6 @@ def photometric_distortion(image, seed):
     return image
 
 
-def normalize(image, mean, std):
-    """`(image / 255 - mean) / std` with per-channel `mean` and `std`."""
-    mean = tf.constant(mean, tf.float32)
-    std = tf.constant(std, tf.float32)
-    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
-
-
 def pad_to(image, mask, crop_size, ignore_index=255):
     """Pads bottom/right to `crop_size`: 0 for the image, ignore for masks."""
     pad_h = crop_size[0] - tf.shape(image)[0]

@@ -7,10 +7,7 @@ import tensorflow as tf
 from keras_segmenter.data import augment
 from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
 from keras_segmenter.data.sources import usable_scan
-from keras_segmenter.layers.normalization import (
-    NORMALIZATIONS,
-    check_normalization,
-)
+from keras_segmenter.layers.normalization import check_normalization, normalize_images
 
 _CHECK_HINT = "; run `python -m keras_segmenter.data check` for a full report"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -145,7 +142,7 @@ def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
         return tf.identity(image), tf.identity(mask)
 
 
-def _split_kwargs(name, kwargs):
+def _split_kwargs(kwargs):
     info_kwargs = {k: v for k, v in kwargs.items() if k in _INFO_KEYS}
     source_kwargs = {k: v for k, v in kwargs.items() if k not in _INFO_KEYS}
     return info_kwargs, source_kwargs
@@ -153,7 +150,7 @@ def _split_kwargs(name, kwargs):
 
 def _resolve(name, data_dir, split, kwargs):
     """`(info, pairs, load)`: `load(*pair, label_table)` reads one pair."""
-    info_kwargs, source_kwargs = _split_kwargs(name, kwargs)
+    info_kwargs, source_kwargs = _split_kwargs(kwargs)
     if str(name).startswith(TFDS_PREFIX):
         from keras_segmenter.data.tfds import read
 
@@ -239,7 +236,6 @@ def train_dataset(
     check_normalization(normalization)
     info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
     crop = _as_pair(info.crop_size if crop_size is None else crop_size, "crop_size")
-    stats = NORMALIZATIONS[normalization]
     table = tf.constant(info.label_table(), tf.int32)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
@@ -261,7 +257,7 @@ def train_dataset(
         )
         image, mask = augment.random_flip(image, mask, example_seed)
         image = augment.photometric_distortion(image, example_seed)
-        image = augment.normalize(image, stats["mean"], stats["std"])
+        image = normalize_images(image, normalization)
         return augment.pad_to(image, mask, crop, ignore)
 
     count = int(pairs.cardinality())
@@ -305,13 +301,12 @@ def eval_dataset(name, data_dir, split="val", normalization="vit", **dataset_kwa
     """
     check_normalization(normalization)
     info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
-    stats = NORMALIZATIONS[normalization]
     table = tf.constant(info.label_table(), tf.int32)
 
     def prepare(*pair):
         image, raw_mask = load(*pair, table)
         mask = tf.gather(table, tf.cast(raw_mask, tf.int32))
-        return augment.normalize(image, stats["mean"], stats["std"]), mask
+        return normalize_images(image, normalization), mask
 
     ds = pairs.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

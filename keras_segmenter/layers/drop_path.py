@@ -13,6 +13,11 @@ class DropPath(keras.layers.Layer):
     Args:
         rate: float, probability of dropping a sample's branch. Defaults to 0.
         seed: int or None, seed of the random generator.
+
+    Call arguments:
+        inputs: tensor `(batch, ...)`, one sample's residual branch per row.
+        training: bool, drop branches (training) or return `inputs` as they
+            are (inference). Defaults to False.
     """
 
     def __init__(self, rate=0.0, seed=None, **kwargs):

@@ -10,14 +10,18 @@ class LinearDecoder(keras.layers.Layer):
     A point-wise dense layer maps each patch encoding to class logits, and
     the sequence is put back on the patch grid.
 
-    Call with `(patch_tokens, images)`: `patch_tokens` `(batch, gh * gw, D)`
-    without prefix tokens; `images` (the padded input) gives
-    `gh = H // patch_size` and `gw = W // patch_size`.
-    Returns `(batch, gh, gw, num_classes)`.
-
     Args:
         num_classes: int, number of classes K.
         patch_size: int, the encoder's patch size.
+
+    Call arguments:
+        tokens: tensor `(batch, gh * gw, D)`, the patch encodings without
+            the prefix tokens.
+        images: tensor `(batch, H, W, 3)`, the padded input, read only for
+            its shape: `gh = H // patch_size`, `gw = W // patch_size`.
+
+    Returns:
+        Patch-level logits `(batch, gh, gw, num_classes)`.
     """
 
     def __init__(self, num_classes, patch_size, **kwargs):
@@ -31,7 +35,8 @@ class LinearDecoder(keras.layers.Layer):
             name="head",
         )
 
-    def build(self, tokens_shape, images_shape=None):
+    def build(self, tokens_shape):
+        # Keras passes a one-argument `build` the shape of the first call argument.
         self.head.build(tokens_shape)
 
     def call(self, tokens, images):

@@ -16,9 +16,6 @@ class MaskTransformer(keras.layers.Layer):
     L2-normalised, and their scalar products give one mask per class, which
     `mask_norm` (a LayerNorm over the classes) turns into logits.
 
-    Call with `(patch_tokens, images)` as for `LinearDecoder`; returns
-    `(batch, H // patch_size, W // patch_size, num_classes)`.
-
     Args:
         num_classes: int, number of classes K.
         patch_size: int, the encoder's patch size.
@@ -31,6 +28,16 @@ class MaskTransformer(keras.layers.Layer):
         drop_path_rate: float, largest stochastic depth rate, reached by the
             last block. Defaults to 0.
         layer_norm_epsilon: float. Defaults to 1e-5.
+
+    Call arguments:
+        tokens: tensor `(batch, gh * gw, D)`, the patch encodings without
+            the prefix tokens.
+        images: tensor `(batch, H, W, 3)`, the padded input, read only for
+            its shape: `gh = H // patch_size`, `gw = W // patch_size`.
+        training: bool, apply dropout and stochastic depth. Defaults to False.
+
+    Returns:
+        Patch-level logits `(batch, gh, gw, num_classes)`.
     """
 
     def __init__(
@@ -80,7 +87,8 @@ class MaskTransformer(keras.layers.Layer):
             epsilon=layer_norm_epsilon, dtype=dtype, name="mask_norm"
         )
 
-    def build(self, tokens_shape, images_shape=None):
+    def build(self, tokens_shape):
+        # Keras passes a one-argument `build` the shape of the first call argument.
         self.proj_dec.build(tokens_shape)
         hidden_shape = (None, None, self.hidden_dim)
         for block in self.blocks:

@@ -16,6 +16,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         hidden_dim: int, token width; must be divisible by `num_heads`.
         num_heads: int, number of heads.
         dropout: float, dropout on attention weights and output. Defaults to 0.
+
+    Call arguments:
+        inputs: tensor `(batch, tokens, hidden_dim)`.
+        training: bool, apply dropout. Defaults to False.
+
+    Returns:
+        Tensor `(batch, tokens, hidden_dim)`.
     """
 
     def __init__(self, hidden_dim, num_heads, dropout=0.0, **kwargs):

@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 from keras import ops
 
 # Mean and standard deviation of [0, 1] RGB images that each backbone family
@@ -26,6 +27,14 @@ def normalize_images(images, normalization="vit", dtype="float32"):
     return (ops.cast(images, dtype) - mean) / std
 
 
+def denormalize_images(images, normalization="vit"):
+    """The inverse of `normalize_images`: NumPy uint8 RGB images in [0, 255]."""
+    stats = NORMALIZATIONS[check_normalization(normalization)]
+    rgb = np.asarray(images, np.float32) * np.float32(255) * np.asarray(stats["std"], np.float32)
+    rgb = rgb + np.float32(255) * np.asarray(stats["mean"], np.float32)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
 @keras.saving.register_keras_serializable(package="keras_segmenter")
 class ImageNormalization(keras.layers.Layer):
     """Turns RGB images in [0, 255] into the input a Segmenter expects.
@@ -35,6 +44,9 @@ class ImageNormalization(keras.layers.Layer):
 
     Args:
         normalization: str, `"vit"` or `"deit"`. Defaults to `"vit"`.
+
+    Call arguments:
+        images: RGB tensor `(..., 3)` in [0, 255], of any dtype.
 
     Example:
 

@@ -12,6 +12,9 @@ class PadToMultiple(keras.layers.Layer):
 
     Args:
         multiple: int, usually the patch size.
+
+    Call arguments:
+        images: tensor `(batch, H, W, C)`.
     """
 
     def __init__(self, multiple, **kwargs):
@@ -24,7 +27,7 @@ class PadToMultiple(keras.layers.Layer):
         # truncated remainder, which pads by a negative amount (crops).
         pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
         pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
-        return tf.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        return ops.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
     def compute_output_shape(self, input_shape):
         def padded(size):
@@ -40,16 +43,25 @@ class PadToMultiple(keras.layers.Layer):
 class ResizeAndCrop(keras.layers.Layer):
     """Upsamples patch-level logits to the padded image, then crops the padding.
 
-    Call with `(logits, padded_images, images)`: `logits` `(batch, gh, gw, K)`
-    is resized bilinearly (half-pixel centres, as PyTorch with
+    The logits are resized bilinearly (half-pixel centres, as PyTorch with
     `align_corners=False`) to the size of `padded_images`, then cropped to
-    the size of `images`. The two image tensors are read only for their shape.
+    the size of `images`.
+
+    Call arguments:
+        logits: tensor `(batch, gh, gw, K)`.
+        padded_images: tensor `(batch, H_pad, W_pad, 3)`, read only for its
+            shape.
+        images: tensor `(batch, H, W, 3)`, read only for its shape.
+
+    Returns:
+        Tensor `(batch, H, W, K)`.
     """
 
     def call(self, logits, padded_images, images):
         padded, size = ops.shape(padded_images), ops.shape(images)
+        # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
         logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
         return logits[:, : size[1], : size[2], :]
 
-    def compute_output_shape(self, logits_shape, padded_images_shape, images_shape):
+    def compute_output_shape(self, logits_shape, images_shape):
         return (logits_shape[0], images_shape[1], images_shape[2], logits_shape[-1])

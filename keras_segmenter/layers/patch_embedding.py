@@ -15,6 +15,9 @@ class PatchEmbedding(keras.layers.Layer):
     Args:
         patch_size: int, side P of the square patches.
         hidden_dim: int, width D of the embeddings.
+
+    Call arguments:
+        images: tensor `(batch, H, W, 3)`.
     """
 
     def __init__(self, patch_size, hidden_dim, **kwargs):

@@ -21,13 +21,14 @@ def resize_position_embedding(embedding, old_grid, new_grid, num_prefix_tokens):
     Returns:
         Tensor `(1, num_prefix_tokens + new_gh * new_gw, D)`, float32.
     """
-    embedding = tf.convert_to_tensor(embedding)
+    embedding = ops.convert_to_tensor(embedding)
     dim = embedding.shape[-1]
     prefix = embedding[:, :num_prefix_tokens]
-    grid = tf.reshape(embedding[:, num_prefix_tokens:], (1, old_grid[0], old_grid[1], dim))
+    grid = ops.reshape(embedding[:, num_prefix_tokens:], (1, old_grid[0], old_grid[1], dim))
+    # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
     grid = tf.image.resize(grid, tf.stack(new_grid), method="bilinear", antialias=False)
-    grid = tf.reshape(tf.cast(grid, embedding.dtype), (1, -1, dim))
-    return tf.concat([prefix, grid], axis=1)
+    grid = ops.reshape(ops.cast(grid, embedding.dtype), (1, -1, dim))
+    return ops.concatenate([prefix, grid], axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -39,12 +40,14 @@ class PositionEmbedding(keras.layers.Layer):
     resized bilinearly on every call and the prefix-token rows are used as
     they are, as the official encoder does.
 
-    Call with `(tokens, grid)`: `tokens` is `(batch, k + gh * gw, D)`, and
-    `grid` is the `(batch, gh, gw, D)` patch grid, read only for its shape.
-
     Args:
         grid_size: `(gh, gw)`, the grid the embedding is learned for.
         num_prefix_tokens: int, prefix tokens in front of the patches. Defaults to 1.
+
+    Call arguments:
+        tokens: tensor `(batch, k + gh * gw, D)`, the k prefix tokens first.
+        grid: tensor `(batch, gh, gw, D)`, the patch grid, read only for its
+            shape.
     """
 
     def __init__(self, grid_size, num_prefix_tokens=1, **kwargs):
@@ -57,7 +60,8 @@ class PositionEmbedding(keras.layers.Layer):
         self.grid_size = grid_size
         self.num_prefix_tokens = num_prefix_tokens
 
-    def build(self, tokens_shape, grid_shape=None):
+    def build(self, tokens_shape):
+        # Keras passes a one-argument `build` the shape of the first call argument.
         length = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.position_embedding = self.add_weight(
             shape=(1, length, tokens_shape[-1]),
@@ -72,7 +76,7 @@ class PositionEmbedding(keras.layers.Layer):
         )
         return tokens + ops.cast(embedding, tokens.dtype)
 
-    def compute_output_shape(self, tokens_shape, grid_shape=None):
+    def compute_output_shape(self, tokens_shape):
         return tokens_shape
 
     def get_config(self):

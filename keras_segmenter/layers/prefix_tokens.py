@@ -12,6 +12,9 @@ class PrefixTokens(keras.layers.Layer):
 
     Args:
         num_tokens: int, 1 (class token) or 2 (class + distillation). Defaults to 1.
+
+    Call arguments:
+        grid: tensor `(batch, gh, gw, D)`, the patch grid.
     """
 
     def __init__(self, num_tokens=1, **kwargs):

@@ -21,6 +21,10 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate: float, stochastic depth rate of this block. Defaults to 0.
         layer_norm_epsilon: float. Defaults to 1e-5 (PyTorch's default, used by
             the official Segmenter).
+
+    Call arguments:
+        x: tensor `(batch, tokens, hidden_dim)`.
+        training: bool, apply dropout and stochastic depth. Defaults to False.
     """
 
     def __init__(

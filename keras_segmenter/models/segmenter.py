@@ -5,12 +5,13 @@ from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.normalization import normalize_images
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
+from keras_segmenter.models.config_model import ConfigModel
 
 DECODERS = ("mask", "linear")
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
-class Segmenter(keras.Model):
+class Segmenter(ConfigModel):
     """Segmenter: a ViT encoder and a linear or mask-transformer decoder.
 
     Strudel, Garcia, Laptev, Schmid, "Segmenter: Transformer for Semantic
@@ -186,9 +187,7 @@ class Segmenter(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **super().get_config(),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "decoder": self.decoder_type,
@@ -199,8 +198,5 @@ class Segmenter(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        return cls(**config)
+        backbone = keras.saving.deserialize_keras_object(config["backbone"])
+        return super().from_config({**config, "backbone": backbone})

@@ -5,10 +5,11 @@ from keras_segmenter.layers.patch_embedding import PatchEmbedding
 from keras_segmenter.layers.position_embedding import PositionEmbedding
 from keras_segmenter.layers.prefix_tokens import PrefixTokens
 from keras_segmenter.layers.transformer_block import transformer_blocks
+from keras_segmenter.models.config_model import ConfigModel
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
-class ViTBackbone(keras.Model):
+class ViTBackbone(ConfigModel):
     """Vision Transformer encoder of Segmenter (paper section 3.1).
 
     Maps normalized images `(batch, H, W, 3)` to the token sequence
@@ -139,9 +140,7 @@ class ViTBackbone(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **super().get_config(),
             "patch_size": self.patch_size,
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,
@@ -154,10 +153,3 @@ class ViTBackbone(keras.Model):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "normalization": self.normalization,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        return cls(**config)

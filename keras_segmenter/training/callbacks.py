@@ -61,7 +61,7 @@ def trim_history(path, epochs):
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds `learning_rate` (the rate of the next step) and `iteration` to the logs."""
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, _epoch, logs=None):
         if logs is None:
             return
         optimizer = self.model.optimizer

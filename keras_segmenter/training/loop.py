@@ -79,15 +79,13 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
         # Compiled (never fitted) so the checkpoints have model.fit's layout.
         model.compile(optimizer=optimizer, loss=loss_fn)
         optimizer.build(model.trainable_variables)
-        report = print if chief and verbose else (lambda line: None)
+        report = print if chief and verbose else (lambda _line: None)
         start = resume(model, checkpoint_dir, report) if config.resume else 0
 
     if make_train_ds is None:
 
         def make_train_ds(batch_size, seed, start):
-            return run.make_train_dataset(
-                config, info, model.normalization, batch_size, seed, start
-            )
+            return run.make_train_dataset(config, model.normalization, batch_size, seed, start)
 
     def dataset_fn(context):
         batch = context.get_per_replica_batch_size(config.batch_size)
@@ -127,7 +125,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     validation = None
     if chief:
         if eval_ds is None:
-            eval_ds = run.make_eval_dataset(config, info, model.normalization)
+            eval_ds = run.make_eval_dataset(config, model.normalization)
         window, stride = run.validation_window(config, info)
         validation = cb.Validation(
             run.make_evaluate_fn(

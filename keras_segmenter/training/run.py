@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_segmenter as ks
-from keras_segmenter.layers.normalization import NORMALIZATIONS
+from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import (
@@ -131,7 +131,7 @@ def validation_window(config, info):
     return window, window
 
 
-def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
+def make_train_dataset(config, normalization, batch_size, seed, start=0):
     """The training batches; `start` batches already trained are skipped (resume)."""
     from keras_segmenter.data import train_dataset
 
@@ -149,7 +149,7 @@ def make_train_dataset(config, info, normalization, batch_size, seed, start=0):
     )
 
 
-def make_eval_dataset(config, info, normalization):
+def make_eval_dataset(config, normalization):
     from keras_segmenter.data import eval_dataset
 
     return eval_dataset(
@@ -200,8 +200,6 @@ def make_evaluate_fn(
 def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
     """Panels `image | truth | prediction` (uint8) of the first `count` images."""
     samples = [(img.numpy(), m.numpy()) for img, m in dataset.take(count)]
-    stats = NORMALIZATIONS[normalization]
-    mean, std = np.array(stats["mean"]), np.array(stats["std"])
     colours = np.concatenate([as_palette(palette), [[0, 0, 0]]])  # ignored pixels: black
 
     def paint(class_map):
@@ -211,7 +209,7 @@ def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
         panels = []
         for image, mask in samples:
             pred = np.argmax(np.asarray(model(image[None], training=False))[0], axis=-1)
-            rgb = np.clip((image * std + mean) * 255, 0, 255).astype("uint8")
+            rgb = denormalize_images(image, normalization)
             panels.append(np.concatenate([rgb, paint(mask), paint(pred)], axis=1))
         height = max(p.shape[0] for p in panels)
         width = max(p.shape[1] for p in panels)
@@ -313,12 +311,12 @@ def train(
     # The same batches as an uninterrupted run from iteration `start` on.
     if train_ds is None:
         train_ds = make_train_dataset(
-            config, info, model.normalization, config.batch_size, config.seed, start
+            config, model.normalization, config.batch_size, config.seed, start
         )
     elif start:
         train_ds = train_ds.skip(start)
     if eval_ds is None:
-        eval_ds = make_eval_dataset(config, info, model.normalization)
+        eval_ds = make_eval_dataset(config, model.normalization)
 
     steps = config.checkpoint_every
     epochs = config.iterations // steps

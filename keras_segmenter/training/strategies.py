@@ -50,8 +50,3 @@ def worker_info():
     task = config.get("task", {})
     index = task.get("index", 0) if task.get("type", "worker") == "worker" else 0
     return index, len(workers)
-
-
-def is_chief():
-    """True on the worker that writes checkpoints and logs (worker 0)."""
-    return worker_info()[0] == 0
