@@ -13,7 +13,8 @@ MMSegmentation's definitions. mIoU by object size (paper Table 4) uses
 connected components of each ground-truth class as objects: small < 32^2,
 medium 32^2..96^2, large >= 96^2 pixels (COCO's limits). `--multi-scale`
 averages scales 0.5..1.75 with flips. Prints a table and writes JSON with a
-top-level `mIoU`.
+top-level `mIoU`. `python -m keras_segmenter.evaluate` and
+`keras-segmenter evaluate` are the same command.
 """
 
 import argparse
@@ -22,14 +23,16 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors  # noqa: E402
+from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.files import atomic_write_text
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="evaluate.py",
+        description=__doc__,
+        epilog=LOG_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="a .keras model saved by fit.py or the converter")
     p.add_argument(
@@ -152,8 +155,7 @@ def main(argv=None):
     print(format_table(results))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(_json_safe(results), f, indent=1)
+        atomic_write_text(args.output, json.dumps(_json_safe(results), indent=1))
         print(f"Wrote {args.output}")
     return results
 

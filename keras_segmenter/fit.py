@@ -7,6 +7,8 @@
     python training/fit.py ... --dry-run         # print the resolved recipe and exit
     TF_CONFIG=... python training/fit.py --strategy multi_worker ...  # one process per machine
 
+`python -m keras_segmenter.fit` and `keras-segmenter fit` are the same command.
+
 Defaults depend only on what is trained: the bundled CamVid sample (no
 --data-dir) gets a short demo recipe, a real dataset the paper's (see
 `keras_segmenter.training.config`); every flag overrides only itself. The
@@ -23,10 +25,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_segmenter.cli import LOG_NOTE, fit_next_steps  # noqa: E402
-from keras_segmenter.training.checkpoints import list_checkpoints  # noqa: E402
+from keras_segmenter.cli import LOG_NOTE, UserError, fit_next_steps, reports_user_errors
+from keras_segmenter.training.checkpoints import list_checkpoints
 from keras_segmenter.training.config import (
     DATASET_DEFAULTS,
     OPTIMIZERS,
@@ -34,8 +34,10 @@ from keras_segmenter.training.config import (
     STRATEGIES,
     TFDS_DATASETS,
     RunConfig,
-    is_bundled_sample,  # noqa: E402
-)  # noqa: E402
+    is_bundled_sample,
+)
+
+PROG = "fit.py"  # how errors start, whichever way the command runs
 
 # Flags that cannot change what a resumed run computes.
 RESUME_FLAGS = ("output_dir", "resume", "keep_checkpoints", "dry_run")
@@ -43,7 +45,10 @@ RESUME_FLAGS = ("output_dir", "resume", "keep_checkpoints", "dry_run")
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        description=__doc__, epilog=LOG_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG,
+        description=__doc__,
+        epilog=LOG_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="a config.json of an earlier run; flags override it")
     p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS))
@@ -112,12 +117,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def usage_error(message):
-    """A user mistake: one line on stderr, exit code 2."""
-    print(f"fit.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _flag(key):
     return "--" + key.replace("_", "-")
 
@@ -126,19 +125,19 @@ def _resume_config(args):
     """The config of the run in `--output-dir`, to continue it unchanged."""
     changed = [_flag(k) for k, v in vars(args).items() if v is not None and k not in RESUME_FLAGS]
     if changed:
-        usage_error(
+        raise UserError(
             f"{', '.join(changed)} cannot be given with --resume: a resumed run continues with its own "
             f"config.json (only --output-dir and --keep-checkpoints are allowed)."
         )
     if not args.output_dir:
-        usage_error("--resume needs --output-dir, the folder of the run to continue.")
+        raise UserError("--resume needs --output-dir, the folder of the run to continue.")
     path = os.path.join(args.output_dir, "config.json")
     if not os.path.isfile(path):
-        usage_error(
+        raise UserError(
             f"--resume: {path} does not exist; --output-dir must be the folder of an earlier run."
         )
     if not list_checkpoints(os.path.join(args.output_dir, "checkpoints")):
-        usage_error(
+        raise UserError(
             f"--resume: no checkpoint in {os.path.join(args.output_dir, 'checkpoints')}; nothing to resume."
         )
     config = RunConfig.load(path)
@@ -148,6 +147,7 @@ def _resume_config(args):
     return config
 
 
+@reports_user_errors(prog=PROG)
 def make_config(argv):
     """The resolved `RunConfig` of the command line, and whether it is a dry run."""
     args = parse_args(argv)
@@ -156,7 +156,7 @@ def make_config(argv):
             config = _resume_config(args)
         else:
             if args.config and not os.path.isfile(args.config):
-                usage_error(f"--config {args.config}: no such file")
+                raise UserError(f"--config {args.config}: no such file")
             config = RunConfig.load(args.config) if args.config else RunConfig()
             for key, value in vars(args).items():
                 if key not in ("config", "dry_run") and value is not None:
@@ -169,12 +169,12 @@ def make_config(argv):
 
             config.backbone_weights = imagenet_weights_path(config.backbone_weights)
         config.resolve()
-    except (ValueError, TypeError) as e:
-        usage_error(str(e))
+    except TypeError as e:  # a config value of the wrong type
+        raise UserError(str(e)) from None
     if config.data_dir is None:
-        usage_error(f"--data-dir is required for --dataset {config.dataset}")
+        raise UserError(f"--data-dir is required for --dataset {config.dataset}")
     if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
-        usage_error(
+        raise UserError(
             f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
             "it, or choose another --output-dir."
         )
@@ -187,7 +187,7 @@ def _training_images(config):
     try:
         return len(list_pairs(config.dataset, config.data_dir, "train"))
     except (OSError, ValueError) as e:
-        usage_error(f"--data-dir {config.data_dir}: {e}")
+        raise UserError(f"--data-dir {config.data_dir}: {e}") from None
 
 
 def describe(config):
@@ -212,13 +212,14 @@ def describe(config):
     )
 
 
+@reports_user_errors(prog=PROG)
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     config, dry_run = make_config(argv)
     print(describe(config), flush=True)
     if dry_run:
         return
-    from keras_segmenter.training.checkpoints import is_disk_full
+    from keras_segmenter.files import is_disk_full
     from keras_segmenter.training.strategies import make_strategy
 
     strategy = make_strategy(config.strategy)  # first: multi-worker must precede any TF op
@@ -230,13 +231,12 @@ def main(argv=None):
         else:
             model, summary = run.train(config, strategy=strategy)
             summary["weights_sha256"] = loop.weights_digest(model)
-    except (
-        OSError
-    ) as e:  # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError
+    except OSError as e:
+        # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError.
         if not is_disk_full(e):
             raise
         print(
-            f"fit.py: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
+            f"{PROG}: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
             f"continue with --output-dir {config.output_dir} --resume",
             file=sys.stderr,
         )

@@ -1,0 +1,10 @@
+"""`python training/evaluate.py ...`: the command `keras_segmenter.evaluate`, run from a clone (see its help)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_segmenter.evaluate import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
