@@ -1,7 +1,10 @@
 """What the command-line entry points share with their user.
 
-The entry points are `python -m keras_segmenter.predict` (`.export`,
-`.convert`, `.data`) and `training/fit.py`, `training/evaluate.py`.
+The commands are `fit`, `evaluate`, `predict`, `export`, `convert` and
+`data`, each a module of this package with a `main(argv)`. They run as
+`python -m keras_segmenter.<command>`, as `keras-segmenter <command>` (the
+console script, `keras_segmenter.__main__`) and, for the first two, as
+`python training/fit.py` and `python training/evaluate.py` from a clone.
 
 Those commands, and the scripts in `benchmarks/`, set TensorFlow up the same
 way before it is imported (`prepare_tensorflow()`): all of them import this
@@ -25,8 +28,9 @@ checkpoint that does not fit, labels out of range: the code that finds the
 mistake raises `ValueError` (or `OSError` for the file system), with a
 message that names the file, flag or key and what was expected. A command's
 `main` is wrapped with `reports_user_errors`, which prints that message as
-one line, with no traceback, and exits with status 2 (as argparse does for a
-bad flag). Anything else is a bug and keeps its traceback.
+one line, `error: <message>` (`fit.py: error: <message>` for fit, as
+argparse writes it), with no traceback, and exits with status 2 (as argparse
+does for a bad flag). Anything else is a bug and keeps its traceback.
 """
 
 import functools
@@ -36,6 +40,7 @@ import shlex
 import sys
 import tempfile
 
+CONSOLE_SCRIPT = "keras-segmenter"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_DIR = os.path.join(_ROOT, "training")
 BENCHMARKS_DIR = os.path.join(_ROOT, "benchmarks")
@@ -51,11 +56,11 @@ def is_command():
     """Whether this process runs one of the entry points or benchmarks.
 
     While `python -m keras_segmenter.X` imports the package (before `X`
-    runs), `sys.argv[0]` is `"-m"`; `training/*.py` and `benchmarks/*.py`
-    are run as scripts.
+    runs), `sys.argv[0]` is `"-m"`; the console script is `keras-segmenter`;
+    `training/*.py` and `benchmarks/*.py` are run as scripts.
     """
     script = sys.argv[0] if sys.argv else ""
-    if script == "-m":
+    if script == "-m" or os.path.basename(script).startswith(CONSOLE_SCRIPT):
         return True
     folder = os.path.dirname(os.path.realpath(script)) if script else None
     return folder in (os.path.realpath(TRAINING_DIR), os.path.realpath(BENCHMARKS_DIR))
@@ -214,18 +219,41 @@ def user_error_message(error):
     return " ".join(message.split()) or type(error).__name__
 
 
-def reports_user_errors(main):
-    """Wraps a command's `main(argv)`: a user's mistake ends as one line and exit status 2."""
+def report_user_error(error, prog=None):
+    """Prints `error` as one line on stderr if it is a user's mistake.
+
+    Args:
+        error: the exception caught.
+        prog: optional command name to start the line with, as argparse
+            does (`fit.py: error: ...`).
+
+    Returns:
+        The exit status, 2, or None when `error` is a bug (nothing printed).
+    """
+    message = user_error_message(error)
+    if message is None:
+        return None
+    print(f"{prog}: error: {message}" if prog else f"error: {message}", file=sys.stderr)
+    return USER_ERROR_STATUS
+
+
+def reports_user_errors(main=None, *, prog=None):
+    """Wraps a command's `main(argv)`: a user's mistake ends as one line and exit status 2.
+
+    Used as `@reports_user_errors`, or `@reports_user_errors(prog="fit.py")`
+    to start the line with the command's name (see `report_user_error`).
+    """
+    if main is None:
+        return functools.partial(reports_user_errors, prog=prog)
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except Exception as error:
-            message = user_error_message(error)
-            if message is None:
+            status = report_user_error(error, prog)
+            if status is None:
                 raise
-            print(f"error: {message}", file=sys.stderr)
-            raise SystemExit(USER_ERROR_STATUS) from None
+            raise SystemExit(status) from None
 
     return wrapped

@@ -44,7 +44,8 @@ import sys
 
 import tensorflow as tf
 
-from keras_segmenter.cli import LOG_NOTE
+from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.files import atomic_write
 from keras_segmenter.inference import num_classes_of
 from keras_segmenter.predict import default_window, load_model, segment_image
 
@@ -379,10 +380,18 @@ def export_saved_model(
     module = SegmenterServingModule(
         model, window_size, window_stride, probabilities, batch_size, max_pixels
     )
-    tf.saved_model.save(module, os.fspath(path), signatures=module.signatures())
+
+    def save(folder):
+        tf.saved_model.save(module, os.fspath(folder), signatures=module.signatures())
+
+    if path.is_dir() and any(path.iterdir()):
+        save(path)  # overwrite=True: written into the folder, as documented
+    else:
+        atomic_write(path, save)  # TF Serving never finds a half-written version folder
     return module
 
 
+@reports_user_errors
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
     from keras_segmenter.export_runtimes import FORMATS, SUFFIXES
@@ -442,22 +451,22 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if not os.path.isfile(args.model):
-        parser.error(f"--model {args.model}: no such file (expected a .keras model file)")
+        raise UserError(f"--model {args.model}: no such file (expected a .keras model file)")
     if args.format != "saved_model":
         if pathlib.Path(args.out).suffix != SUFFIXES[args.format]:
-            parser.error(
+            raise UserError(
                 f"--out {args.out}: --format {args.format} writes a {SUFFIXES[args.format]} file"
             )
         window_options = (args.window_size, args.window_stride)
         if window_options != (None, None):
-            parser.error(
+            raise UserError(
                 f"--window-size/--window-stride: --format {args.format} exports one pass of the "
                 "model; the window is chosen at run time (keras_segmenter.runtime.segment)"
             )
         if args.image_size is not None and args.image_size < 1:
-            parser.error(f"--image-size {args.image_size}: expected a positive int")
+            raise UserError(f"--image-size {args.image_size}: expected a positive int")
     elif args.image_size is not None:
-        parser.error("--image-size: only for --format onnx, openvino or litert")
+        raise UserError("--image-size: only for --format onnx, openvino or litert")
     if args.format == "saved_model" and not pathlib.Path(args.out).name.isdigit():
         print(
             f"warning: TF Serving loads numbered version folders (models/<name>/<version>); "
@@ -467,22 +476,19 @@ def main(argv=None):
     try:
         model = load_model(args.model)
     except Exception as error:  # Keras raises many types for a bad file.
-        parser.error(f"--model {args.model}: cannot load the model: {error}")
+        raise UserError(f"--model {args.model}: cannot load the model: {error}") from None
     if args.format != "saved_model":
-        return _export_runtime(parser, model, args)
-    try:
-        module = export_saved_model(
-            model,
-            args.out,
-            args.window_size,
-            args.window_stride,
-            args.probabilities,
-            args.batch_size,
-            args.overwrite,
-            args.max_pixels,
-        )
-    except (ValueError, FileExistsError) as error:
-        parser.error(str(error))
+        return _export_runtime(model, args)
+    module = export_saved_model(
+        model,
+        args.out,
+        args.window_size,
+        args.window_stride,
+        args.probabilities,
+        args.batch_size,
+        args.overwrite,
+        args.max_pixels,
+    )
     outputs = "segmentation" + (", probabilities" if module.with_probabilities else "")
     print(
         f"Wrote {args.out}: signatures serving_default (images uint8 {IMAGES_SHAPE}) and "
@@ -493,7 +499,7 @@ def main(argv=None):
     return 0
 
 
-def _export_runtime(parser, model, args):
+def _export_runtime(model, args):
     """`main` for --format onnx, openvino, litert."""
     from keras_segmenter.export_runtimes import export_runtime
 
@@ -501,10 +507,10 @@ def _export_runtime(parser, model, args):
         path = export_runtime(
             model, args.format, args.out, args.image_size, args.probabilities, args.overwrite
         )
-    except (ValueError, FileExistsError) as error:
-        parser.error(str(error))
     except ImportError as error:
-        parser.error(f"--format {args.format}: {error} (pip install 'keras-segmenter[export]')")
+        raise UserError(
+            f"--format {args.format}: {error} (pip install 'keras-segmenter[export]')"
+        ) from None
     if args.image_size is not None:
         size = f"{args.image_size}x{args.image_size} only"
     elif args.format == "litert":

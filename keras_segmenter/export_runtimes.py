@@ -36,6 +36,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.files import atomic_write
 from keras_segmenter.layers.normalization import ImageNormalization
 
 FORMATS = ("onnx", "openvino", "litert")
@@ -111,7 +112,14 @@ def _export_openvino(serve, path):
     import openvino as ov
 
     ov_model = ov.convert_model(serve.get_concrete_function())
-    ov.save_model(ov_model, os.fspath(path), compress_to_fp16=False)
+
+    def write(xml):
+        ov.save_model(ov_model, xml, compress_to_fp16=False)
+        # The weights, written beside as <name>.bin, go into place before the .xml.
+        weights = os.path.splitext(xml)[0] + ".bin"
+        atomic_write(path.with_suffix(".bin"), lambda tmp: os.replace(weights, tmp))
+
+    atomic_write(path, write)
 
 
 def _export_litert(serve, path, model):
@@ -123,7 +131,8 @@ def _export_litert(serve, path, model):
         tf.saved_model.save(module, saved_model, signatures={"serving_default": serve})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        pathlib.Path(path).write_bytes(converter.convert())
+        flatbuffer = converter.convert()
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_bytes(flatbuffer))
 
 
 def export_runtime(model, format, path, image_size=None, probabilities=False, overwrite=False):
@@ -159,7 +168,7 @@ def export_runtime(model, format, path, image_size=None, probabilities=False, ov
     path.parent.mkdir(parents=True, exist_ok=True)
     serve = serving_function(model, image_size, probabilities)
     if format == "onnx":
-        _export_onnx(serve, path)
+        atomic_write(path, lambda tmp: _export_onnx(serve, tmp))
     elif format == "openvino":
         _export_openvino(serve, path)
     else:

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from keras_segmenter.cli import LOG_NOTE, UserError, check_file, reports_user_errors
+from keras_segmenter.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -309,7 +310,7 @@ def save_class_map(path, class_map, num_classes):
         raise ValueError(
             f"A PNG class map holds at most 65536 classes. Received: num_classes={num_classes}"
         )
-    image.save(path)
+    atomic_write(path, image.save)
 
 
 def find_images(inputs):
@@ -402,10 +403,10 @@ def _parse_args(argv):
     )
     args = parser.parse_args(argv)
     if args.whole and (args.window_size or args.window_stride):
-        parser.error("--whole runs without windows; leave out --window-size/--window-stride")
+        raise UserError("--whole runs without windows; leave out --window-size/--window-stride")
     if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"--alpha must be in [0, 1]. Received: --alpha {args.alpha}")
-    return parser, args
+        raise UserError(f"--alpha must be in [0, 1]. Received: --alpha {args.alpha}")
+    return args
 
 
 def load_model(path):
@@ -433,7 +434,7 @@ def load_model(path):
 @reports_user_errors
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 some images failed, 2 bad arguments)."""
-    _, args = _parse_args(argv)
+    args = _parse_args(argv)
     from keras_segmenter import visualization
     from keras_segmenter.inference import num_classes_of
 
@@ -473,10 +474,12 @@ def main(argv=None):
         overlay_path = out / f"{stem}_overlay.png"
         save_class_map(classes_path, class_map, num_classes)
         if args.probabilities:
-            np.save(out / f"{stem}_probabilities.npy", outputs[1].numpy())
+            probs = outputs[1].numpy()
+            atomic_write(out / f"{stem}_probabilities.npy", lambda tmp: np.save(tmp, probs))
         blended = visualization.overlay(image, class_map, palette, args.alpha)
         legend = visualization.present_classes(class_map)
-        visualization.draw_legend(blended, legend, class_names, palette).save(overlay_path)
+        drawn = visualization.draw_legend(blended, legend, class_names, palette)
+        atomic_write(overlay_path, drawn.save)
         print(f"{path} -> {classes_path}, {overlay_path}")
         done += 1
     if failed:

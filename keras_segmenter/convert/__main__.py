@@ -18,6 +18,7 @@ from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
+from keras_segmenter.files import atomic_write
 from keras_segmenter.models.segmenter import DECODERS, Segmenter
 
 
@@ -75,7 +76,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if not args.out.endswith(".keras"):
-        parser.error(f"--out must end in .keras. Received: --out={args.out}")
+        raise UserError(f"--out must end in .keras. Received: --out={args.out}")
     if os.path.isdir(args.out):
         raise UserError(
             f"--out {args.out} is a folder; expected the path of the .keras file to write"
@@ -84,7 +85,7 @@ def main(argv=None):
     if not os.path.isdir(folder):
         raise UserError(f"--out {args.out}: folder {folder} does not exist")
     kind, model = convert(args.source, args.num_classes, args.decoder, args.image_size)
-    model.save(args.out)
+    atomic_write(args.out, model.save)
     backbone = model.backbone
     print(f"source:        {args.source} ({kind})")
     print(

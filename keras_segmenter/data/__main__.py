@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, report_user_error, reports_user_errors
 
 
 def _parser():
@@ -38,9 +38,11 @@ def _prepare_tfds(args):
 
     try:
         prepared = prepare(args.dataset, args.manual_dir, args.data_dir)
-    except (AssertionError, FileNotFoundError, ValueError) as e:
-        print(f"ERROR tfds:{args.dataset}: {e}", file=sys.stderr)
-        return 2
+    except Exception as error:  # the status is returned, as the problems `check` finds
+        status = report_user_error(error)
+        if status is None:
+            raise
+        return status
     print(f"tfds:{args.dataset} prepared in {prepared.data_dir}")
     return 0
 

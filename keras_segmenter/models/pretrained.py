@@ -5,9 +5,10 @@ preset name (see `list_presets()`), an http(s) URL, or a local file or folder.
 Downloads go through `keras.utils.get_file` into
 `$KERAS_HOME/models/keras_segmenter/<host>/<path>/` (default `~/.keras`); a
 file found there is used without touching the network. Each file is written
-under a temporary name (`<name>.part-<pid>`) and renamed once complete, so an
-interrupted download never leaves a file that looks cached (the next call
-fetches what is missing) and processes downloading at once share no file.
+by `keras_segmenter.files.atomic_write` (a temporary name with the process id,
+renamed once complete), so an interrupted download never leaves a file that
+looks cached (the next call fetches what is missing) and processes
+downloading at once share no file.
 The weights are read by the converters of `keras_segmenter.convert`.
 """
 
@@ -20,6 +21,7 @@ import keras
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.data.dataset_info import get_dataset_info
+from keras_segmenter.files import atomic_write, atomic_write_text
 from keras_segmenter.models.segmenter import Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
 
@@ -210,24 +212,25 @@ def _download(url):
     target = os.path.join(_keras_home(), subdir)
     if os.path.isfile(target):
         return target
-    folder, fname = os.path.split(subdir)
     os.makedirs(os.path.dirname(target), exist_ok=True)  # else get_file falls back to /tmp
-    try:
-        partial = keras.utils.get_file(
-            f"{fname}.part-{os.getpid()}",
-            origin=url,
-            cache_dir=_keras_home(),
-            cache_subdir=folder,
-            force_download=True,
-        )
-    except Exception as error:  # get_file raises a bare Exception for HTTP errors
-        reason = " ".join(str(error).split()).replace(f"URL fetch failure on {url}: ", "")
-        raise PresetError(
-            f"cannot download {url} ({reason}). Offline? Fetch the file elsewhere and pass "
-            "its local path (or its folder) to from_preset instead."
-        ) from None
-    os.replace(partial, target)
-    return target
+
+    def fetch(tmp):
+        try:
+            keras.utils.get_file(
+                os.path.basename(tmp),
+                origin=url,
+                cache_dir=_keras_home(),
+                cache_subdir=os.path.dirname(subdir),
+                force_download=True,
+            )
+        except Exception as error:  # get_file raises a bare Exception for HTTP errors
+            reason = " ".join(str(error).split()).replace(f"URL fetch failure on {url}: ", "")
+            raise PresetError(
+                f"cannot download {url} ({reason}). Offline? Fetch the file elsewhere and pass "
+                "its local path (or its folder) to from_preset instead."
+            ) from None
+
+    return atomic_write(target, fetch)
 
 
 def _download_official(url):
@@ -395,7 +398,6 @@ def load_backbone(source, **kwargs):
 def save_preset(model, path):
     """Writes `model` as a preset folder: `config.json` + `model.weights.h5`."""
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, PRESET_CONFIG), "w") as file:
-        json.dump(keras.saving.serialize_keras_object(model), file, indent=2)
-        file.write("\n")
-    model.save_weights(os.path.join(path, PRESET_WEIGHTS))
+    config = json.dumps(keras.saving.serialize_keras_object(model), indent=2) + "\n"
+    atomic_write_text(os.path.join(path, PRESET_CONFIG), config)
+    atomic_write(os.path.join(path, PRESET_WEIGHTS), model.save_weights)

@@ -6,7 +6,8 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_segmenter.training.checkpoints import atomic_write_text, save_checkpoint
+from keras_segmenter.files import atomic_write_text
+from keras_segmenter.training.checkpoints import save_checkpoint
 
 
 class Checkpointer(keras.callbacks.Callback):

@@ -6,100 +6,29 @@ of every random-seed generator (dropout, drop path), so that a resumed run
 draws the same masks as an uninterrupted one; each array is stored with its
 variable path, and the zip's CRCs make a damaged file detectable. It is
 written through Python's file I/O (not HDF5, which segfaults when the disk
-fills during a write). `latest.json` names the newest. Every file goes through `atomic_write`
-(temporary name, fsync, rename), so a run killed at any moment, or stopped by
-a full disk, leaves the previous checkpoint intact and `latest.json` naming a
-complete file; older checkpoints are deleted only after a newer one is
-complete. `remove_temporary_files` clears what an interrupted write left.
+fills during a write). `latest.json` names the newest. Every file goes through
+`keras_segmenter.files.atomic_write` (temporary name, fsync, rename), so a run
+killed at any moment, or stopped by a full disk, leaves the previous
+checkpoint intact and `latest.json` naming a complete file; older checkpoints
+are deleted only after a newer one is complete.
 """
 
-import contextlib
-import errno
 import glob
 import json
 import os
 import re
 
+# `DiskFullError` (raised by `save_checkpoint`) and the cleanup of a killed
+# write belong to the checkpoints' story too, so they can be imported from here.
+from keras_segmenter.files import (  # noqa: F401
+    DiskFullError,
+    atomic_write,
+    atomic_write_text,
+    remove_temporary_files,
+)
+
 _NAME = re.compile(r"ckpt-(\d+)\.npz$")
-_TMP_PREFIX = "tmp-"
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 LATEST = "latest.json"
-
-
-class DiskFullError(OSError):
-    """Writing a run's file failed for lack of space; the old file is intact."""
-
-
-def is_disk_full(error):
-    """True for the errors of a write that found no space (ENOSPC, EFBIG, EDQUOT)."""
-    text = str(error)
-    return getattr(error, "errno", None) in _DISK_FULL or any(
-        marker in text
-        for marker in ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
-    )
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write):
-    """Writes `path` with `write(tmp_path)`, then renames it into place.
-
-    The temporary file `tmp-<pid>-<name>` (same folder, same extension, as
-    Keras wants) is flushed to disk before the rename, so `path` is always
-    either the old complete file or the new complete one. On any error the
-    temporary file is removed; a full disk raises `DiskFullError` naming
-    `path`.
-
-    Returns:
-        `path`.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}-{name}")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(folder)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(error, Exception) and is_disk_full(error):
-            raise DiskFullError(
-                f"{path}: the disk is full, nothing was written ({error})".splitlines()[0]
-            ) from None
-        raise
-    return path
-
-
-def atomic_write_text(path, text):
-    """`atomic_write` of a text file."""
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    return atomic_write(path, write)
-
-
-def remove_temporary_files(*folders):
-    """Deletes the `tmp-*` files interrupted writes left in `folders`.
-
-    Returns:
-        The removed paths.
-    """
-    removed = []
-    for folder in folders:
-        for path in glob.glob(os.path.join(folder, f"{_TMP_PREFIX}*")):
-            with contextlib.suppress(OSError):
-                os.remove(path)
-                removed.append(path)
-    return removed
 
 
 def _seed_states(model):

@@ -16,6 +16,8 @@ import json
 import math
 import os
 
+from keras_segmenter.files import atomic_write_text
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")  # sgd: the paper's; adamw: for training from scratch
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
@@ -178,8 +180,6 @@ class RunConfig:
 
     def save(self, path):
         """Writes the config as JSON (atomically)."""
-        from keras_segmenter.training.checkpoints import atomic_write_text
-
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

@@ -14,15 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 import keras_segmenter as ks
+from keras_segmenter.files import atomic_write, remove_temporary_files
 from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
-from keras_segmenter.training.checkpoints import (
-    atomic_write,
-    list_checkpoints,
-    remove_temporary_files,
-    resume,
-)
+from keras_segmenter.training.checkpoints import list_checkpoints, resume
 from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.optimizers import TorchSGD
 from keras_segmenter.training.schedules import poly_schedule

@@ -54,11 +54,25 @@ def prepare(name, manual_dir, data_dir=None):
 
     Returns:
         The prepared `tfds.core.DatasetBuilder`.
+
+    Raises:
+        ValueError: `manual_dir` does not exist or is empty.
     """
     prepared = builder(name, data_dir)
-    prepared.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-    )
+    try:
+        prepared.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, try_download_gcs=False
+            )
+        )
+    except AssertionError as error:  # TFDS' check of `manual_dir`
+        if "does not exist or is empty" not in str(error):
+            raise
+        instructions = " ".join(prepared.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+        raise ValueError(
+            f"{manual_dir}: the manual download folder of tfds:{name} does not exist or is "
+            f"empty; expected: {instructions}"
+        ) from None
     return prepared
 
 

@@ -1,0 +1,91 @@
+"""`keras-segmenter COMMAND` and `python -m keras_segmenter COMMAND` run each command's `main`."""
+
+import configparser
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from keras_segmenter import cli
+from keras_segmenter.__main__ import COMMANDS, main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _exit_status(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_console_script_is_the_dispatcher():
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    scripts = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    assert scripts == ["keras-segmenter = keras_segmenter.__main__:main"]
+    module, function = scripts[0].split(" = ")[1].split(":")
+    assert getattr(importlib.import_module(module), function) is main
+
+
+def test_help_lists_every_command_and_each_command_has_its_own(capsys):
+    status, out = _exit_status(capsys, ["--help"])
+    assert status == 0 and out.out.startswith("usage: keras-segmenter ")
+    for name in ("fit", "evaluate", "predict", "export", "convert", "data"):
+        assert f"\n  {name} " in out.out
+    for name in COMMANDS:
+        status, out = _exit_status(capsys, [name, "--help"])
+        assert status == 0 and out.out.startswith("usage: "), name
+    status, out = _exit_status(capsys, ["predict", "--help"])
+    assert "usage: python -m keras_segmenter.predict" in out.out and "--model" in out.out
+
+
+def test_an_unknown_or_missing_command_exits_with_status_2(capsys):
+    status, out = _exit_status(capsys, ["train"])
+    assert status == 2 and "invalid choice: 'train'" in out.err and not out.out
+    status, out = _exit_status(capsys, [])
+    assert status == 2 and "COMMAND" in out.err
+
+
+def test_a_command_gets_the_rest_of_the_line_and_its_status_is_returned(tmp_path, capsys):
+    assert main(["fit", "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("Training seg_ti16_mask on camvid")
+    status, out = _exit_status(capsys, ["fit", "--resume"])
+    assert status == 2
+    assert (
+        out.err
+        == "fit.py: error: --resume needs --output-dir, the folder of the run to continue.\n"
+    )
+
+
+def test_a_missing_manual_download_is_one_line_naming_the_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["tfds", "--dataset", "camvid", "--manual-dir", str(empty)]
+    assert main(["data", *argv, "--data-dir", str(tmp_path / "tfds")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {empty}: the manual download folder")
+    assert "is empty; expected: Copy the `CamVid/` folder" in err
+
+
+def test_the_console_script_counts_as_a_command(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [os.path.join("venv", "bin", "keras-segmenter"), "fit"])
+    assert cli.is_command()
+    monkeypatch.setattr(sys, "argv", [os.path.join("venv", "bin", "pytest")])
+    assert not cli.is_command()
+
+
+def test_python_dash_m_runs_the_dispatcher():
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_segmenter", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: evaluate.py ") and "--multi-scale" in result.stdout
+    assert "cpu_feature_guard" not in result.stderr  # TensorFlow's start-up notices are hidden
