@@ -193,7 +193,7 @@ def _swap01(tensor, rank):
     return tf.transpose(tensor, [1, 0] + list(range(2, rank)))
 
 
-def _stream(
+def _band_stepper(
     model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
 ):
     """Merges a view's windows band by band and hands `finish` each finished block.
@@ -222,7 +222,11 @@ def _stream(
         specs: `(dtype, rank)` of each tensor `finish` returns.
 
     Returns:
-        Tuple of the `finish` outputs joined into `(H, W, ...)` maps.
+        `(state, step, num_bands)`: the loop state before the first band,
+        `step(*state) -> (state, outputs)` merging the next window row, whose
+        `outputs` are the `finish` outputs joined over the whole output
+        width (the output rows that band finished, in order), and the number
+        of bands.
     """
     size, stride = window_size, window_stride
     height, width = tf.shape(view)[0], tf.shape(view)[1]
@@ -290,7 +294,7 @@ def _stream(
             axis=1,
         )
 
-    def row_band(band, row_carry, prev_row, outputs):
+    def row_band(band, row_carry, prev_row):
         top = row_edges[band]
         done_rows = row_edges[band + 1] - top
         extent_rows = rows[row_last[band] - 1] + size - top
@@ -365,27 +369,129 @@ def _stream(
             parallel_iterations=1,
         )
         outputs = [
-            ta.write(band, _swap01(piece.concat(), r))
-            for ta, piece, (_, r) in zip(outputs, pieces, specs)
+            tf.ensure_shape(_swap01(piece.concat(), r), [None] * r)
+            for piece, (_, r) in zip(pieces, specs)
         ]
         row_carry = tf.ensure_shape(_swap01(carry_parts.concat(), 3), logits_shape)
-        return band + 1, row_carry, tf.ensure_shape(last_rows.concat()[None], logits_shape), outputs
+        last_row = tf.ensure_shape(last_rows.concat()[None], logits_shape)
+        return (band + 1, row_carry, last_row), outputs
 
-    state = (0, tf.zeros([0, width, num_classes]), tf.zeros([0, width, num_classes]), new_arrays())
-    invariants = (
-        tf.TensorShape([]),
-        logits_shape,
-        logits_shape,
-        [tf.TensorShape(None)] * len(specs),
+    state = (
+        tf.constant(0),
+        tf.zeros([0, width, num_classes]),
+        tf.zeros([0, width, num_classes]),
     )
-    _, _, _, outputs = tf.while_loop(
-        lambda band, *_: band < tf.size(row_first),
-        row_band,
+    return state, row_band, tf.size(row_first)
+
+
+def _state_shapes(num_classes):
+    """Shape invariants of a `_band_stepper` state: band, carried rows, last finished row."""
+    logits = tf.TensorShape([None, None, num_classes])
+    return tf.TensorShape([]), logits, logits
+
+
+def _stream(
+    model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
+):
+    """One view through `_band_stepper`, its band outputs joined into `(H, W, ...)` maps."""
+    state, step, num_bands = _band_stepper(
+        model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
+    )
+
+    def body(state, arrays):
+        state, outputs = step(*state)
+        return state, [ta.write(state[0] - 1, out) for ta, out in zip(arrays, outputs)]
+
+    arrays = [tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False) for dtype, _ in specs]
+    _, arrays = tf.while_loop(
+        lambda state, _: state[0] < num_bands,
+        body,
+        (state, arrays),
+        shape_invariants=(_state_shapes(num_classes), [tf.TensorShape(None)] * len(specs)),
+        parallel_iterations=1,
+    )
+    return tuple(tf.ensure_shape(ta.concat(), [None] * r) for ta, (_, r) in zip(arrays, specs))
+
+
+def _merge_views(steppers, flipped, out_size, num_classes, probabilities):
+    """The class map (and probabilities) of the average of several views' probabilities.
+
+    The views advance band by band, always the one whose finished output rows
+    end lowest, and their probabilities are summed into a strip of output
+    rows; rows that every view has finished leave the strip as class indices
+    (and probabilities). So the strip holds about one band (`window_stride`
+    view rows, at the output size) of the coarsest view, never a `(H, W, K)`
+    map of the whole image.
+
+    Args:
+        steppers: per view, `(state, step, num_bands)` of `_band_stepper`
+            with one float32 `(rows, W, K)` softmax output.
+        flipped: per view, bool: its output is mirrored back.
+        out_size: `(H, W)` int32.
+        num_classes: int K.
+        probabilities: optional dtype of the averaged probabilities.
+
+    Returns:
+        `(classes, probs)` as in `segment`.
+    """
+    count = len(steppers)
+    height, width = out_size[0], out_size[1]
+
+    def advance(index, states):
+        state, outputs = steppers[index][1](*states[index])
+        rows = outputs[0]
+        if flipped[index]:
+            rows = tf.reverse(rows, axis=[1])
+        states = list(states)
+        states[index] = state
+        return tuple(states), rows
+
+    def body(states, ends, strip, top, classes, probs):
+        index = tf.argmin(ends, output_type=tf.int32)  # the view furthest behind
+        branches = [lambda i=i: advance(i, states) for i in range(count)]
+        states, rows = tf.switch_case(index, branches)
+        start = tf.gather(ends, index)
+        stop = start + tf.shape(rows)[0]
+        ends = tf.tensor_scatter_nd_update(ends, [[index]], [stop])
+        extent = tf.maximum(tf.shape(strip)[0], stop - top)  # the strip now ends at `stop`
+
+        def padded(block, first):  # `block` at row `first` of `extent` rows
+            return tf.pad(block, [[first, extent - first - tf.shape(block)[0]], [0, 0], [0, 0]])
+
+        strip = padded(strip, 0) + padded(rows, start - top)
+        done = tf.reduce_min(ends) - top  # rows every view has finished
+        final = strip[:done]
+        classes = classes.write(classes.size(), tf.argmax(final, axis=-1, output_type=tf.int32))
+        if probabilities:
+            probs = probs.write(probs.size(), tf.cast(final / count, probabilities))
+        return states, ends, strip[done:], top + done, classes, probs
+
+    array = lambda dtype: tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False)  # noqa: E731
+    state = (
+        tuple(stepper[0] for stepper in steppers),
+        tf.zeros([count], tf.int32),
+        tf.zeros([0, width, num_classes]),
+        tf.constant(0),
+        array(tf.int32),
+        array(probabilities or tf.float32),
+    )
+    invariants = (
+        tuple(_state_shapes(num_classes) for _ in steppers),
+        tf.TensorShape([count]),
+        tf.TensorShape([None, None, num_classes]),
+        tf.TensorShape([]),
+        tf.TensorShape(None),
+        tf.TensorShape(None),
+    )
+    _, _, _, _, classes, probs = tf.while_loop(
+        lambda *state: state[3] < height,
+        body,
         state,
         shape_invariants=invariants,
         parallel_iterations=1,
     )
-    return tuple(tf.ensure_shape(ta.concat(), [None] * r) for ta, (_, r) in zip(outputs, specs))
+    classes = tf.ensure_shape(classes.concat(), [None, None])
+    return classes, (tf.ensure_shape(probs.concat(), [None, None, None]) if probabilities else None)
 
 
 def _window_view(image, window_size):
@@ -460,11 +566,11 @@ def segment(
     mirrors (mirrored back); their probabilities are averaged, and the class
     map is their argmax.
 
-    Memory: windows are merged band by band (see `_stream`), so one view
-    never holds all window logits nor a `(H, W, K)` logits map. Several views
-    (`flip` or more than one scale) hold one float32 `(H, W, K)` sum of their
-    probabilities, as the official average over views needs it until the
-    last view.
+    Memory: windows are merged band by band (see `_band_stepper`), so one
+    view never holds all window logits nor a `(H, W, K)` logits map. Several
+    views (`flip` or more than one scale) advance band by band together, and
+    their probabilities are summed in a strip of output rows that leaves as
+    soon as every view has finished it (see `_merge_views`).
 
     Runs eagerly or inside a `tf.function` with unknown height and width.
 
@@ -509,18 +615,9 @@ def segment(
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     size = tf.stack([height, width])
 
-    def stream(view, finish, specs):
-        return _stream(
-            model,
-            _window_view(view, window_size),
-            size,
-            window_size,
-            window_stride,
-            batch_size,
-            num_classes,
-            finish,
-            specs,
-        )
+    def window_args(view):
+        view = _window_view(view, window_size)
+        return model, view, size, window_size, window_stride, batch_size, num_classes
 
     def classes_of(probs):
         return tf.argmax(probs, axis=-1, output_type=tf.int32)
@@ -544,17 +641,15 @@ def segment(
             return classes + (tf.cast(tf.nn.softmax(logits, axis=-1), probabilities),)
 
         specs = [(tf.int32, 2)] + ([(tf.as_dtype(probabilities), 3)] if probabilities else [])
-        outputs = stream(views[0][0], finish, specs)
+        outputs = _stream(*window_args(views[0][0]), finish, specs)
         classes, probs = outputs[0], (outputs[1] if probabilities else None)
     else:
-        total = 0.0
-        for view, flipped in views:
-            (probs,) = stream(
-                view, lambda logits: (tf.nn.softmax(logits, axis=-1),), [(tf.float32, 3)]
-            )
-            total += tf.reverse(probs, axis=[1]) if flipped else probs
-        classes = classes_of(total)
-        probs = tf.cast(total / len(views), probabilities) if probabilities else None
+        softmax = lambda logits: (tf.nn.softmax(logits, axis=-1),)  # noqa: E731
+        steppers = [
+            _band_stepper(*window_args(view), softmax, [(tf.float32, 3)]) for view, _ in views
+        ]
+        flipped = [flip for _, flip in views]
+        classes, probs = _merge_views(steppers, flipped, size, num_classes, probabilities)
     if probs is not None:
         probs = tf.ensure_shape(probs, (None, None, num_classes))
     return classes, probs
