@@ -513,7 +513,7 @@ def _export_runtime(parser, model, args):
         size = "any size"
     outputs = "segmentation, logits" + (", probabilities" if args.probabilities else "")
     print(
-        f"Wrote {path} ({args.format}): images uint8 {IMAGES_SHAPE}, {size} -> {outputs}; "
+        f"Wrote {path} ({args.format}): images float32 in [0, 255] {IMAGES_SHAPE}, {size} -> {outputs}; "
         f"{num_classes_of(model)} classes"
     )
     return 0

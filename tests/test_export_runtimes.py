@@ -106,7 +106,7 @@ def test_sliding_window_class_map_matches_keras_on_photos(references, exported, 
 
 @pytest.mark.slow
 def test_one_pass_outputs_match_the_keras_model(model, exported):
-    """The graph itself: uint8 in, normalization inside; any size for ONNX and OpenVINO."""
+    """The graph itself: pixel values in, normalization inside; any size for ONNX and OpenVINO."""
     fmt, path = exported
     exported_model = runtime.ExportedModel(path)
     photo = load_image(PHOTOS[0])
@@ -132,7 +132,7 @@ def test_one_pass_outputs_match_the_keras_model(model, exported):
 
 @pytest.mark.slow
 def test_small_images_are_upscaled_like_keras(model, exported):
-    """Short side below the window: upscaled (then rounded to uint8) before windowing."""
+    """Short side below the window: upscaled in float32 (not rounded) before windowing."""
     fmt, path = exported
     image = load_image(PHOTOS[0])[:20, :70]
     class_map = runtime.segment(runtime.ExportedModel(path), image, WINDOW, STRIDE)
