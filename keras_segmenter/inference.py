@@ -8,7 +8,14 @@ functions here follow the official `segm.model.utils.inference` step by step
 (same anchors, same upscaling of small images, softmax after the resize) and
 are written with TensorFlow ops only, so they run inside a `tf.function` for
 images of any height and width.
+
+Also here: the window rule (`default_window`) and the graphs built on
+`segment` (`segment_image`, `make_predictor`: uint8 RGB in, as `predict`
+and the SavedModel export run it). Evaluating over a dataset is
+`keras_segmenter.evaluation`.
 """
+
+import weakref
 
 import tensorflow as tf
 
@@ -102,6 +109,47 @@ def num_classes_of(model):
     if num_classes is None:
         num_classes = model.output_shape[-1]
     return int(num_classes)
+
+
+def default_window(model=None, window_size=None, window_stride=None, reference=None):
+    """Sliding-window size and stride: the one rule of predict, evaluate and fit's validation.
+
+    The window is `window_size`, else the model's training crop
+    (`model.backbone.image_size`, the shorter side if it is not square).
+    The stride is `window_stride`; else, with `reference`, the stride of
+    that official window scaled to this one (fit's validation, as the
+    official `train.py` with the dataset's `config.yml` window); else
+    `window - 32` (the official evaluation, `segm/eval/miou.py`), but
+    never below half the window, so that tiny test models do not need
+    thousands of windows.
+
+    Args:
+        model: a `Segmenter` (anything with `backbone.image_size`); only
+            read when `window_size` is `None`.
+        window_size: optional int, overrides the window.
+        window_stride: optional int, overrides the stride.
+        reference: optional `(size, stride)`, an official window and stride
+            (e.g. a `DatasetInfo`'s `window_size`, `window_stride`).
+
+    Returns:
+        `(window_size, window_stride)` ints.
+    """
+    if window_size is None:
+        image_size = getattr(getattr(model, "backbone", None), "image_size", None)
+        if image_size is None:
+            raise ValueError(
+                "The model has no `backbone.image_size` (training crop), so the sliding window "
+                "size is unknown: pass `window_size` (--window-size), or use whole-image "
+                "inference (--whole)."
+            )
+        window_size = int(min(image_size))
+    if window_stride is None:
+        if reference:
+            size, stride = reference
+            window_stride = max(1, round(window_size * stride / size))
+        else:
+            window_stride = max(window_size - 32, window_size // 2, 1)
+    return int(window_size), int(window_stride)
 
 
 # One model call returns `windows x window^2 x classes` float32 logits (157 MB
@@ -851,139 +899,101 @@ def make_segment_function(
     return _traced(model, window_size, window_stride, scales, flip, base_size, batch_size, False)
 
 
-def evaluate(
+def segment_image(
     model,
-    dataset,
-    info=None,
-    num_classes=None,
-    window_size=None,
-    window_stride=None,
-    multi_scale=False,
-    flip=None,
-    base_size=None,
-    ignore_index=None,
-    class_names=None,
-    object_sizes=True,
-    limit=None,
+    normalize,
+    image,
+    window_size,
+    window_stride,
+    whole=False,
     batch_size=None,
-    verbose=1,
+    probabilities=False,
 ):
-    """Evaluates a model with the paper's protocol; ground truth at its own resolution.
+    """Class map and, if asked, probabilities of one RGB image, with TensorFlow ops.
 
-    Every image is (optionally) rescaled as the official test pipeline, run
-    through sliding-window inference (multi-scale and flip if asked), the
-    probabilities come back at the mask's resolution, and the argmax is
-    accumulated in a confusion matrix (and in small/medium/large object
-    confusions, see `keras_segmenter.metrics.object_size_confusion`).
-    Defaults follow the official `segm/eval/miou.py`: window = the model's
-    training crop (`model.backbone.image_size`, not the dataset's crop: a
-    model trained on 128 crops is evaluated with 128 windows), stride =
-    window - 32 (see `predict.default_window`), rescale to `info.base_size`.
+    The graph shared by `predict` and the SavedModel export: normalization,
+    then the sliding window of `segment` (which never holds all
+    window logits nor a full-resolution `(H, W, K)` float map) or, with
+    `whole=True`, one pass of the model over the whole image (which does).
+
+    Probabilities come as float16: 2 bytes per pixel and class (a 12 MP
+    photo with 150 classes: 3.6 GB), half of float32, and nothing a user
+    needs is lost: the error is below 2.5e-4 (half a float16 step below 1),
+    probabilities down to 6e-8 stay non-zero (so log-probabilities and
+    entropies stay finite), and the class map is the float32 argmax.
+    uint8 quantization would halve it again but round every probability
+    below 0.002 to zero.
 
     Args:
         model: a Keras segmentation model returning logits.
-        dataset: iterable of `(image, mask)`: normalized float image
-            `(H, W, 3)` and int mask `(H, W)` or `(H, W, 1)`, e.g. an
-            unbatched `tf.data.Dataset` from `keras_segmenter.data.eval_dataset`.
-        info: optional `DatasetInfo`-like object with `num_classes`,
-            `class_names`, `ignore_index`, `crop_size`, `base_size`.
-        num_classes: int, overrides `info.num_classes`.
-        window_size: int, defaults to the model's training crop (to
-            `info.crop_size` for a model without `backbone.image_size`).
-        window_stride: int, defaults to `window_size - 32`.
-        multi_scale: bool, scales (0.5, ..., 1.75). Defaults to `False`.
-        flip: bool, flip averaging; defaults to `multi_scale`.
-        base_size: `(long, short)` official test resize, defaults to
-            `info.base_size`; pass `False` to keep the images' own size.
-        ignore_index: int, defaults to `info.ignore_index` or 255.
-        class_names: sequence of str, defaults to `info.class_names`.
-        object_sizes: bool, also compute mIoU by object size. Defaults to `True`.
-        limit: optional int, evaluate only the first `limit` pairs.
-        batch_size: int, windows per model call. Defaults to
-            `windows_per_call`.
-        verbose: 0 silent, 1 progress (a bar on a terminal, a line every 10 % of
-            the images otherwise). Defaults to 1.
+        normalize: a layer mapping [0, 255] RGB to the model's input
+            (`ImageNormalization(model.normalization)`).
+        image: `(H, W, 3)` tensor with values in [0, 255] (uint8 or float).
+        window_size: int, sliding window side.
+        window_stride: int, step between windows.
+        whole: bool, run the model on the whole image instead of windows.
+        batch_size: int, windows per model call (default: see
+            `inference.windows_per_call`).
+        probabilities: bool, also return the probabilities.
 
     Returns:
-        dict: `summarize_confusion` keys (`mIoU`, `aAcc`, `mAcc`, `IoU`,
-        `Acc`, `class_names`), `size_mIoU` (`small`, `medium`, `large`) when
-        `object_sizes`, `size_thresholds`, `num_images`, `confusion`
-        (list of lists) and the settings used.
+        `(classes, probs)`: int32 `(H, W)`, and float16 `(H, W, K)` or `None`.
     """
-    import numpy as np
+    normalized = tf.cast(normalize(image[None]), tf.float32)[0]
+    dtype = tf.float16 if probabilities else None
+    if not whole:
+        return segment(
+            model,
+            normalized,
+            window_size,
+            window_stride,
+            batch_size=batch_size,
+            probabilities=dtype,
+        )
+    probs = tf.nn.softmax(tf.cast(model(normalized[None], training=False)[0], tf.float32), axis=-1)
+    classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    return classes, (tf.cast(probs, dtype) if probabilities else None)
 
-    from keras_segmenter import metrics
-    from keras_segmenter.predict import default_window
-    from keras_segmenter.progress import Progress
 
-    def pick(value, attribute, default=None):
-        if value is not None:
-            return value
-        return getattr(info, attribute, default) if info is not None else default
+# One traced predictor per (model, settings): repeated calls reuse the graph.
+_PREDICTORS = weakref.WeakKeyDictionary()
 
-    num_classes = pick(num_classes, "num_classes")
-    if num_classes is None:
-        raise ValueError("`evaluate` needs `num_classes` or `info`. Received neither.")
-    if getattr(getattr(model, "backbone", None), "image_size", None) is None:
-        window_size = pick(window_size, "crop_size")  # no training crop to default to
-    window_size, window_stride = default_window(model, window_size, window_stride)
-    ignore_index = pick(ignore_index, "ignore_index", 255)
-    class_names = pick(class_names, "class_names")
-    base_size = pick(base_size, "base_size") or None
-    flip = multi_scale if flip is None else flip
-    scales = OFFICIAL_SCALES if multi_scale else (1.0,)
-    infer = make_segment_function(
-        model, window_size, window_stride, scales, flip, base_size and tuple(base_size), batch_size
-    )
 
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    size_confusion = np.zeros((3, num_classes, num_classes), np.int64)
-    target = limit
-    if target is None and isinstance(dataset, tf.data.Dataset):
-        cardinality = int(dataset.cardinality())
-        target = cardinality if cardinality >= 0 else None
-    progress = Progress(target, unit_name="image", stateful_metrics=["mIoU"]) if verbose else None
-    count = 0
-    for image, mask in dataset:
-        if limit is not None and count >= limit:
-            break
-        mask = np.asarray(mask)
-        if mask.ndim == 3 and mask.shape[-1] == 1:
-            mask = mask[..., 0]
-        image = tf.convert_to_tensor(image, tf.float32)
-        if tuple(image.shape[:2]) != mask.shape:
-            raise ValueError(
-                f"Image {count}: image size {tuple(image.shape[:2])} differs from mask {mask.shape}"
+def make_predictor(
+    model, window_size=None, window_stride=None, whole=False, batch_size=None, probabilities=False
+):
+    """A `tf.function` from a uint8 RGB image `(H, W, 3)` to its int32 class map `(H, W)`.
+
+    With `probabilities=True` it returns `(class map, float16 probabilities)`.
+    Traced once for unknown height and width, and kept per model and
+    settings, so repeated calls reuse the graph. Arguments as in
+    `keras_segmenter.predict.predict`.
+    """
+    from keras_segmenter.layers.normalization import ImageNormalization
+
+    if whole:
+        window_size = window_stride = 1
+    else:
+        window_size, window_stride = default_window(model, window_size, window_stride)
+    _check_window(window_size, window_stride, batch_size)
+    key = (window_size, window_stride, bool(whole), batch_size, bool(probabilities))
+    cache = _PREDICTORS.setdefault(model, {})
+    if key not in cache:
+        normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+
+        @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
+        def predictor(image):
+            classes, probs = segment_image(
+                model,
+                normalize,
+                image,
+                window_size,
+                window_stride,
+                whole,
+                batch_size,
+                probabilities,
             )
-        pred = infer(image)
-        confusion += metrics.confusion_matrix(mask, pred, num_classes, ignore_index).numpy()
-        if object_sizes:
-            size_confusion += metrics.object_size_confusion(
-                mask, pred.numpy(), num_classes, ignore_index
-            )
-        count += 1
-        if progress is not None:
-            summary = metrics.summarize_confusion(confusion)
-            progress.update(count, [("mIoU", summary["mIoU"])], finalize=False)
-    if progress is not None:
-        progress.update(count, finalize=True)
+            return (classes, probs) if probabilities else classes
 
-    results = metrics.summarize_confusion(
-        confusion, list(class_names) if class_names is not None else None
-    )
-    if object_sizes:
-        results["size_mIoU"] = {
-            bucket: metrics.summarize_confusion(size_confusion[i])["mIoU"]
-            for i, bucket in enumerate(metrics.SIZE_BUCKETS)
-        }
-        results["size_thresholds"] = list(metrics.SIZE_THRESHOLDS)
-    results.update(
-        num_images=count,
-        confusion=confusion.tolist(),
-        window_size=window_size,
-        window_stride=window_stride,
-        scales=list(scales),
-        flip=bool(flip),
-        base_size=list(base_size) if base_size else None,
-    )
-    return results
+        cache[key] = predictor
+    return cache[key]

@@ -184,7 +184,7 @@ def sliding_window_logits(model, image, window_size=None, window_stride=None, ba
             the file's fixed input size (LiteRT); required for files that
             take any size (ONNX, OpenVINO).
         window_stride: int, step between windows. Defaults to
-            `max(window - 32, window // 2)`, as `predict.default_window`.
+            `max(window - 32, window // 2)`, as `keras_segmenter.inference.default_window`.
         batch_size: int, windows per runtime call. Defaults to 4.
 
     Returns:

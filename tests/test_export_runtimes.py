@@ -13,8 +13,9 @@ import tensorflow as tf
 
 import keras_segmenter as ks
 from keras_segmenter import export, runtime
-from keras_segmenter.inference import sliding_window_logits
-from keras_segmenter.predict import default_window, load_image, predict
+from keras_segmenter.images import load_image
+from keras_segmenter.inference import default_window, sliding_window_logits
+from keras_segmenter.predict import predict
 
 DATA = pathlib.Path(__file__).parent / "data" / "predict"
 SAMPLE = pathlib.Path(ks.__file__).parent / "data" / "sample" / "camvid" / "val"
