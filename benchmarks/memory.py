@@ -7,7 +7,8 @@
 Each photo size runs in a fresh Python process (so that one case's freed
 memory does not hide the next one's peak): it builds the model with random
 weights (memory and speed do not depend on them), reads its resident set
-size, then runs `keras_segmenter.predict.predict` once on a random uint8
+size, traces the graph on a small image (peak resident set size after
+tracing), then runs `keras_segmenter.predict.predict` once on a random uint8
 photo (normalization, sliding window of the training crop, stride window -
 32, class map) and reports the process's peak resident set size
 (`getrusage` `ru_maxrss`), which includes TensorFlow, the model and tracing.
@@ -51,18 +52,21 @@ def one_case(args):
     height, width = (int(v) for v in args.one.split("x"))
     model = ks.build_segmenter(args.model, args.num_classes, image_size=args.window)
     photo = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    small = photo[: args.window // 2, : args.window // 2]  # traces the same graph
     if args.multi_scale:
         window, stride = inference.default_window(model)
         infer = inference.make_segment_function(
             model, window, stride, inference.OFFICIAL_SCALES, flip=True
         )
-        normalized = ks.ImageNormalization(model.normalization)(photo[None])[0]
-        run = lambda: infer(normalized).numpy()  # noqa: E731
+        normalize = ks.ImageNormalization(model.normalization)
+        run = lambda image: infer(normalize(image[None])[0]).numpy()  # noqa: E731
     else:
-        run = lambda: predict(model, photo)  # noqa: E731
+        run = lambda image: predict(model, image)  # noqa: E731
     before = current_rss_mb()
+    run(small)
+    traced = peak_rss_mb()
     start = time.perf_counter()
-    class_map = run()
+    class_map = run(photo)
     seconds = time.perf_counter() - start
     assert class_map.shape == (height, width)
     print(
@@ -72,6 +76,7 @@ def one_case(args):
                 "megapixels": round(height * width / 1e6, 2),
                 "peak_rss_mb": round(peak_rss_mb()),
                 "rss_before_predict_mb": round(before),
+                "peak_rss_after_tracing_mb": round(traced),
                 "seconds": round(seconds, 1),
             }
         )

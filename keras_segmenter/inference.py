@@ -241,10 +241,54 @@ def _swap01(tensor, rank):
     return tf.transpose(tensor, [1, 0] + list(range(2, rank)))
 
 
-def _band_stepper(
-    model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
-):
-    """Merges a view's windows band by band and hands `finish` each finished block.
+class _Pieces:
+    """Band outputs of one view: `finish` of each block, joined over the output width."""
+
+    def __init__(self, finish, specs):
+        self.finish, self.specs = finish, specs
+
+    def open(self, store, band_end):
+        return [tf.TensorArray(d, 0, dynamic_size=True, infer_shape=False) for d, _ in self.specs]
+
+    def add(self, pieces, column, logits, row, col):
+        outs = self.finish(logits)
+        return [ta.write(column, _swap01(o, r)) for ta, o, (_, r) in zip(pieces, outs, self.specs)]
+
+    def close(self, pieces):
+        return [
+            tf.ensure_shape(_swap01(piece.concat(), r), [None] * r)
+            for piece, (_, r) in zip(pieces, self.specs)
+        ]
+
+
+class _Strip:
+    """Softmax of each block added into `(strip, top)`: output rows `top...`, all columns.
+
+    `flipped`: the view is the mirrored image, its blocks go back mirrored.
+    """
+
+    def __init__(self, width, flipped):
+        self.width, self.flipped = width, flipped
+
+    def open(self, store, band_end):
+        strip, top = store
+        grow = tf.maximum(band_end - top - tf.shape(strip)[0], 0)
+        return tf.pad(strip, [[0, grow], [0, 0], [0, 0]]), top
+
+    def add(self, store, column, logits, row, col):
+        strip, top = store
+        probs = tf.nn.softmax(logits, axis=-1)
+        if self.flipped:
+            probs = tf.reverse(probs, axis=[1])
+            col = self.width - col - tf.shape(probs)[1]
+        return _add_block(strip, probs, row - top, col), top
+
+    def close(self, store):
+        return store
+
+
+def _band_stepper(model, view, out_size, window_size, window_stride, batch_size, num_classes, sink):
+    """Merges a view's windows band by band and hands `sink` each finished block.
 
     The one sliding-window implementation: the window logits are summed and
     divided by the number of windows covering each pixel, then resized
@@ -265,16 +309,16 @@ def _band_stepper(
         out_size: `(H, W)` int32, the size the averaged logits are resized to.
         window_size, window_stride, batch_size: ints.
         num_classes: int K.
-        finish: maps float32 logits `(rows, cols, K)` at the output size to
-            a tuple of `(rows, cols, ...)` tensors.
-        specs: `(dtype, rank)` of each tensor `finish` returns.
+        sink: `_Pieces` or `_Strip`, collects the finished float32 logits
+            `(rows, cols, K)` at the output size of each block.
 
     Returns:
         `(state, step, num_bands)`: the loop state before the first band,
-        `step(*state) -> (state, outputs)` merging the next window row, whose
-        `outputs` are the `finish` outputs joined over the whole output
-        width (the output rows that band finished, in order), and the number
-        of bands.
+        `step(*state, store) -> (state, store, end)` merging the next window
+        row, where `store` is what `sink.close` returns (for `_Pieces` the
+        output rows that band finished, over the whole width) and `end`
+        the output row up to which this view is final; and the number of
+        bands.
     """
     size, stride = window_size, window_stride
     height, width = tf.shape(view)[0], tf.shape(view)[1]
@@ -286,9 +330,9 @@ def _band_stepper(
     offsets = tf.range(size)
     window_pixels = tf.stack(tf.meshgrid(offsets, offsets, indexing="ij"), axis=-1)
     logits_shape = tf.TensorShape([None, None, num_classes])
-    new_arrays = lambda: [  # noqa: E731
-        tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False) for dtype, _ in specs
-    ]
+
+    def output_start(index, upper):  # first output row (column) read from `index` on
+        return tf.reduce_sum(tf.cast(upper < index, tf.int32))
 
     def merge_windows(carried, extent, top, left, anchors):
         """`carried()`, the sums of earlier windows over a block of `extent` at `top`,
@@ -342,13 +386,13 @@ def _band_stepper(
             axis=1,
         )
 
-    def row_band(band, row_carry, prev_row):
+    def row_band(band, row_carry, prev_row, store):
         top = row_edges[band]
         done_rows = row_edges[band + 1] - top
         extent_rows = rows[row_last[band] - 1] + size - top
         band_rows = rows[row_first[band] : row_last[band]]
 
-        def tile(column, col_carry, prev_col, carry_parts, last_rows, pieces):
+        def tile(column, col_carry, prev_col, carry_parts, last_rows, collected):
             left = col_edges[column]
             done_cols = col_edges[column + 1] - left
             extent_cols = cols[col_last[column] - 1] + size - left
@@ -385,21 +429,30 @@ def _band_stepper(
                 lambda: resized(block, top, left, prev_row, prev_col),
                 lambda: block,
             )
-            outs = finish(logits)
-            pieces = [ta.write(column, _swap01(o, r)) for ta, o, (_, r) in zip(pieces, outs, specs)]
+            out_row, out_col = output_start(top, row_upper), output_start(left, col_upper)
+            collected = sink.add(collected, column, logits, out_row, out_col)
             carry_parts = carry_parts.write(column, _swap01(total[done_rows:, :done_cols], 3))
             # gather copies the row: `block[-1]` would share, and keep, the block's buffer.
             last_rows = last_rows.write(column, tf.gather(block, done_rows - 1))
-            return (column + 1, total[:, done_cols:], block[:, -1:], carry_parts, last_rows, pieces)
+            return (
+                column + 1,
+                total[:, done_cols:],
+                block[:, -1:],
+                carry_parts,
+                last_rows,
+                collected,
+            )
 
         new_array = lambda: tf.TensorArray(tf.float32, 0, dynamic_size=True, infer_shape=False)  # noqa: E731
+        band_end = output_start(row_edges[band + 1], row_upper)
+        collected = sink.open(store, band_end)
         state = (
             0,
             tf.zeros([extent_rows, 0, num_classes]),
             tf.zeros([done_rows, 0, num_classes]),
             new_array(),
             new_array(),
-            new_arrays(),
+            collected,
         )
         invariants = (
             tf.TensorShape([]),
@@ -407,22 +460,18 @@ def _band_stepper(
             logits_shape,
             tf.TensorShape(None),
             tf.TensorShape(None),
-            [tf.TensorShape(None)] * len(specs),
+            tf.nest.map_structure(lambda _: tf.TensorShape(None), collected),
         )
-        _, _, _, carry_parts, last_rows, pieces = tf.while_loop(
+        _, _, _, carry_parts, last_rows, collected = tf.while_loop(
             lambda column, *_: column < tf.size(col_first),
             tile,
             state,
             shape_invariants=invariants,
             parallel_iterations=1,
         )
-        outputs = [
-            tf.ensure_shape(_swap01(piece.concat(), r), [None] * r)
-            for piece, (_, r) in zip(pieces, specs)
-        ]
         row_carry = tf.ensure_shape(_swap01(carry_parts.concat(), 3), logits_shape)
         last_row = tf.ensure_shape(last_rows.concat()[None], logits_shape)
-        return (band + 1, row_carry, last_row), outputs
+        return (band + 1, row_carry, last_row), sink.close(collected), band_end
 
     state = (
         tf.constant(0),
@@ -442,12 +491,13 @@ def _stream(
     model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
 ):
     """One view through `_band_stepper`, its band outputs joined into `(H, W, ...)` maps."""
+    sink = _Pieces(finish, specs)
     state, step, num_bands = _band_stepper(
-        model, view, out_size, window_size, window_stride, batch_size, num_classes, finish, specs
+        model, view, out_size, window_size, window_stride, batch_size, num_classes, sink
     )
 
     def body(state, arrays):
-        state, outputs = step(*state)
+        state, outputs, _ = step(*state, None)
         return state, [ta.write(state[0] - 1, out) for ta, out in zip(arrays, outputs)]
 
     arrays = [tf.TensorArray(dtype, 0, dynamic_size=True, infer_shape=False) for dtype, _ in specs]
@@ -461,20 +511,20 @@ def _stream(
     return tuple(tf.ensure_shape(ta.concat(), [None] * r) for ta, (_, r) in zip(arrays, specs))
 
 
-def _merge_views(steppers, flipped, out_size, num_classes, probabilities):
+def _merge_views(steppers, out_size, num_classes, probabilities):
     """The class map (and probabilities) of the average of several views' probabilities.
 
-    The views advance band by band, always the one whose finished output rows
-    end lowest, and their probabilities are summed into a strip of output
-    rows; rows that every view has finished leave the strip as class indices
-    (and probabilities). So the strip holds about one band (`window_stride`
-    view rows, at the output size) of the coarsest view, never a `(H, W, K)`
-    map of the whole image.
+    The views advance band by band, always the one whose final output rows
+    end lowest, each adding the softmax of its blocks into one strip of
+    output rows (`_Strip`); rows that every view has finished leave the
+    strip as class indices (and probabilities). The strip spans the output
+    rows between the view furthest behind and the one furthest ahead:
+    about one band (`window_stride` view rows) of the coarsest view, which
+    for images only one or two windows tall is the whole image.
 
     Args:
         steppers: per view, `(state, step, num_bands)` of `_band_stepper`
-            with one float32 `(rows, W, K)` softmax output.
-        flipped: per view, bool: its output is mirrored back.
+            with a `_Strip` sink.
         out_size: `(H, W)` int32.
         num_classes: int K.
         probabilities: optional dtype of the averaged probabilities.
@@ -485,28 +535,17 @@ def _merge_views(steppers, flipped, out_size, num_classes, probabilities):
     count = len(steppers)
     height, width = out_size[0], out_size[1]
 
-    def advance(index, states):
-        state, outputs = steppers[index][1](*states[index])
-        rows = outputs[0]
-        if flipped[index]:
-            rows = tf.reverse(rows, axis=[1])
+    def advance(index, states, strip, top):
+        state, (strip, _), end = steppers[index][1](*states[index], (strip, top))
         states = list(states)
         states[index] = state
-        return tuple(states), rows
+        return tuple(states), strip, end
 
     def body(states, ends, strip, top, classes, probs):
         index = tf.argmin(ends, output_type=tf.int32)  # the view furthest behind
-        branches = [lambda i=i: advance(i, states) for i in range(count)]
-        states, rows = tf.switch_case(index, branches)
-        start = tf.gather(ends, index)
-        stop = start + tf.shape(rows)[0]
-        ends = tf.tensor_scatter_nd_update(ends, [[index]], [stop])
-        extent = tf.maximum(tf.shape(strip)[0], stop - top)  # the strip now ends at `stop`
-
-        def padded(block, first):  # `block` at row `first` of `extent` rows
-            return tf.pad(block, [[first, extent - first - tf.shape(block)[0]], [0, 0], [0, 0]])
-
-        strip = padded(strip, 0) + padded(rows, start - top)
+        branches = [lambda i=i: advance(i, states, strip, top) for i in range(count)]
+        states, strip, end = tf.switch_case(index, branches)
+        ends = tf.tensor_scatter_nd_update(ends, [[index]], [end])
         done = tf.reduce_min(ends) - top  # rows every view has finished
         final = strip[:done]
         classes = classes.write(classes.size(), tf.argmax(final, axis=-1, output_type=tf.int32))
@@ -692,12 +731,10 @@ def segment(
         outputs = _stream(*window_args(views[0][0]), finish, specs)
         classes, probs = outputs[0], (outputs[1] if probabilities else None)
     else:
-        softmax = lambda logits: (tf.nn.softmax(logits, axis=-1),)  # noqa: E731
         steppers = [
-            _band_stepper(*window_args(view), softmax, [(tf.float32, 3)]) for view, _ in views
+            _band_stepper(*window_args(view), _Strip(width, flipped)) for view, flipped in views
         ]
-        flipped = [flip for _, flip in views]
-        classes, probs = _merge_views(steppers, flipped, size, num_classes, probabilities)
+        classes, probs = _merge_views(steppers, size, num_classes, probabilities)
     if probs is not None:
         probs = tf.ensure_shape(probs, (None, None, num_classes))
     return classes, probs
