@@ -340,7 +340,10 @@ def _band_stepper(model, view, out_size, window_size, window_stride, batch_size,
 
         def call(start, total):
             batch = anchors[start : start + batch_size]
-            windows = tf.gather_nd(view, batch[:, None, None, :] + window_pixels[None])
+            # The model runs once `total` exists: the temporaries that build it are then
+            # freed, and never live beside the window logits.
+            with tf.control_dependencies([total]):
+                windows = tf.gather_nd(view, batch[:, None, None, :] + window_pixels[None])
             logits = tf.cast(model(windows, training=False), tf.float32)
 
             def add(i, total):  # one at a time, like the official loop
@@ -537,6 +540,7 @@ def _merge_views(steppers, out_size, num_classes, probabilities):
 
     def advance(index, states, strip, top):
         state, (strip, _), end = steppers[index][1](*states[index], (strip, top))
+        strip = tf.ensure_shape(strip, (None, None, num_classes))
         states = list(states)
         states[index] = state
         return tuple(states), strip, end
