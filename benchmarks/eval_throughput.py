@@ -6,7 +6,7 @@
 
 An ADE20K-sized image (683x512 by default: two 512 windows at stride 480),
 randomly initialised weights (speed does not depend on them), 150 classes.
-Each image goes through what `keras_segmenter.inference.evaluate` does per
+Each image goes through what `keras_segmenter.evaluation.evaluate` does per
 image, object sizes aside: the traced sliding-window `tf.function`, argmax
 and the confusion-matrix update. The result is the median over runs, after
 one warm-up image.

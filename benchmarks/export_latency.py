@@ -52,7 +52,8 @@ def main():
     from models import build_model
 
     from keras_segmenter.export import export_saved_model
-    from keras_segmenter.predict import default_window, predict
+    from keras_segmenter.inference import default_window
+    from keras_segmenter.predict import predict
 
     model = build_model(args.model, args.num_classes, args.window)
     window, stride = default_window(model, args.window, args.stride)

@@ -24,8 +24,9 @@ import tensorflow as tf
 import keras_segmenter as ks
 from keras_segmenter import runtime
 from keras_segmenter.export_runtimes import FORMATS, SUFFIXES, export_runtime
-from keras_segmenter.inference import sliding_window_logits
-from keras_segmenter.predict import default_window, load_image, predict
+from keras_segmenter.images import load_image
+from keras_segmenter.inference import default_window, sliding_window_logits
+from keras_segmenter.predict import predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "tests" / "data" / "ADEChallengeData2016" / "images").glob("*/*.jpg")) + [

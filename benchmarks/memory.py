@@ -2,16 +2,20 @@
 
     python benchmarks/memory.py --json
     python benchmarks/memory.py --sizes 1536x2048 3000x4000 --model seg_ti16_mask --num-classes 150
+    python benchmarks/memory.py --multi-scale --sizes 512x683 --json
 
 Each photo size runs in a fresh Python process (so that one case's freed
 memory does not hide the next one's peak): it builds the model with random
 weights (memory and speed do not depend on them), reads its resident set
-size, then runs `keras_segmenter.predict.predict` once on a random uint8
+size, traces the graph on a small image (peak resident set size after
+tracing), then runs `keras_segmenter.predict.predict` once on a random uint8
 photo (normalization, sliding window of the training crop, stride window -
 32, class map) and reports the process's peak resident set size
 (`getrusage` `ru_maxrss`), which includes TensorFlow, the model and tracing.
 The issue's targets for a 150-class Seg-Ti/16-mask on one CPU: a 3 MP photo
-under 1.5 GB, a 12 MP photo under 3 GB.
+under 1.5 GB, a 12 MP photo under 3 GB. `--multi-scale` runs the class map
+of the evaluation's multi-scale protocol instead (scales 0.5 to 1.75 with
+flips, `inference.make_segment_function`) on a normalized random image.
 """
 
 import argparse
@@ -43,14 +47,27 @@ def one_case(args):
     import numpy as np
 
     import keras_segmenter as ks
+    from keras_segmenter import inference
     from keras_segmenter.predict import predict
 
     height, width = (int(v) for v in args.one.split("x"))
     model = ks.build_segmenter(args.model, args.num_classes, image_size=args.window)
     photo = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    small = photo[: args.window // 2, : args.window // 2]  # traces the same graph
+    if args.multi_scale:
+        window, stride = inference.default_window(model)
+        infer = inference.make_segment_function(
+            model, window, stride, inference.OFFICIAL_SCALES, flip=True
+        )
+        normalize = ks.ImageNormalization(model.normalization)
+        run = lambda image: infer(normalize(image[None])[0]).numpy()  # noqa: E731
+    else:
+        run = lambda image: predict(model, image)  # noqa: E731
     before = current_rss_mb()
+    run(small)
+    traced = peak_rss_mb()
     start = time.perf_counter()
-    class_map = predict(model, photo)
+    class_map = run(photo)
     seconds = time.perf_counter() - start
     assert class_map.shape == (height, width)
     print(
@@ -60,6 +77,7 @@ def one_case(args):
                 "megapixels": round(height * width / 1e6, 2),
                 "peak_rss_mb": round(peak_rss_mb()),
                 "rss_before_predict_mb": round(before),
+                "peak_rss_after_tracing_mb": round(traced),
                 "seconds": round(seconds, 1),
             }
         )
@@ -76,6 +94,9 @@ def main():
         nargs="+",
         default=["1536x2048", "3000x4000"],
         help="photo sizes HEIGHTxWIDTH (default: 3 MP and 12 MP)",
+    )
+    parser.add_argument(
+        "--multi-scale", action="store_true", help="the multi-scale, flip class map instead"
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one size here
@@ -98,7 +119,7 @@ def main():
             str(args.num_classes),
             "--window",
             str(args.window),
-        ]
+        ] + (["--multi-scale"] if args.multi_scale else [])
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             cases.append({"image": size, "error": result.stderr.strip().splitlines()[-1:]})
@@ -113,6 +134,7 @@ def main():
                 "model": args.model,
                 "num_classes": args.num_classes,
                 "window": args.window,
+                "multi_scale": args.multi_scale,
                 "cases": cases,
                 "load_average": [round(v, 1) for v in os.getloadavg()],
                 "machine": machine_info(),

@@ -119,7 +119,8 @@ def main(argv=None):
         )
 
     from keras_segmenter.data import eval_dataset, get_dataset_info
-    from keras_segmenter.inference import evaluate, num_classes_of
+    from keras_segmenter.evaluation import evaluate
+    from keras_segmenter.inference import num_classes_of
     from keras_segmenter.predict import load_model
 
     model = load_model(args.model)

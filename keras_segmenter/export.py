@@ -19,7 +19,7 @@ with two signatures, both doing normalization and sliding-window inference
 
 Both return `segmentation`, int32 `(batch, height, width)` class indices at
 the input size, and with `--probabilities` also `probabilities`, float16
-`(batch, height, width, num_classes)` (see `predict.segment_image`). The
+`(batch, height, width, num_classes)` (see `inference.segment_image`). The
 sliding window is merged band by band (`inference.segment`), so memory grows
 with the pixels, not with pixels x classes x overlapping windows. A request
 with more pixels than `--max-pixels` (counted after the upscaling of images
@@ -46,8 +46,8 @@ import tensorflow as tf
 
 from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
 from keras_segmenter.files import atomic_write
-from keras_segmenter.inference import num_classes_of
-from keras_segmenter.predict import default_window, load_model, segment_image
+from keras_segmenter.inference import default_window, num_classes_of, segment_image
+from keras_segmenter.predict import load_model
 
 IMAGES_SHAPE = "(batch, height, width, 3)"
 
@@ -229,7 +229,7 @@ def make_segment_fn(model, window_size, window_stride, probabilities=False, batc
     """A function from a checked uint8 batch `(B, H, W, 3)` to the serving outputs.
 
     Normalization, then sliding-window inference on each image
-    (`predict.segment_image`), mapped over the batch.
+    (`inference.segment_image`), mapped over the batch.
 
     Returns:
         A function returning `{"segmentation": int32 (B, H, W)}`, plus
@@ -274,7 +274,7 @@ class SegmenterServingModule(tf.Module):
         model: a `keras_segmenter.Segmenter` (logits from normalized images).
         window_size: int, sliding window side. Defaults to the training crop.
         window_stride: int, step between windows. Defaults to
-            `window_size - 32` (see `predict.default_window`).
+            `window_size - 32` (see `inference.default_window`).
         probabilities: bool, also return `probabilities` (float16, 2 x K bytes
             per pixel). Defaults to `False`.
         batch_size: int, windows per model call. Defaults to
@@ -519,7 +519,7 @@ def _export_runtime(model, args):
         size = "any size"
     outputs = "segmentation, logits" + (", probabilities" if args.probabilities else "")
     print(
-        f"Wrote {path} ({args.format}): images uint8 {IMAGES_SHAPE}, {size} -> {outputs}; "
+        f"Wrote {path} ({args.format}): images float32 in [0, 255] {IMAGES_SHAPE}, {size} -> {outputs}; "
         f"{num_classes_of(model)} classes"
     )
     return 0

@@ -3,7 +3,9 @@
 Each format holds one graph, traced once with TensorFlow and converted by
 the format's own converter:
 
-- input `images`: uint8 `(batch, height, width, 3)` RGB pixels;
+- input `images`: float32 `(batch, height, width, 3)` RGB pixel values in
+  [0, 255] (uint8 images cast to float32; float, so that an image upscaled
+  for the sliding window is fed unrounded, as `predict()` windows it);
 - normalization (`ImageNormalization`) and the model, in the graph;
 - outputs `segmentation`: int32 `(batch, height, width)` class indices (the
   argmax of the logits), `logits`: float32 `(batch, height, width, K)`, and
@@ -54,14 +56,14 @@ def serving_function(model, image_size=None, probabilities=False):
         probabilities: bool, also output `probabilities`.
 
     Returns:
-        A `tf.function` with one input signature, from uint8 `images` to a
+        A `tf.function` with one input signature, from float32 `images` to a
         dict of `segmentation`, `logits` (and `probabilities`).
     """
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     height, width = image_size if image_size else (None, None)
     normalize = ImageNormalization(getattr(model, "normalization", "vit"))
-    spec = tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")
+    spec = tf.TensorSpec((None, height, width, 3), tf.float32, name="images")
 
     @tf.function(input_signature=[spec])
     def serve(images):

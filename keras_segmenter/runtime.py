@@ -10,8 +10,9 @@ section 4.2) as `keras_segmenter.inference.sliding_window_inference` does it:
 images whose short side is below the window are upscaled, windows are
 taken at the same anchors, window logits are averaged where they overlap,
 resized bilinearly (half-pixel centres) to the image size, and the class
-map is their argmax. One difference: the exported graphs take uint8
-pixels, so an upscaled image is rounded to uint8 before it is normalized.
+map is their argmax. The exported graphs take float32 pixel values in
+[0, 255], so an upscaled image goes in unrounded (bilinear resizing and
+the graph's normalization commute, up to float32 round-off).
 
 This file imports only NumPy and the runtime (`onnxruntime`, `openvino` or
 `ai_edge_litert`), never TensorFlow, Keras or the rest of keras_segmenter,
@@ -26,9 +27,9 @@ import numpy as np
 class ExportedModel:
     """An exported Segmenter file, run by its own runtime on the CPU.
 
-    Calling it on uint8 images `(batch, height, width, 3)` returns a dict of
-    NumPy arrays: `segmentation`, `logits` (and `probabilities` if
-    exported with them).
+    Calling it on images `(batch, height, width, 3)`, uint8 or float32
+    pixel values in [0, 255], returns a dict of NumPy arrays:
+    `segmentation`, `logits` (and `probabilities` if exported with them).
 
     Args:
         path: a `.onnx` (onnxruntime), `.xml` (openvino, with its `.bin`)
@@ -97,9 +98,9 @@ class ExportedModel:
 
     def __call__(self, images):
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        if images.dtype not in (np.uint8, np.float32) or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
-                "Expected uint8 images (batch, height, width, 3). "
+                "Expected uint8 or float32 images (batch, height, width, 3) in [0, 255]. "
                 f"Received: dtype={images.dtype}, shape={images.shape}"
             )
         if self.image_size and images.shape[1:3] != self.image_size:
@@ -107,7 +108,7 @@ class ExportedModel:
                 f"This file takes images of exactly {self.image_size} (height, width); use "
                 f"segment() for other sizes. Received: shape={images.shape}"
             )
-        return self._run(np.ascontiguousarray(images))
+        return self._run(np.ascontiguousarray(images, np.float32))
 
 
 def resize_bilinear(array, height, width):
@@ -176,14 +177,14 @@ def sliding_window_logits(model, image, window_size=None, window_stride=None, ba
     """Window-averaged logits of one image, resized to its size.
 
     Args:
-        model: an `ExportedModel` (or any callable from uint8 windows
+        model: an `ExportedModel` (or any callable from float32 windows
             `(n, window, window, 3)` to a dict with `logits`).
         image: uint8 RGB array `(height, width, 3)`.
         window_size: int, the window side: the training crop. Defaults to
             the file's fixed input size (LiteRT); required for files that
             take any size (ONNX, OpenVINO).
         window_stride: int, step between windows. Defaults to
-            `max(window - 32, window // 2)`, as `predict.default_window`.
+            `max(window - 32, window // 2)`, as `keras_segmenter.inference.default_window`.
         batch_size: int, windows per runtime call. Defaults to 4.
 
     Returns:
@@ -199,8 +200,7 @@ def sliding_window_logits(model, image, window_size=None, window_stride=None, ba
     height, width = image.shape[:2]
     new_height, new_width = upscaled_shape(height, width, window_size)
     if (new_height, new_width) != (height, width):
-        upscaled = resize_bilinear(image, new_height, new_width)
-        image = np.clip(np.rint(upscaled), 0, 255).astype(np.uint8)
+        image = resize_bilinear(image, new_height, new_width)  # float32, not rounded
     anchors = [
         (row, col)
         for row in window_anchors(new_height, window_size, window_stride)
@@ -210,6 +210,7 @@ def sliding_window_logits(model, image, window_size=None, window_stride=None, ba
     for start in range(0, len(anchors), batch_size):
         batch = anchors[start : start + batch_size]
         windows = np.stack([image[r : r + window_size, c : c + window_size] for r, c in batch])
+        windows = windows.astype(np.float32)
         logits = np.asarray(model(windows)["logits"], np.float32)
         if total is None:
             total = np.zeros((new_height, new_width, logits.shape[-1]), np.float32)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import keras_segmenter as ks
-from keras_segmenter.inference import evaluate, multi_scale_inference, sliding_window_inference
+from keras_segmenter.evaluation import evaluate
+from keras_segmenter.inference import multi_scale_inference, sliding_window_inference
 from keras_segmenter.metrics import SIZE_BUCKETS, object_size_confusion, summarize_confusion
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
     )
     results = evaluate(tiny_model, pairs, info, verbose=0)
     # The window is the model's 32 training crop, not the dataset's 64 crop;
-    # the stride is max(32 - 32, 32 // 2) (see predict.default_window).
+    # the stride is max(32 - 32, 32 // 2) (see inference.default_window).
     assert results["window_size"] == 32 and results["window_stride"] == 16
     preds = [
         np.argmax(sliding_window_inference(tiny_model, x, 32, 16).numpy(), -1) for x, _ in pairs
@@ -95,6 +96,23 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 2
     check_against_numpy(results, preds, [m for _, m in pairs])
     assert results["num_images"] == 3 and 0 < results["mIoU"] < 1
+
+
+def test_fit_validation_runs_the_evaluation_loop(tiny_model):
+    """fit's validation gives what its own loop (MeanIoU over the class maps) gave."""
+    from keras_segmenter.inference import make_segment_function
+    from keras_segmenter.training.run import make_evaluate_fn
+
+    pairs = camvid_pairs()
+    results = make_evaluate_fn(pairs, 11, 255, 32, 24, max_images=2)(tiny_model)
+    infer = make_segment_function(tiny_model, 32, 24)
+    metric = ks.MeanIoU(11, ignore_index=255)
+    for image, mask in pairs[:2]:
+        metric.update_state(mask[None], infer(image)[None])
+    expected = metric.results()
+    assert results["num_images"] == 2 and "size_mIoU" not in results
+    for key in ("mIoU", "aAcc", "mAcc", "IoU"):
+        np.testing.assert_array_equal(results[key], expected[key])
 
 
 def test_evaluate_window_falls_back_to_the_dataset_crop_without_a_training_crop():

@@ -13,8 +13,9 @@ import tensorflow as tf
 
 import keras_segmenter as ks
 from keras_segmenter import export, runtime
-from keras_segmenter.inference import sliding_window_logits
-from keras_segmenter.predict import default_window, load_image, predict
+from keras_segmenter.images import load_image
+from keras_segmenter.inference import default_window, sliding_window_logits
+from keras_segmenter.predict import predict
 
 DATA = pathlib.Path(__file__).parent / "data" / "predict"
 SAMPLE = pathlib.Path(ks.__file__).parent / "data" / "sample" / "camvid" / "val"
@@ -106,7 +107,7 @@ def test_sliding_window_class_map_matches_keras_on_photos(references, exported, 
 
 @pytest.mark.slow
 def test_one_pass_outputs_match_the_keras_model(model, exported):
-    """The graph itself: uint8 in, normalization inside; any size for ONNX and OpenVINO."""
+    """The graph itself: pixel values in, normalization inside; any size for ONNX and OpenVINO."""
     fmt, path = exported
     exported_model = runtime.ExportedModel(path)
     photo = load_image(PHOTOS[0])
@@ -132,7 +133,7 @@ def test_one_pass_outputs_match_the_keras_model(model, exported):
 
 @pytest.mark.slow
 def test_small_images_are_upscaled_like_keras(model, exported):
-    """Short side below the window: upscaled (then rounded to uint8) before windowing."""
+    """Short side below the window: upscaled in float32 (not rounded) before windowing."""
     fmt, path = exported
     image = load_image(PHOTOS[0])[:20, :70]
     class_map = runtime.segment(runtime.ExportedModel(path), image, WINDOW, STRIDE)

@@ -11,6 +11,7 @@ from keras_segmenter.inference import (
     make_inference_function,
     multi_scale_inference,
     rescaled_shape,
+    segment,
     sliding_window_inference,
     sliding_window_logits,
     upscaled_shape,
@@ -187,6 +188,31 @@ def test_multi_scale_averages_scales(pointwise_model):
         expected += tf.nn.softmax(tf.image.resize(logits, (48, 64), "bilinear")).numpy()
     np.testing.assert_allclose(multi, expected / len(scales), rtol=0, atol=1e-6)
     assert multi.shape == (48, 64, 5)
+
+
+def test_traced_multi_scale_flip_merges_views_band_by_band(pointwise_model):
+    """Tall image: every view has several bands, the views' strip moves down the image."""
+    model, _ = pointwise_model
+    image = np.random.default_rng(4).normal(size=(150, 40, 3)).astype("float32")
+    scales = (0.5, 1.0, 1.5)
+    expected = 0
+    for scale in scales:
+        size = (int(150 * scale + 0.5), int(40 * scale + 0.5))
+        scaled = tf.image.resize(image, size, "bilinear")
+        for flipped in (False, True):
+            view = scaled[:, ::-1] if flipped else scaled
+            logits = tf.image.resize(sliding_window_logits(model, view, 32, 16), (150, 40))
+            probs = tf.nn.softmax(logits).numpy()
+            expected += probs[:, ::-1] if flipped else probs
+    expected /= 2 * len(scales)
+    infer = make_inference_function(model, 32, 16, scales=scales, flip=True, batch_size=1)
+    np.testing.assert_allclose(infer(image).numpy(), expected, rtol=0, atol=1e-6)
+    classes, probs = segment(model, image, 32, 16, scales, True, probabilities=tf.float16)
+    assert probs.dtype == tf.float16 and probs.shape == (150, 40, 5)
+    np.testing.assert_allclose(probs.numpy(), expected, rtol=0, atol=2.5e-4)
+    margin = np.sort(expected, -1)[..., -1] - np.sort(expected, -1)[..., -2]
+    sure = margin > 1e-5  # the class map is the argmax of the float32 average
+    np.testing.assert_array_equal(classes.numpy()[sure], expected.argmax(-1)[sure])
 
 
 def test_official_rescale_sizes():

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import keras_segmenter as ks
+from keras_segmenter import inference, visualization
 from keras_segmenter import predict as predict_module
-from keras_segmenter import visualization
 from keras_segmenter.data.classes import CAMVID_PALETTE
 from keras_segmenter.inference import sliding_window_inference
 from keras_segmenter.predict import ImageReadError, load_image, predict
@@ -194,11 +194,11 @@ def test_predict_rejects_bad_input(model):
 
 
 def test_default_window_follows_the_paper(model):
-    assert predict_module.default_window(model) == (32, 16)
+    assert inference.default_window(model) == (32, 16)
     big = ks.build_segmenter("seg_ti16_mask", 3, image_size=64)
-    assert predict_module.default_window(big) == (64, 32)
-    assert predict_module.default_window(big, window_size=512) == (512, 480)
-    assert predict_module.default_window(big, window_stride=8) == (64, 8)
+    assert inference.default_window(big) == (64, 32)
+    assert inference.default_window(big, window_size=512) == (512, 480)
+    assert inference.default_window(big, window_stride=8) == (64, 8)
 
 
 def test_save_class_map_uses_16_bits_above_256_classes(tmp_path):

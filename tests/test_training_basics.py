@@ -281,3 +281,23 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(DiskFullError, match="latest.json: the disk is full"):
         atomic_write(str(path), broken)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["latest.json"]
+
+
+def test_validation_window_scales_the_dataset_stride_with_the_predict_rule():
+    import types
+
+    from keras_segmenter.data import get_dataset_info
+    from keras_segmenter.inference import default_window
+    from keras_segmenter.training.run import validation_window
+
+    def config(crop, window=None, stride=None):
+        return types.SimpleNamespace(crop_size=crop, window_size=window, window_stride=stride)
+
+    pascal = get_dataset_info("pascal_context")  # official window 480, stride 320
+    assert validation_window(config(480), pascal) == (480, 320)
+    assert validation_window(config(240), pascal) == (240, 160)
+    assert validation_window(config(128), get_dataset_info("ade20k")) == (128, 128)
+    assert validation_window(config(128, 96, 40), pascal) == (96, 40)
+    # The same function as predict's and evaluate's default (window - 32).
+    assert default_window(window_size=128) == (128, 96)
+    assert default_window(window_size=240, reference=(480, 320)) == (240, 160)

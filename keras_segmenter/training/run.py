@@ -117,14 +117,16 @@ def _data_kwargs(config):
 
 
 def validation_window(config, info):
-    """Sliding window = the training crop (paper 4.2); stride scaled like the dataset's."""
-    window = config.window_size or config.crop_size
-    if config.window_stride:
-        return window, config.window_stride
-    size, stride = getattr(info, "window_size", None), getattr(info, "window_stride", None)
-    if size and stride:
-        return window, max(1, round(window * stride / size))
-    return window, window
+    """Sliding window = the training crop (paper 4.2); stride scaled like the dataset's official
+    one (see `inference.default_window`)."""
+    from keras_segmenter.inference import default_window
+
+    reference = getattr(info, "window_size", None), getattr(info, "window_stride", None)
+    return default_window(
+        window_size=config.window_size or config.crop_size,
+        window_stride=config.window_stride or None,
+        reference=reference if all(reference) else None,
+    )
 
 
 def make_train_dataset(config, normalization, batch_size, seed, start=0):
@@ -161,36 +163,31 @@ def make_eval_dataset(config, normalization):
 
 
 def make_evaluate_fn(
-    dataset, num_classes, ignore_index, window_size=None, window_stride=None, max_images=None
+    dataset, num_classes, ignore_index, window_size, window_stride, max_images=None
 ):
-    """`evaluate(model) -> {"mIoU", "aAcc", "mAcc", "IoU"}` over `dataset`.
+    """`evaluate(model) -> {"mIoU", "aAcc", "mAcc", "IoU", ...}` over `dataset`.
 
-    `dataset` yields unbatched `(image (H, W, 3), mask (H, W))` at the
-    original resolution. With `window_size`, sliding-window inference as in
-    the paper; else the whole image in one call.
+    `keras_segmenter.evaluation.evaluate`, the loop of `evaluate.py`, on
+    unbatched `(image (H, W, 3), mask (H, W))` at the images' own size:
+    one scale, sliding windows as in the paper, no object sizes, silent.
     """
-    if max_images:
-        dataset = dataset.take(max_images)
+    from keras_segmenter.evaluation import evaluate
 
-    def evaluate(model):
-        if window_size:
-            from keras_segmenter.inference import make_segment_function
+    def evaluate_model(model):
+        return evaluate(
+            model,
+            dataset,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            window_size=window_size,
+            window_stride=window_stride,
+            base_size=False,
+            object_sizes=False,
+            limit=max_images,
+            verbose=0,
+        )
 
-            infer = make_segment_function(model, window_size, window_stride or window_size)
-        else:
-            infer = tf.function(
-                lambda image: tf.argmax(
-                    model(image[None], training=False)[0], -1, output_type=tf.int32
-                ),
-                reduce_retracing=True,
-            )
-        metric = make_metric(num_classes, ignore_index)
-        for image, mask in dataset:
-            pred = infer(tf.cast(image, tf.float32))
-            metric.update_state(mask[None], pred[None])
-        return metric.results()
-
-    return evaluate
+    return evaluate_model
 
 
 def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
