@@ -16,11 +16,13 @@ calls `prepare_tensorflow()`.
   TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI/bf16 or
   AMX; on an AVX2 CPU its default Eigen kernels run Seg-S/16 inference at
   0.55x the speed (README, "Speed").
-- TensorFlow's C++ start-up notices (`cpu_feature_guard`, `oneDNN custom
-  operations are on`, `absl::InitializeLog`) hidden unless the user set
-  `TF_CPP_MIN_LOG_LEVEL`. absl writes them to stderr before any log level
-  applies, so stderr is captured while TensorFlow is imported and only its
-  error lines (and anything not a log line) are written back.
+- TensorFlow's C++ INFO and WARNING lines hidden unless the user set
+  `TF_CPP_MIN_LOG_LEVEL` (ERROR lines too on a CPU without AVX-512 where
+  oneDNN was turned on here: it logs one, harmless, for each non-float32
+  transpose). absl writes the start-up notices (`cpu_feature_guard`,
+  `oneDNN custom operations are on`, `absl::InitializeLog`) to stderr before
+  any log level applies, so stderr is captured while TensorFlow is imported
+  and only its error lines (and anything not a log line) are written back.
 
 A user's mistake ends as one line on stderr and exit status 2. A missing or
 empty data folder, an unknown dataset, a file that is not a model, a
@@ -67,17 +69,22 @@ def is_command():
 
 
 def prepare_tensorflow():
-    """In an entry point: oneDNN kernels on, TF's C++ INFO and WARNING lines hidden.
+    """In an entry point: oneDNN kernels on, TF's C++ log lines below ERROR hidden.
 
     Settings the user made win. Only acts before TensorFlow is imported, and
     imports it.
     """
     if not is_command() or "tensorflow" in sys.modules:
         return
+    onednn_by_us = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # Without AVX-512, oneDNN logs an ERROR line for the first transpose of each
+    # dtype but float32 ("supports DT_INT32 only on platforms with AVX-512") and
+    # runs TF's own kernel: with the oneDNN we turned on, ERROR lines go too.
+    quiet_errors = onednn_by_us and not _has_avx512()
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if quiet_errors else "2"
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile("w+") as captured:
@@ -89,6 +96,15 @@ def prepare_tensorflow():
             os.close(saved)
             captured.seek(0)
             sys.stderr.writelines(line for line in captured if not _NOTICE.match(line))
+
+
+def _has_avx512():
+    """Whether /proc/cpuinfo lists AVX-512 (True where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("flags") and " avx512f" in line for line in info)
+    except OSError:
+        return True
 
 
 prepare_tensorflow()
