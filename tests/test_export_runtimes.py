@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,8 +14,9 @@ import keras_segmenter as ks
 from keras_segmenter import export, runtime
 from keras_segmenter.inference import sliding_window_logits
 from keras_segmenter.predict import default_window, load_image, predict
+from tests.testing import ASSETS, tiny_model
 
-DATA = pathlib.Path(__file__).parent / "data" / "predict"
+DATA = ASSETS / "predict"
 SAMPLE = pathlib.Path(ks.__file__).parent / "data" / "sample" / "camvid" / "val"
 PHOTOS = [
     DATA / "camvid_0016E5_07959.jpg",
@@ -33,11 +33,7 @@ MAX_LOGITS_ERROR = 1e-4
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(1)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=32
-    )
-    return ks.Segmenter(backbone, num_classes=5)
+    return tiny_model(seed=1)
 
 
 @pytest.fixture(scope="module")

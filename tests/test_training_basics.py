@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_segmenter as ks
 from keras_segmenter.training import (
     RunConfig,
     SegmentationCrossEntropy,
@@ -23,6 +22,7 @@ from keras_segmenter.training.checkpoints import (
     remove_temporary_files,
     resume,
 )
+from tests.testing import finish, spawn, tiny_model
 
 
 def test_poly_schedule_matches_formula():
@@ -98,8 +98,7 @@ def test_run_config_paper_defaults_and_errors(tmp_path):
 
 
 def _tiny_compiled_model():
-    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.0)
-    model = ks.Segmenter(backbone, 3, decoder_dropout=0.0)
+    model = tiny_model(3, seed=None, dropout=0.0)
     model.compile(
         optimizer=keras.optimizers.SGD(poly_schedule(0.1, 10), momentum=0.9, nesterov=True),
         loss=SegmentationCrossEntropy(),
@@ -146,7 +145,7 @@ def test_checkpoints_are_atomic_and_restore_optimizer_state(tmp_path):
     for a, b in zip(model.get_weights(), restored.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
-    other = ks.Segmenter(ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32), 5)
+    other = tiny_model(5, seed=None)
     other.compile(optimizer="sgd", loss=SegmentationCrossEntropy())
     with pytest.raises(ValueError, match="does not match this model"):
         restore_checkpoint(other, latest_checkpoint(directory)["path"])
@@ -180,9 +179,7 @@ def test_camvid_defaults_are_the_from_scratch_recipe():
 
 
 def _dropout_model():
-    keras.utils.set_random_seed(1)
-    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.2)
-    model = ks.Segmenter(backbone, 3, decoder_dropout=0.2)
+    model = tiny_model(3, seed=1, dropout=0.2)
     model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=SegmentationCrossEntropy())
     return model
 
@@ -226,38 +223,26 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pa
         resume(_tiny_compiled_model(), directory, lines.append)
 
 
-_DISK_FULL_SCRIPT = """
+_DISK_FULL_SCRIPT = f"""
 import json, os, resource, signal, sys
-sys.path.insert(0, sys.argv[2])
-from test_training_basics import _tiny_compiled_model
+from {__name__} import _tiny_compiled_model
 from keras_segmenter.training.checkpoints import DiskFullError, save_checkpoint
+directory = json.loads(sys.argv[1])
 model = _tiny_compiled_model()
 model.optimizer.build(model.trainable_variables)
-save_checkpoint(model, sys.argv[1], 2)
+save_checkpoint(model, directory, 2)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like ENOSPC
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
-    save_checkpoint(model, sys.argv[1], 4)
+    save_checkpoint(model, directory, 4)
 except DiskFullError as e:
     print("DISKFULL", e)
 """
 
 
 def test_a_full_disk_is_an_error_that_leaves_the_last_checkpoint_named(tmp_path):
-    import subprocess
-    import sys
-
-    script = tmp_path / "script.py"
-    script.write_text(_DISK_FULL_SCRIPT)
     directory = tmp_path / "ckpt"
-    tests = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run(
-        [sys.executable, str(script), str(directory), tests],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests])),
-    )
+    (proc,) = finish(spawn(_DISK_FULL_SCRIPT, str(directory)), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]  # no crash
     assert "DISKFULL" in proc.stdout and "ckpt-00000004.npz: the disk is full" in proc.stdout
     assert sorted(os.listdir(directory)) == [
