@@ -13,7 +13,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # outputs of the official code, see the README there
-ASSETS = REPO / "tests" / "data"  # small image/mask pairs and photos, see the READMEs there
+ASSETS = REPO / "tests" / "assets"  # small image/mask pairs and photos, see the READMEs there
 CAMVID = ASSETS / "camvid"  # 4 train and 2 val CamVid pairs, 240x180
 PHOTOS = ASSETS / "predict"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
