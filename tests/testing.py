@@ -119,24 +119,18 @@ def python_env(**extra):
     return env
 
 
-def clusters(*sizes):
-    """The TF_CONFIGs of clusters of `sizes` workers on distinct free loopback ports, a list each."""
-    sockets = [socket.socket() for _ in range(sum(sizes))]
+def cluster(size=2):
+    """The TF_CONFIG of each of `size` workers of one cluster on free loopback ports."""
+    sockets = [socket.socket() for _ in range(size)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
-    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
     for s in sockets:
         s.close()
-    configs = []
-    for size in sizes:
-        workers, addresses = addresses[:size], addresses[size:]
-        configs.append(
-            [
-                json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-                for i in range(size)
-            ]
-        )
-    return configs
+    return [
+        json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+        for i in range(size)
+    ]
 
 
 def spawn(script, args, tf_configs=(None,)):

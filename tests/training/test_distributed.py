@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.testing import clusters, finish, result, spawn, tiny_model
+from tests.testing import cluster, finish, result, spawn, tiny_model
 
 # A tiny Segmenter, synthetic data whose two half-batches have very different
 # numbers of ignored pixels (so a per-replica mean would differ from the
@@ -177,15 +177,10 @@ def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_ex
     args = {"iterations": 6, "every": 2}
     for out in ("mw", "killed"):  # both workers start from it
         tiny_model(4, dropout=0.0).save(str(tmp_path / out) + "_init.keras")
-    out = str(tmp_path / "killed")
-    # Three independent runs at once: two workers, the same steps on one device fed both
-    # workers' shards, and two workers killed after their first checkpoint.
-    two_workers, killed_workers = clusters(2, 2)
+    # Two workers, and at the same time the same steps on one device fed both workers' shards.
+    two_workers = cluster()
     full_procs = spawn(_SCRIPT, dict(args, mode="worker", out=str(tmp_path / "mw")), two_workers)
     single_procs = spawn(_SCRIPT, dict(args, mode="single", out=str(tmp_path / "one")))
-    killed_procs = spawn(_SCRIPT, dict(args, mode="worker", out=out, slow=0.3), killed_workers)
-    for proc in _kill_after_checkpoint(killed_procs, os.path.join(out, "checkpoints"), 2):
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     full = [result(p) for p in finish(full_procs)]
     single = result(finish(single_procs)[0])
     assert [r["worker"] for r in full] == [0, 1] and all(r["num_workers"] == 2 for r in full)
@@ -202,11 +197,18 @@ def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_ex
     for a, b in zip(full[0]["weights"], single["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5)
 
+    out = str(tmp_path / "killed")
+    killed_workers = cluster()
+    killed_procs = spawn(_SCRIPT, dict(args, mode="worker", out=out, slow=0.3), killed_workers)
+    for proc in _kill_after_checkpoint(killed_procs, os.path.join(out, "checkpoints"), 2):
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert json.load(open(os.path.join(out, "checkpoints", "latest.json")))["iteration"] < 6
-    (cluster,) = clusters(2)
+    resumed_workers = cluster()
     resumed = [
         result(p)
-        for p in finish(spawn(_SCRIPT, dict(args, mode="worker", out=out, resume=True), cluster))
+        for p in finish(
+            spawn(_SCRIPT, dict(args, mode="worker", out=out, resume=True), resumed_workers)
+        )
     ]
     assert all(r["iteration"] == 6 for r in resumed)
     assert resumed[0]["weights_sha256"] == resumed[1]["weights_sha256"]

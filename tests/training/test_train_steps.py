@@ -21,7 +21,7 @@ import types
 import numpy as np
 import pytest
 
-from tests.testing import FIXTURES, clusters, finish, result, spawn
+from tests.testing import FIXTURES, cluster, finish, result, spawn
 
 FIXTURE = FIXTURES / "train_steps"
 
@@ -189,7 +189,7 @@ print("RESULT " + json.dumps(path), flush=True)
 def spawned(tmp_path_factory):
     """The mirrored run and both workers of the multi-worker run, started together."""
     out = tmp_path_factory.mktemp("spawned")
-    (workers,) = clusters(2)
+    workers = cluster()
     procs = {
         "mirrored": spawn(_SCRIPT, {"mode": "mirrored", "out": str(out / "mirrored")}),
         "worker": spawn(_SCRIPT, {"mode": "worker", "out": str(out / "worker")}, workers),
