@@ -29,7 +29,7 @@ from keras_segmenter.inference import default_window, sliding_window_logits
 from keras_segmenter.predict import predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PHOTOS = sorted((ROOT / "tests" / "data" / "ADEChallengeData2016" / "images").glob("*/*.jpg")) + [
+PHOTOS = sorted((ROOT / "tests" / "assets" / "ADEChallengeData2016" / "images").glob("*/*.jpg")) + [
     ROOT / "keras_segmenter" / "data" / "sample" / "camvid" / "val" / name
     for name in ("0016E5_07959.jpg", "0016E5_08001.jpg")
 ]

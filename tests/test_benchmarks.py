@@ -2,20 +2,42 @@
 
 The figures themselves are not checked (a tiny model's speed means
 nothing); the scripts' plumbing is: arguments, model building, export and
-runtimes, and the keys of the JSON they print.
+runtimes, and the keys of the JSON they print. The scripts run two at a time.
 """
 
+import concurrent.futures
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.testing import REPO
+
 CAMVID = REPO / "keras_segmenter" / "data" / "sample" / "camvid"
 MACHINE_KEYS = {"cpu", "cpu_cores", "cpu_flags", "onednn", "gpus", "tensorflow", "keras"}
 TINY = ("--model", "tiny", "--num-classes", "3")
+RUNTIMES = ["keras", "saved_model", "onnx", "openvino", "litert"]
+ONE_RUN = ("--runs", "1")
+# name: the script and its arguments (each command runs once, for the test of that name).
+COMMANDS = {
+    **{
+        f"throughput {runtime}": ("throughput.py", *TINY, "--size", "32", "--batch", "2", *ONE_RUN)
+        + ("--steps", "1", "--runtime", runtime)
+        for runtime in RUNTIMES
+    },
+    "throughput mixed xla": ("throughput.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN)
+    + ("--steps", "1", "--precision", "mixed_bfloat16", "--xla"),
+    "train_throughput": ("train_throughput.py", *TINY, "--crop", "32", "--batch", "1")
+    + ("--warmup", "1", "--steps", "1"),
+    "eval_throughput": ("eval_throughput.py", *TINY, "--height", "32", "--width", "48")
+    + ("--window", "32", "--stride", "16", *ONE_RUN, "--images", "1"),
+    "data_throughput": ("data_throughput.py", "--dataset", "camvid", "--data-dir", str(CAMVID))
+    + ("--crop-size", "32", "--batch-size", "2", "--batches", "1", *ONE_RUN),
+    "export_latency": ("export_latency.py", *TINY, "--height", "32", "--width", "48")
+    + ("--window", "32", *ONE_RUN),
+    "matmul_bound": ("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN),
+}
 
 
 def run_benchmark(script, *args):
@@ -37,22 +59,17 @@ def check_machine(machine):
     assert set(machine["onednn"]) == {"TF_ENABLE_ONEDNN_OPTS", "onednn_on"}
 
 
-@pytest.mark.parametrize("runtime", ["keras", "saved_model", "onnx", "openvino", "litert"])
-def test_throughput(runtime):
-    out = run_benchmark(
-        "throughput.py",
-        *TINY,
-        "--size",
-        "32",
-        "--batch",
-        "2",
-        "--runs",
-        "1",
-        "--steps",
-        "1",
-        "--runtime",
-        runtime,
-    )
+@pytest.fixture(scope="module")
+def printed():
+    """{name: the future JSON line of that command}: all are queued at once, two run at a time."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        yield {name: pool.submit(run_benchmark, *command) for name, command in COMMANDS.items()}
+        pool.shutdown(cancel_futures=True)  # those no selected test waits for
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_throughput(printed, runtime):
+    out = printed[f"throughput {runtime}"].result()
     assert out["runtime"] == runtime and out["images_per_sec"] > 0
     if runtime == "keras":
         assert out["class_map_agreement"] is None  # it is the reference
@@ -62,22 +79,8 @@ def test_throughput(runtime):
     check_machine(out["machine"])
 
 
-def test_throughput_mixed_precision_xla():
-    out = run_benchmark(
-        "throughput.py",
-        *TINY,
-        "--size",
-        "32",
-        "--batch",
-        "1",
-        "--runs",
-        "1",
-        "--steps",
-        "1",
-        "--precision",
-        "mixed_bfloat16",
-        "--xla",
-    )
+def test_throughput_mixed_precision_xla(printed):
+    out = printed["throughput mixed xla"].result()
     assert out["precision"] == "mixed_bfloat16" and out["xla"] is True
     assert 0 <= out["class_map_agreement"] <= 1
 
@@ -101,83 +104,32 @@ def test_throughput_rejects_precision_for_exported_runtimes():
     assert "Traceback" not in result.stderr
 
 
-def test_train_throughput():
-    out = run_benchmark(
-        "train_throughput.py",
-        *TINY,
-        "--crop",
-        "32",
-        "--batch",
-        "1",
-        "--warmup",
-        "1",
-        "--steps",
-        "1",
-    )
+def test_train_throughput(printed):
+    out = printed["train_throughput"].result()
     assert out["benchmark"] == "train_throughput" and out["images_per_second_per_replica"] > 0
     check_machine(out["machine"])
 
 
-def test_eval_throughput():
-    out = run_benchmark(
-        "eval_throughput.py",
-        *TINY,
-        "--height",
-        "32",
-        "--width",
-        "48",
-        "--window",
-        "32",
-        "--stride",
-        "16",
-        "--runs",
-        "1",
-        "--images",
-        "1",
-    )
+def test_eval_throughput(printed):
+    out = printed["eval_throughput"].result()
     assert out["images_per_sec"] > 0 and out["traces"] == 1
     check_machine(out["machine"])
 
 
-def test_data_throughput():
-    out = run_benchmark(
-        "data_throughput.py",
-        "--dataset",
-        "camvid",
-        "--data-dir",
-        str(CAMVID),
-        "--crop-size",
-        "32",
-        "--batch-size",
-        "2",
-        "--batches",
-        "1",
-        "--runs",
-        "1",
-    )
+def test_data_throughput(printed):
+    out = printed["data_throughput"].result()
     assert out["crops_per_s"] > 0
     check_machine(out)
 
 
-def test_export_latency():
-    out = run_benchmark(
-        "export_latency.py",
-        *TINY,
-        "--height",
-        "32",
-        "--width",
-        "48",
-        "--window",
-        "32",
-        "--runs",
-        "1",
-    )
+def test_export_latency(printed):
+    out = printed["export_latency"].result()
     assert out["same_class_map"] is True and out["saved_model_ms"] > 0
     check_machine(out)
 
 
-def test_matmul_bound():
-    out = run_benchmark("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", "--runs", "1")
+def test_matmul_bound(printed):
+    out = printed["matmul_bound"].result()
     # tiny: patch embedding, 2 encoder blocks, proj_dec, 2 decoder blocks, 3 mask products.
     assert out["products"] == 1 + 6 * 2 + 1 + 6 * 2 + 3 and out["gflops"] > 0
     check_machine(out["machine"])

@@ -1,17 +1,16 @@
 """keras_segmenter.cli: a user's mistake is one line and exit status 2, a bug keeps its traceback."""
 
-import pathlib
 import zipfile
 
 import keras
 import pytest
 import tensorflow as tf
 
-import keras_segmenter as ks
 from keras_segmenter import predict as predict_module
 from keras_segmenter.cli import UserError, check_file, reports_user_errors, user_error_message
+from tests.testing import PHOTOS, tiny_model
 
-IMAGE = pathlib.Path(__file__).parent / "data" / "predict" / "camvid_0016E5_07959.jpg"
+IMAGE = PHOTOS / "camvid_0016E5_07959.jpg"
 
 
 def test_user_errors_become_one_line_and_bugs_are_reraised(capsys):
@@ -58,11 +57,8 @@ def test_check_file_never_calls_an_existing_path_missing(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
-    )
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    ks.Segmenter(backbone, num_classes=5).save(path)
+    tiny_model(seed=None, num_layers=1).save(path)
     return path
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import types
@@ -16,9 +15,10 @@ import keras_segmenter as ks
 from keras_segmenter.evaluation import evaluate
 from keras_segmenter.inference import multi_scale_inference, sliding_window_inference
 from keras_segmenter.metrics import SIZE_BUCKETS, object_size_confusion, summarize_confusion
+from tests import testing
+from tests.testing import ASSETS, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CAMVID = REPO / "tests" / "data" / "eval_camvid"
+CAMVID = ASSETS / "eval_camvid"
 
 
 def camvid_pairs():
@@ -55,11 +55,7 @@ def mmseg_metrics(preds, labels, num_classes):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
-    )
-    model = ks.Segmenter(backbone, num_classes=11, decoder="linear")
+    model = testing.tiny_model(11, num_layers=1, decoder="linear")
     # Spread the random model's predictions over several classes: a larger
     # head makes them depend on the image, not only on the bias.
     kernel, bias = model.decoder.weights

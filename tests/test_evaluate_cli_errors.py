@@ -2,18 +2,16 @@
 
 import importlib.util
 import json
-import pathlib
 import shutil
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-import keras_segmenter as ks
+from tests import testing
+from tests.testing import ASSETS, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CAMVID = REPO / "tests" / "data" / "eval_camvid"
+CAMVID = ASSETS / "eval_camvid"
 _spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "training" / "evaluate.py")
 evaluate_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate_script)
@@ -21,11 +19,7 @@ _spec.loader.exec_module(evaluate_script)
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
-    )
-    model = ks.Segmenter(backbone, num_classes=11, decoder="linear")
+    model = testing.tiny_model(11, num_layers=1, decoder="linear")
     kernel, _ = model.decoder.weights
     kernel.assign(kernel * 20.0)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import zlib
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,8 +17,9 @@ from PIL import Image
 import keras_segmenter as ks
 from keras_segmenter import export
 from keras_segmenter.predict import load_image, predict
+from tests.testing import PHOTOS, tiny_model
 
-DATA = pathlib.Path(__file__).parent / "data" / "predict"
+DATA = PHOTOS
 CAMVID_JPG = DATA / "camvid_0016E5_07959.jpg"
 VOC_PNG = DATA / "voc_val_sample_1_160.png"
 BIN = pathlib.Path(sys.executable).parent
@@ -41,11 +41,7 @@ def run(*command):
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(1)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=32
-    )
-    return ks.Segmenter(backbone, num_classes=5)
+    return tiny_model(seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,8 +15,9 @@ from keras_segmenter import export, runtime
 from keras_segmenter.images import load_image
 from keras_segmenter.inference import default_window, sliding_window_logits
 from keras_segmenter.predict import predict
+from tests.testing import ASSETS, tiny_model
 
-DATA = pathlib.Path(__file__).parent / "data" / "predict"
+DATA = ASSETS / "predict"
 SAMPLE = pathlib.Path(ks.__file__).parent / "data" / "sample" / "camvid" / "val"
 PHOTOS = [
     DATA / "camvid_0016E5_07959.jpg",
@@ -34,11 +34,7 @@ MAX_LOGITS_ERROR = 1e-4
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(1)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=32
-    )
-    return ks.Segmenter(backbone, num_classes=5)
+    return tiny_model(seed=1)
 
 
 @pytest.fixture(scope="module")

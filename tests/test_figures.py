@@ -1,6 +1,8 @@
 """Tests of keras_segmenter.figures: the numbers behind Figures 6-8, and that
 every plot draws on tiny models (Agg backend)."""
 
+import functools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,6 +14,7 @@ import pytest  # noqa: E402
 
 import keras_segmenter as ks  # noqa: E402
 from keras_segmenter import figures  # noqa: E402
+from tests import testing  # noqa: E402
 
 PALETTE = [(10 * k, 255 - 20 * k, 30 * k) for k in range(5)]
 NAMES = ["sky", "road", "car", "tree", "person"]
@@ -23,20 +26,7 @@ def close_figures():
     plt.close("all")
 
 
-def tiny_model(decoder="mask", distilled=False, num_classes=5, seed=0):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    backbone = ks.ViTBackbone(
-        patch_size=8,
-        hidden_dim=16,
-        num_layers=3,
-        num_heads=2,
-        mlp_dim=32,
-        image_size=32,
-        distilled=distilled,
-    )
-    return ks.Segmenter(backbone, num_classes=num_classes, decoder=decoder)
+tiny_model = functools.partial(testing.tiny_model, num_layers=3)
 
 
 def random_image(height=32, width=40, seed=0):

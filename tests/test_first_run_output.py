@@ -9,16 +9,13 @@ than 1,000 characters.
 """
 
 import os
-import pathlib
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CAMVID = REPO / "tests" / "data" / "camvid"
+from tests.testing import CAMVID, REPO, finish, fit_command
 
 # What TF's C++ runtime writes at start-up (absl's `I0000 00:00:...` lines and their preamble).
 TF_STARTUP = re.compile(
@@ -26,15 +23,22 @@ TF_STARTUP = re.compile(
 )
 
 
-def run(args, cwd):
+def start(args, cwd):
     env = {
         k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
     }
     env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env
+    )
+
+
+def outputs(*procs):
+    """What the processes printed, once all have ended (each must succeed)."""
+    done = finish(procs, timeout=900)
+    for proc in done:
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return [proc.stdout + proc.stderr for proc in done]
 
 
 def assert_clean(output):
@@ -57,32 +61,15 @@ def suggested(output, module_or_script):
 
 @pytest.mark.slow
 def test_main_command_and_its_suggestions_print_clean_output(tmp_path):
-    output = run(
-        [
-            sys.executable,
-            str(REPO / "training" / "fit.py"),
-            "--dataset",
-            "camvid",
-            "--data-dir",
-            str(CAMVID),
-            "--model",
-            "seg_ti16_mask",
-            "--crop-size",
-            "64",
-            "--batch-size",
-            "2",
-            "--val-images",
-            "1",
-            "--iterations",
-            "6",
-            "--checkpoint-every",
-            "2",
-            "--val-every",
-            "4",
-            "--output-dir",
-            "run",
-        ],
-        cwd=tmp_path,
+    (output,) = outputs(
+        start(
+            fit_command(
+                *("--dataset", "camvid", "--data-dir", CAMVID, "--model", "seg_ti16_mask"),
+                *("--crop-size", 64, "--batch-size", 2, "--val-images", 1, "--iterations", 6),
+                *("--checkpoint-every", 2, "--val-every", 4, "--output-dir", "run"),
+            ),
+            cwd=tmp_path,
+        )
     )
     assert_clean(output)
     # One progress line per chunk of 2 iterations; validation shown only where it ran.
@@ -91,13 +78,14 @@ def test_main_command_and_its_suggestions_print_clean_output(tmp_path):
     assert "val_mIoU" not in epoch_lines[0] and all("val_mIoU" in line for line in epoch_lines[1:])
     assert "--output-dir run --resume" in output
 
-    predict = suggested(output, "keras_segmenter.predict")
+    # The two suggested commands, run at the same time.
     overlay = re.search(r"overlay is written to (\S+?)\):", output).group(1)
     assert not (tmp_path / overlay).exists()
-    assert_clean(run(predict, cwd=tmp_path))
+    predicted, evaluated = outputs(
+        start(suggested(output, "keras_segmenter.predict"), cwd=tmp_path),
+        start(suggested(output, "evaluate.py"), cwd=tmp_path),
+    )
+    assert_clean(predicted)
     assert (tmp_path / overlay).is_file()
-
-    evaluate = suggested(output, "evaluate.py")
-    evaluated = run(evaluate, cwd=tmp_path)
     assert_clean(evaluated)
     assert re.search(r"^1/2 images .*\n2/2 images ", evaluated, re.M), evaluated

@@ -2,62 +2,59 @@
 
 import csv
 import json
-import pathlib
 import subprocess
-import sys
 
 import keras
 import pytest
 
 import keras_segmenter as ks
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CAMVID = REPO / "tests" / "data" / "camvid"
+from tests.testing import CAMVID, REPO, finish, fit_command, tiny_model
 
 
-def fit(*args, timeout=600):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "training" / "fit.py"),
-            "--dataset",
-            "camvid",
-            "--data-dir",
-            str(CAMVID),
-            "--crop-size",
-            "64",
-            "--batch-size",
-            "2",
-            "--val-images",
-            "1",
-            *map(str, args),
-        ],
-        capture_output=True,
+def start_fit(*args):
+    """Starts training/fit.py on the CamVid pairs: 64-pixel crops, batch 2, 1 validation image."""
+    return subprocess.Popen(
+        fit_command(
+            *("--dataset", "camvid", "--data-dir", CAMVID, "--crop-size", 64, "--batch-size", 2),
+            *("--val-images", 1, *args),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=REPO,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
+
+
+def succeeded(proc):
+    (done,) = finish([proc])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The runs that need no earlier run, started together: (their folder, {name: process})."""
+    root = tmp_path_factory.mktemp("fit")
+    tiny_model(3, seed=None, num_layers=1).save(root / "tiny.keras")
+    procs = {
+        "bf16": start_fit(
+            *("--model", "seg_ti16_linear", "--precision", "mixed_bfloat16", "--iterations", 4),
+            *("--checkpoint-every", 2, "--val-every", 4, "--output-dir", root / "bf16"),
+        ),
+        "wrong_classes": start_fit("--init", root / "tiny.keras", "--output-dir", root / "run"),
+    }
+    yield root, procs
+    for proc in procs.values():  # those a failed test left running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow
-def test_fit_mixed_precision_then_continue_from_init(tmp_path):
-    first = tmp_path / "bf16"
-    fit(
-        "--model",
-        "seg_ti16_linear",
-        "--precision",
-        "mixed_bfloat16",
-        "--iterations",
-        4,
-        "--checkpoint-every",
-        2,
-        "--val-every",
-        4,
-        "--output-dir",
-        first,
-    )
+def test_fit_mixed_precision_then_continue_from_init(started):
+    root, procs = started
+    first = root / "bf16"
+    succeeded(procs["bf16"])
     config = json.loads((first / "config.json").read_text())
     assert config["precision"] == "mixed_bfloat16" and config["iterations"] == 4
     with open(first / "history.csv") as file:
@@ -66,44 +63,18 @@ def test_fit_mixed_precision_then_continue_from_init(tmp_path):
     model = keras.saving.load_model(first / "model.keras")
     assert isinstance(model, ks.Segmenter) and model.num_classes == 11
 
-    second = tmp_path / "fp16"
-    fit(
-        "--init",
-        first / "model.keras",
-        "--precision",
-        "mixed_float16",
-        "--iterations",
-        2,
-        "--checkpoint-every",
-        2,
-        "--val-every",
-        2,
-        "--output-dir",
-        second,
+    second = root / "fp16"
+    succeeded(
+        start_fit(
+            *("--init", first / "model.keras", "--precision", "mixed_float16", "--iterations", 2),
+            *("--checkpoint-every", 2, "--val-every", 2, "--output-dir", second),
+        )
     )
     assert (second / "model.keras").is_file()
 
 
-def test_fit_rejects_an_init_with_the_wrong_number_of_classes(tmp_path):
-    tiny = tmp_path / "tiny.keras"
-    ks.Segmenter(ks.ViTBackbone(8, 16, 1, 2, 32, image_size=32), 3).save(tiny)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "training" / "fit.py"),
-            "--dataset",
-            "camvid",
-            "--data-dir",
-            str(CAMVID),
-            "--init",
-            str(tiny),
-            "--output-dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+@pytest.mark.slow
+def test_fit_rejects_an_init_with_the_wrong_number_of_classes(started):
+    (result,) = finish([started[1]["wrong_classes"]], timeout=300)
     assert result.returncode != 0
     assert "the model has 3 classes" in result.stdout + result.stderr

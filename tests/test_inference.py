@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FIXTURES, FLOORS, max_difference
 
 from keras_segmenter.convert import load_official
 from keras_segmenter.inference import (
@@ -17,9 +16,10 @@ from keras_segmenter.inference import (
     upscaled_shape,
     window_anchors,
 )
+from tests.testing import FIXTURES, FLOORS, max_difference
 
 CASES = ("80x112_ws64_st32", "100x150_ws64_st64", "40x56_ws64_st32")
-# Ours against the official float32 probabilities, by the error model in conftest.py.
+# Ours against the official float32 probabilities, by the error model in tests/testing.py.
 ATOL = max_difference(FLOORS["sliding_probs"], "ours", "torch_fp32")
 
 

@@ -3,7 +3,6 @@
 import collections
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -20,8 +19,7 @@ from keras_segmenter.metrics import (
     object_size_confusion,
     summarize_confusion,
 )
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.testing import REPO
 
 
 def mmseg_mean_iou(results, gt_seg_maps, num_classes, ignore_index=255):

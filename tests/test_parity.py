@@ -1,13 +1,13 @@
 """Parity with the official PyTorch Segmenter (fixtures in tests/fixtures, see README there).
 
-Every bound is `max_difference` of the error model stated in conftest.py.
+Every bound is `max_difference` of the error model stated in tests/testing.py.
 """
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, FLOORS, MANIFEST, max_difference
 
 from keras_segmenter.convert import backbone_from_imagenet_vit, load_official
+from tests.testing import FIXTURES, FLOORS, MANIFEST, max_difference
 
 OFFICIAL = ["tiny_mask", "tiny_linear", "tiny_distilled_mask", "tiny_p8_mask"]
 

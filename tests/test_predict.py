@@ -2,12 +2,10 @@
 
 import io
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,18 +16,11 @@ from keras_segmenter import predict as predict_module
 from keras_segmenter.data.classes import CAMVID_PALETTE
 from keras_segmenter.inference import sliding_window_inference
 from keras_segmenter.predict import ImageReadError, load_image, predict
+from tests.testing import PHOTOS, tiny_model
 
-DATA = pathlib.Path(__file__).parent / "data" / "predict"
+DATA = PHOTOS
 CAMVID_JPG = DATA / "camvid_0016E5_07959.jpg"
 VOC_PNG = DATA / "voc_val_sample_1_160.png"
-
-
-def tiny_model(num_classes=5, seed=0):
-    keras.utils.set_random_seed(seed)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, mlp_dim=32, image_size=32
-    )
-    return ks.Segmenter(backbone, num_classes=num_classes)
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,14 @@ import csv
 import importlib.util
 import json
 import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CAMVID = REPO / "tests" / "data" / "camvid"
+from tests.testing import CAMVID, REPO, finish, fit_command, tiny_model
 
 
 def _fit_module():
@@ -130,13 +127,7 @@ def test_dry_run_prints_the_resolved_recipe_and_writes_nothing(tmp_path, capsys)
 
 
 def _fit(out, *extra):
-    return [
-        sys.executable,
-        str(REPO / "training" / "fit.py"),
-        "--output-dir",
-        str(out),
-        *map(str, extra),
-    ]
+    return fit_command("--output-dir", out, *extra)
 
 
 def _rows(path):
@@ -148,15 +139,8 @@ def _rows(path):
 def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     import keras
 
-    import keras_segmenter as ks
-
-    keras.utils.set_random_seed(0)
-    init = (
-        tmp_path / "tiny.keras"
-    )  # dropout and drop path: the resumed run must draw the same masks
-    ks.Segmenter(
-        ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.1), 11, decoder_dropout=0.1
-    ).save(init)
+    init = tmp_path / "tiny.keras"
+    tiny_model(11, dropout=0.1).save(init)  # dropout and drop path: the resume draws the same masks
     recipe = [
         "--dataset",
         "camvid",
@@ -180,15 +164,9 @@ def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
         0,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    full = subprocess.run(
-        _fit(tmp_path / "full", *recipe), capture_output=True, text=True, timeout=600, env=env
-    )
-    assert full.returncode == 0, full.stderr[-3000:]
-    first = full.stdout.splitlines()[0]
-    assert (
-        first.startswith("Training ") and "tiny.keras on camvid" in first
-    )  # the recipe comes first
-
+    # The uninterrupted run and the one killed after its first checkpoint run at the same time.
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    full_proc = subprocess.Popen(_fit(tmp_path / "full", *recipe), **pipes)
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         _fit(out, *recipe), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
@@ -209,6 +187,12 @@ def test_readme_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     leftovers = [out / "tmp-99999-model.keras", out / "checkpoints" / "tmp-99999-ckpt-00000008.npz"]
     for path in leftovers:  # what a write cut short leaves
         path.write_bytes(b"partial")
+    (full,) = finish([full_proc])
+    assert full.returncode == 0, full.stderr[-3000:]
+    first = full.stdout.splitlines()[0]
+    assert (
+        first.startswith("Training ") and "tiny.keras on camvid" in first
+    )  # the recipe comes first
 
     resumed = subprocess.run(
         _fit(out, "--resume"), capture_output=True, text=True, timeout=600, env=env
@@ -241,10 +225,8 @@ def _limit_file_size():
 
 @pytest.mark.slow
 def test_a_full_disk_during_training_is_a_one_line_error(tmp_path):
-    import keras_segmenter as ks
-
     init = tmp_path / "tiny.keras"
-    ks.Segmenter(ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32), 11).save(init)
+    tiny_model(11, seed=None).save(init)
     out = tmp_path / "run"
     proc = subprocess.run(
         _fit(

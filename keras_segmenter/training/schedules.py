@@ -16,7 +16,7 @@ def poly_schedule(
     (0-based) uses `lr(it) = (lr0 - end) * (1 - it / total) ** power + end`,
     and `end` after `total` iterations. Keras' `PolynomialDecay` evaluated
     at `optimizer.iterations` computes exactly this (its `cycle=False` clips
-    `it` to `total`), in float32; `tests/test_train_steps.py` checks it
+    `it` to `total`), in float32; `tests/training/test_train_steps.py` checks it
     against the official rates.
 
     Args:

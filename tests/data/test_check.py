@@ -11,8 +11,9 @@ from PIL import Image
 from keras_segmenter.data import list_pairs, train_dataset
 from keras_segmenter.data.__main__ import main as cli
 from keras_segmenter.data.check import check_dataset
+from tests.testing import ASSETS
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = str(ASSETS)
 CAMVID = os.path.join(DATA, "camvid")
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from layer_testing import check_layer
 
 import keras_segmenter  # noqa: F401  (registers the layers for loading)
 from keras_segmenter import layers
+from tests.testing import check_layer
 
 RNG = np.random.default_rng(0)
 

@@ -4,29 +4,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FIXTURES
 
 import keras_segmenter as ks
-
-
-def tiny_model(decoder="mask", distilled=False, dtype=None, num_classes=5):
-    backbone = ks.ViTBackbone(
-        patch_size=8,
-        hidden_dim=16,
-        num_layers=2,
-        num_heads=2,
-        mlp_dim=32,
-        image_size=32,
-        distilled=distilled,
-        dtype=dtype,
-    )
-    return ks.Segmenter(backbone, num_classes, decoder=decoder, dtype=dtype)
+from tests.testing import FIXTURES, tiny_model
 
 
 @pytest.mark.parametrize("decoder", ["mask", "linear"])
 @pytest.mark.parametrize("size", [(32, 32), (30, 41), (8, 72), (1, 1)])
 def test_any_image_size_gives_logits_at_that_size(decoder, size):
-    model = tiny_model(decoder)
+    model = tiny_model(decoder=decoder)
     logits = model(np.zeros((2, *size, 3), "float32"))
     assert logits.shape == (2, *size, 5) and logits.dtype == "float32"
 
@@ -51,7 +37,7 @@ def test_dynamic_shapes_inside_tf_function():
 
 @pytest.mark.parametrize("decoder,distilled", [("mask", False), ("linear", True)])
 def test_keras_file_round_trip(tmp_path, decoder, distilled):
-    model = tiny_model(decoder, distilled)
+    model = tiny_model(decoder=decoder, distilled=distilled)
     x = np.random.default_rng(2).normal(size=(2, 24, 40, 3)).astype("float32")
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")

@@ -7,7 +7,6 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from conftest import FIXTURES
 
 import keras_segmenter as ks
 from keras_segmenter.convert import (
@@ -18,6 +17,7 @@ from keras_segmenter.convert import (
     read_variant,
 )
 from keras_segmenter.convert.__main__ import main as convert_main
+from tests.testing import FIXTURES
 
 TINY = FIXTURES / "tiny_mask"
 

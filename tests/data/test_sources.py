@@ -14,8 +14,9 @@ from keras_segmenter.data import (
     list_pairs,
     prepare_ade20k,
 )
+from tests.testing import ASSETS
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = str(ASSETS)
 ADE = os.path.join(DATA, "ADEChallengeData2016")
 CAMVID = os.path.join(DATA, "camvid")
 

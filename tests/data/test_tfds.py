@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from keras_segmenter.data import SAMPLE_DIR, eval_dataset, train_dataset
+from tests.testing import ASSETS
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = str(ASSETS)
 # CamVid class -> a Cityscapes labelId of the same thing (11 = unlabeled).
 _CAMVID_TO_LABEL_ID = np.array([23, 11, 17, 7, 8, 21, 20, 13, 26, 24, 33, 0] + [0] * 244, np.uint8)
 

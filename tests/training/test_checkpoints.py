@@ -1,4 +1,4 @@
-"""Poly schedule, ignore-index loss, run config and checkpoint files."""
+"""Checkpoint files: atomic writes, optimizer and dropout state, unreadable files, a full disk."""
 
 import json
 import os
@@ -7,12 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-import keras_segmenter as ks
 from keras_segmenter.training import (
-    RunConfig,
     SegmentationCrossEntropy,
     latest_checkpoint,
-    poly_learning_rate,
     poly_schedule,
     restore_checkpoint,
     save_checkpoint,
@@ -23,83 +20,11 @@ from keras_segmenter.training.checkpoints import (
     remove_temporary_files,
     resume,
 )
-
-
-def test_poly_schedule_matches_formula():
-    lr0, total = 1e-3, 160_000
-    schedule = poly_schedule(lr0, total)
-    for it in (0, 1, 999, 80_000, 159_999, 160_000, 200_000):
-        expected = (lr0 - 1e-5) * (1 - min(it, total) / total) ** 0.9 + 1e-5
-        assert float(schedule(it)) == pytest.approx(expected, rel=1e-5)
-        assert poly_learning_rate(lr0, it, total) == pytest.approx(expected, rel=1e-12)
-    assert float(schedule(0)) == pytest.approx(lr0)
-    assert float(schedule(total)) == pytest.approx(1e-5)
-
-
-def test_poly_schedule_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="total_iterations"):
-        poly_schedule(1e-3, 0)
-    with pytest.raises(ValueError, match="learning_rate"):
-        poly_schedule(-1.0, 10)
-
-
-def _numpy_cross_entropy(labels, logits, ignore_index=255):
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    valid = labels != ignore_index
-    picked = np.take_along_axis(log_probs, np.where(valid, labels, 0)[..., None], -1)[..., 0]
-    return -(picked * valid).sum() / valid.sum()
-
-
-def test_loss_matches_numpy_with_ignored_pixels():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 7, 5, 4)).astype("float32") * 3
-    labels = rng.integers(0, 4, size=(3, 7, 5)).astype("int32")
-    labels[rng.random(labels.shape) < 0.3] = 255
-    labels[1] = 255  # one image fully ignored: must not count in the mean
-    loss = SegmentationCrossEntropy()(labels, logits)
-    assert float(loss) == pytest.approx(_numpy_cross_entropy(labels, logits), rel=1e-5)
-    # (B, H, W, 1) labels, other ignore index
-    labels2 = np.where(labels == 255, 7, labels)[..., None]
-    loss2 = SegmentationCrossEntropy(ignore_index=7)(labels2, logits)
-    assert float(loss2) == pytest.approx(float(loss), rel=1e-6)
-
-
-def test_loss_all_ignored_is_zero_and_config_round_trips():
-    loss = SegmentationCrossEntropy(ignore_index=3)
-    assert float(loss(np.full((1, 2, 2), 3), np.zeros((1, 2, 2, 4), "float32"))) == 0.0
-    clone = SegmentationCrossEntropy.from_config(loss.get_config())
-    assert clone.ignore_index == 3
-
-
-def test_run_config_paper_defaults_and_errors(tmp_path):
-    ade = RunConfig(dataset="ade20k").resolve()
-    assert (ade.lr, ade.iterations, ade.batch_size, ade.crop_size) == (1e-3, 160_000, 8, 512)
-    pc = RunConfig(dataset="pascal_context").resolve()
-    assert (pc.lr, pc.iterations, pc.batch_size, pc.crop_size) == (1e-3, 80_000, 16, 480)
-    cs = RunConfig(dataset="cityscapes", lr=5e-3).resolve()
-    assert (cs.lr, cs.iterations, cs.batch_size, cs.crop_size) == (5e-3, 80_000, 8, 768)
-    assert ade.iterations % ade.checkpoint_every == 0 and ade.val_every % ade.checkpoint_every == 0
-    path = tmp_path / "config.json"
-    ade.save(str(path))
-    assert RunConfig.load(str(path)) == ade
-    with pytest.raises(ValueError, match="--dataset"):
-        RunConfig(dataset="coco").resolve()
-    with pytest.raises(ValueError, match="--checkpoint-every"):
-        RunConfig(dataset="ade20k", iterations=100, checkpoint_every=30).resolve()
-    with pytest.raises(ValueError, match="--val-every"):
-        RunConfig(dataset="ade20k", iterations=100, checkpoint_every=10, val_every=15).resolve()
-    with pytest.raises(ValueError, match="--precision"):
-        RunConfig(precision="float16").resolve()
-    with pytest.raises(ValueError, match="--init: no such file"):
-        RunConfig(init=str(tmp_path / "missing.keras")).resolve()
-    with pytest.raises(ValueError, match="--num-classes"):
-        RunConfig(dataset="folder").resolve()
+from tests.testing import finish, spawn, tiny_model
 
 
 def _tiny_compiled_model():
-    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.0)
-    model = ks.Segmenter(backbone, 3, decoder_dropout=0.0)
+    model = tiny_model(3, seed=None, dropout=0.0)
     model.compile(
         optimizer=keras.optimizers.SGD(poly_schedule(0.1, 10), momentum=0.9, nesterov=True),
         loss=SegmentationCrossEntropy(),
@@ -146,43 +71,14 @@ def test_checkpoints_are_atomic_and_restore_optimizer_state(tmp_path):
     for a, b in zip(model.get_weights(), restored.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
-    other = ks.Segmenter(ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32), 5)
+    other = tiny_model(5, seed=None)
     other.compile(optimizer="sgd", loss=SegmentationCrossEntropy())
     with pytest.raises(ValueError, match="does not match this model"):
         restore_checkpoint(other, latest_checkpoint(directory)["path"])
 
 
-def test_optimizer_choice():
-    from keras_segmenter.training.optimizers import TorchSGD
-    from keras_segmenter.training.run import make_optimizer
-
-    config = RunConfig(dataset="ade20k", data_dir=None)
-    config.resolve()
-    sgd = make_optimizer(config)
-    assert isinstance(sgd, TorchSGD) and sgd.nesterov and sgd.momentum == 0.9
-    config.optimizer = "adamw"
-    assert isinstance(make_optimizer(config), keras.optimizers.AdamW)
-    config.optimizer = "lamb"
-    with pytest.raises(ValueError, match="--optimizer must be one of"):
-        config.resolve()
-
-
-def test_camvid_defaults_are_the_from_scratch_recipe():
-    camvid = RunConfig(dataset="camvid").resolve()
-    assert (camvid.optimizer, camvid.lr, camvid.weight_decay, camvid.crop_size) == (
-        "adamw",
-        1e-4,
-        0.05,
-        128,
-    )
-    paper = RunConfig(dataset="cityscapes", optimizer="adamw").resolve()
-    assert (paper.optimizer, paper.lr, paper.weight_decay) == ("adamw", 1e-2, 0.0)  # flags win
-
-
 def _dropout_model():
-    keras.utils.set_random_seed(1)
-    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=0.2)
-    model = ks.Segmenter(backbone, 3, decoder_dropout=0.2)
+    model = tiny_model(3, seed=1, dropout=0.2)
     model.compile(optimizer=keras.optimizers.AdamW(1e-2), loss=SegmentationCrossEntropy())
     return model
 
@@ -226,38 +122,26 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pa
         resume(_tiny_compiled_model(), directory, lines.append)
 
 
-_DISK_FULL_SCRIPT = """
+_DISK_FULL_SCRIPT = f"""
 import json, os, resource, signal, sys
-sys.path.insert(0, sys.argv[2])
-from test_training_basics import _tiny_compiled_model
+from {__name__} import _tiny_compiled_model
 from keras_segmenter.training.checkpoints import DiskFullError, save_checkpoint
+directory = json.loads(sys.argv[1])
 model = _tiny_compiled_model()
 model.optimizer.build(model.trainable_variables)
-save_checkpoint(model, sys.argv[1], 2)
+save_checkpoint(model, directory, 2)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like ENOSPC
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
-    save_checkpoint(model, sys.argv[1], 4)
+    save_checkpoint(model, directory, 4)
 except DiskFullError as e:
     print("DISKFULL", e)
 """
 
 
 def test_a_full_disk_is_an_error_that_leaves_the_last_checkpoint_named(tmp_path):
-    import subprocess
-    import sys
-
-    script = tmp_path / "script.py"
-    script.write_text(_DISK_FULL_SCRIPT)
     directory = tmp_path / "ckpt"
-    tests = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run(
-        [sys.executable, str(script), str(directory), tests],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests])),
-    )
+    (proc,) = finish(spawn(_DISK_FULL_SCRIPT, str(directory)), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]  # no crash
     assert "DISKFULL" in proc.stdout and "ckpt-00000004.npz: the disk is full" in proc.stdout
     assert sorted(os.listdir(directory)) == [

@@ -13,9 +13,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
 
 from keras_segmenter.convert import CheckpointError, read_torch_checkpoint
+from tests.testing import FIXTURES
 
 TINY = FIXTURES / "tiny_mask"
 KEY = "encoder.pos_embed"

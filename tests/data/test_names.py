@@ -12,8 +12,9 @@ from keras_segmenter.cli import user_error_message
 from keras_segmenter.data import list_pairs, train_dataset
 from keras_segmenter.data.__main__ import main as cli
 from keras_segmenter.data.check import check_dataset
+from tests.testing import ASSETS
 
-CAMVID = os.path.join(os.path.dirname(__file__), "data", "camvid")
+CAMVID = str(ASSETS / "camvid")
 
 
 def camvid_copy(root, count=3, images="train", masks="trainannot"):

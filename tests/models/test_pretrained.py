@@ -16,15 +16,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FIXTURES
 
 import keras_segmenter as ks
 from keras_segmenter.convert import CheckpointError, backbone_from_imagenet_vit, load_official
 from keras_segmenter.models import pretrained
 from keras_segmenter.training.optimizers import TorchSGD
+from tests.testing import FIXTURES, REPO, tiny_model
 
 TINY = FIXTURES / "tiny_mask"
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -252,11 +252,7 @@ def test_list_presets_prints_every_official_checkpoint_and_the_readme_shows_it(c
 
 
 def test_compile_with_no_arguments_is_the_papers_recipe_and_fit_runs():
-    keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(
-        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, image_size=32
-    )
-    model = ks.Segmenter(backbone, num_classes=3)
+    model = tiny_model(3, num_layers=1)
     model.compile()
     optimizer = model.optimizer
     assert isinstance(optimizer, TorchSGD) and optimizer.nesterov

@@ -15,8 +15,9 @@ from keras_segmenter.data import (
     list_pairs,
     train_dataset,
 )
+from tests.testing import ASSETS
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = str(ASSETS)
 CAMVID = os.path.join(DATA, "camvid")
 
 

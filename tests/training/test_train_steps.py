@@ -10,23 +10,20 @@ iterations, a checkpoint after every one, and the losses of `history.csv`
 and the weights of checkpoint 3 compared with the fixture.
 
 MirroredStrategy needs its logical devices before TensorFlow starts, and
-multi-worker runs need two processes: those run `_SCRIPT` in subprocesses.
+multi-worker runs need two processes: those run `_SCRIPT` in subprocesses,
+all started together.
 """
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import types
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
-from test_training_distributed import _env, _free_ports, _result
+
+from tests.testing import FIXTURES, cluster, finish, result, spawn
 
 FIXTURE = FIXTURES / "train_steps"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fixture():
@@ -171,51 +168,37 @@ def differences(result_path):
 # One run in a subprocess: "mirrored" (model.fit on two logical CPUs, the
 # global batch of 2 split in two) or "worker" (one of two workers of the
 # multi-worker custom loop, TF_CONFIG from the environment).
-_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    args = json.loads(sys.argv[1])
-    import tensorflow as tf
-    if args["mode"] == "mirrored":
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    else:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
-    from test_train_steps import train_fixture_steps
-    path = train_fixture_steps(args["out"], strategy, custom_loop=args["mode"] == "worker")
-    print("RESULT " + json.dumps(path), flush=True)
-    """
-)
+_SCRIPT = f"""
+import json, sys
+args = json.loads(sys.argv[1])
+import tensorflow as tf
+if args["mode"] == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+else:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+from {__name__} import train_fixture_steps
+path = train_fixture_steps(args["out"], strategy, custom_loop=args["mode"] == "worker")
+print("RESULT " + json.dumps(path), flush=True)
+"""
 
 
-def _spawn(tmp_path, mode, tf_configs=(None,), timeout=400):
-    script = tmp_path / "train_steps_script.py"
-    script.write_text(_SCRIPT)
-    args = json.dumps({"mode": mode, "out": str(tmp_path / mode)})
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), args],
-            cwd=REPO,
-            text=True,
-            env=_env(**({"TF_CONFIG": c} if c else {})),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for c in tf_configs
-    ]
-    done = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return [_result(proc) for proc in done]
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """The mirrored run and both workers of the multi-worker run, started together."""
+    out = tmp_path_factory.mktemp("spawned")
+    workers = cluster()
+    procs = {
+        "mirrored": spawn(_SCRIPT, {"mode": "mirrored", "out": str(out / "mirrored")}),
+        "worker": spawn(_SCRIPT, {"mode": "worker", "out": str(out / "worker")}, workers),
+    }
+    yield procs
+    for proc in procs["mirrored"] + procs["worker"]:  # those a failed test left running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _official_schedule_optimizer(fixture):
@@ -363,18 +346,14 @@ def test_fit_steps_match_the_official_training_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_fit_steps_match_the_official_training_steps(tmp_path):
-    _check_fp32(_spawn(tmp_path, "mirrored")[0])
+def test_mirrored_fit_steps_match_the_official_training_steps(spawned):
+    (proc,) = finish(spawned["mirrored"])
+    _check_fp32(result(proc))
 
 
 @pytest.mark.slow
-def test_multi_worker_loop_steps_match_the_official_training_steps(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    configs = [
-        json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-        for i in range(2)
-    ]
-    chief, other = _spawn(tmp_path, "worker", configs)
+def test_multi_worker_loop_steps_match_the_official_training_steps(spawned):
+    chief, other = [result(p) for p in finish(spawned["worker"])]
     assert other is None  # only the chief writes
     _check_fp32(chief)
 

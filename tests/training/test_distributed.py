@@ -1,22 +1,20 @@
 """MirroredStrategy, multi-worker custom loop, and kill-and-resume.
 
 TensorFlow fixes its devices at start-up, so the distributed runs happen in
-subprocesses (each bounded by a timeout) running `_SCRIPT`.
+subprocesses (each bounded by a timeout) running `_SCRIPT`; runs that do not
+depend on each other run at the same time.
 """
 
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.testing import cluster, finish, result, spawn, tiny_model
 
 # A tiny Segmenter, synthetic data whose two half-batches have very different
 # numbers of ignored pixels (so a per-replica mean would differ from the
@@ -39,7 +37,7 @@ _SCRIPT = textwrap.dedent(
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     import keras, numpy as np
     import keras_segmenter as ks
-    from test_training_distributed import _tiny_model
+    from tests.testing import tiny_model
     from keras_segmenter.training import RunConfig, loop, run
 
     K = 4
@@ -86,7 +84,7 @@ _SCRIPT = textwrap.dedent(
                                  window_size=None, window_stride=None)
     init = args["out"] + "_init.keras"
     if not os.path.exists(init):
-        _tiny_model(K, dropout=args.get("dropout", 0.0)).save(init)
+        tiny_model(K, dropout=args.get("dropout", 0.0)).save(init)
 
     def config(out, **kw):
         base = dict(dataset="camvid", data_dir=".", init=init, iterations=args.get("iterations", 4),
@@ -129,48 +127,10 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _tiny_model(num_classes, dropout=0.0):
-    import keras
-
-    import keras_segmenter as ks
-
-    keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(8, 16, 2, 2, 32, image_size=32, drop_path_rate=dropout)
-    return ks.Segmenter(backbone, num_classes, decoder_dropout=dropout)
-
-
-def _run(tmp_path, args, env=None, timeout=300):
-    script = tmp_path / "train_script.py"
-    script.write_text(_SCRIPT)
-    return subprocess.run(
-        [sys.executable, str(script), json.dumps(args)],
-        cwd=REPO,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _env(**extra):
-    env = dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
-    )
-    env.update(extra)
-    return env
-
-
-def _result(proc):
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no result; rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 @pytest.mark.slow
 def test_mirrored_two_replicas_match_one_replica_on_the_global_batch(tmp_path):
-    results = _result(_run(tmp_path, {"mode": "mirrored", "out": str(tmp_path / "run")}))
+    (proc,) = finish(spawn(_SCRIPT, {"mode": "mirrored", "out": str(tmp_path / "run")}))
+    results = result(proc)
     mirrored, single = results["mirrored"], results["single"]
     assert mirrored["replicas"] == 2 and single["replicas"] == 1
     assert mirrored["iteration"] == single["iteration"] == 4
@@ -190,52 +150,6 @@ def test_mirrored_two_replicas_match_one_replica_on_the_global_batch(tmp_path):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _start_workers(tmp_path, args):
-    script = tmp_path / "train_script.py"
-    script.write_text(_SCRIPT)
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), json.dumps(args)],
-                cwd=REPO,
-                env=_env(TF_CONFIG=tf_config),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    return procs
-
-
-def _finish(procs, timeout=600):
-    outputs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            outputs.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return outputs
-
-
 def _kill_after_checkpoint(procs, checkpoints, iteration, timeout=300):
     """SIGKILLs `procs` as soon as `checkpoints/latest.json` reaches `iteration`."""
     deadline = time.time() + timeout
@@ -249,7 +163,7 @@ def _kill_after_checkpoint(procs, checkpoints, iteration, timeout=300):
         time.sleep(0.02)
     for proc in procs:
         proc.send_signal(signal.SIGKILL)
-    return _finish(procs)
+    return finish(procs)
 
 
 def _column(rows, name):
@@ -262,14 +176,13 @@ def _column(rows, name):
 def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_exactly(tmp_path):
     args = {"iterations": 6, "every": 2}
     for out in ("mw", "killed"):  # both workers start from it
-        _tiny_model(4).save(str(tmp_path / out) + "_init.keras")
-    full = [
-        _result(p)
-        for p in _finish(
-            _start_workers(tmp_path, dict(args, mode="worker", out=str(tmp_path / "mw")))
-        )
-    ]
-    single = _result(_run(tmp_path, dict(args, mode="single", out=str(tmp_path / "one"))))
+        tiny_model(4, dropout=0.0).save(str(tmp_path / out) + "_init.keras")
+    # Two workers, and at the same time the same steps on one device fed both workers' shards.
+    two_workers = cluster()
+    full_procs = spawn(_SCRIPT, dict(args, mode="worker", out=str(tmp_path / "mw")), two_workers)
+    single_procs = spawn(_SCRIPT, dict(args, mode="single", out=str(tmp_path / "one")))
+    full = [result(p) for p in finish(full_procs)]
+    single = result(finish(single_procs)[0])
     assert [r["worker"] for r in full] == [0, 1] and all(r["num_workers"] == 2 for r in full)
     assert full[0]["weights_sha256"] == full[1]["weights_sha256"]
     assert full[0]["model"] and full[1]["model"] is None
@@ -285,13 +198,17 @@ def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_ex
         np.testing.assert_allclose(np.array(a), np.array(b), atol=2e-5)
 
     out = str(tmp_path / "killed")
-    procs = _start_workers(tmp_path, dict(args, mode="worker", out=out, slow=0.3))
-    for proc in _kill_after_checkpoint(procs, os.path.join(out, "checkpoints"), 2):
+    killed_workers = cluster()
+    killed_procs = spawn(_SCRIPT, dict(args, mode="worker", out=out, slow=0.3), killed_workers)
+    for proc in _kill_after_checkpoint(killed_procs, os.path.join(out, "checkpoints"), 2):
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert json.load(open(os.path.join(out, "checkpoints", "latest.json")))["iteration"] < 6
+    resumed_workers = cluster()
     resumed = [
-        _result(p)
-        for p in _finish(_start_workers(tmp_path, dict(args, mode="worker", out=out, resume=True)))
+        result(p)
+        for p in finish(
+            spawn(_SCRIPT, dict(args, mode="worker", out=out, resume=True), resumed_workers)
+        )
     ]
     assert all(r["iteration"] == 6 for r in resumed)
     assert resumed[0]["weights_sha256"] == resumed[1]["weights_sha256"]
@@ -309,17 +226,20 @@ def test_multi_worker_train_miou_counts_every_worker_and_a_killed_run_resumes_ex
 @pytest.mark.slow
 def test_fit_run_killed_during_validation_redoes_it_and_ends_as_the_uninterrupted_run(tmp_path):
     args = {"mode": "fit", "iterations": 8, "dropout": 0.1}
-    full = _result(_run(tmp_path, dict(args, out=str(tmp_path / "full"))))
     out = str(tmp_path / "killed")
-    # The eval set has 3 images and the preview reads 1 first: image 6 is the second validation (iteration 4).
-    killed = _run(tmp_path, dict(args, out=out, kill_at_image=6))
+    # The uninterrupted run and the killed one at once. The eval set has 3 images and the
+    # preview reads 1 first: image 6 is the second validation (iteration 4).
+    procs = spawn(_SCRIPT, dict(args, out=str(tmp_path / "full")))
+    procs += spawn(_SCRIPT, dict(args, out=out, kill_at_image=6))
+    full_proc, killed = finish(procs)
+    full = result(full_proc)
     assert killed.returncode == -signal.SIGKILL
     checkpoints = os.path.join(out, "checkpoints")
     assert json.load(open(os.path.join(checkpoints, "latest.json")))["iteration"] == 2
     assert not os.path.exists(os.path.join(out, "model.keras"))
 
-    resumed_proc = _run(tmp_path, dict(args, out=out, resume=True))
-    resumed = _result(resumed_proc)
+    (resumed_proc,) = finish(spawn(_SCRIPT, dict(args, out=out, resume=True)))
+    resumed = result(resumed_proc)
     assert "Resumed from" in resumed_proc.stdout and "ckpt-00000002" in resumed_proc.stdout
     assert resumed["iteration"] == full["iteration"] == 8
     assert resumed["learning_rate"] == full["learning_rate"]
