@@ -16,13 +16,14 @@ calls `prepare_tensorflow()`.
   TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI/bf16 or
   AMX; on an AVX2 CPU its default Eigen kernels run Seg-S/16 inference at
   0.55x the speed (README, "Speed").
-- TensorFlow's C++ INFO and WARNING lines hidden unless the user set
-  `TF_CPP_MIN_LOG_LEVEL` (ERROR lines too on a CPU without AVX-512 where
-  oneDNN was turned on here: it logs one, harmless, for each non-float32
-  transpose). absl writes the start-up notices (`cpu_feature_guard`,
-  `oneDNN custom operations are on`, `absl::InitializeLog`) to stderr before
-  any log level applies, so stderr is captured while TensorFlow is imported
-  and only its error lines (and anything not a log line) are written back.
+- TensorFlow's C++ INFO and WARNING lines hidden (`TF_CPP_MIN_LOG_LEVEL=2`)
+  unless the user set the level; ERROR lines too (3) on a CPU without
+  AVX-512 where oneDNN was turned on here: it logs one, harmless, for each
+  non-float32 transpose. absl writes the start-up notices
+  (`cpu_feature_guard`, `oneDNN custom operations are on`,
+  `absl::InitializeLog`) to stderr before any log level applies, so stderr
+  is captured while TensorFlow is imported and only the lines the level lets
+  through (and anything not a log line) are written back.
 
 A user's mistake ends as one line on stderr and exit status 2. A missing or
 empty data folder, an unknown dataset, a file that is not a model, a
@@ -50,8 +51,10 @@ LOG_NOTE = (
     "TensorFlow's C++ log lines (start-up notices, internal warnings) are hidden; "
     "set TF_CPP_MIN_LOG_LEVEL=0 to see them."
 )
-# absl's lines below ERROR: "I0000 00:00:...", "W0000 ...", and its pre-init notice.
-_NOTICE = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+# absl's log lines ("I0000 00:00:...", "W0000 ...") and the notice it writes before them.
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} ")
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+_PREAMBLE = "WARNING: All log messages before absl::InitializeLog"
 
 
 def is_command():
@@ -69,7 +72,7 @@ def is_command():
 
 
 def prepare_tensorflow():
-    """In an entry point: oneDNN kernels on, TF's C++ log lines below ERROR hidden.
+    """In an entry point: oneDNN kernels on, and TF's C++ log level honoured from the start.
 
     Settings the user made win. Only acts before TensorFlow is imported, and
     imports it.
@@ -78,13 +81,16 @@ def prepare_tensorflow():
         return
     onednn_by_us = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        return
     # Without AVX-512, oneDNN logs an ERROR line for the first transpose of each
     # dtype but float32 ("supports DT_INT32 only on platforms with AVX-512") and
     # runs TF's own kernel: with the oneDNN we turned on, ERROR lines go too.
-    quiet_errors = onednn_by_us and not _has_avx512()
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if quiet_errors else "2"
+    os.environ.setdefault(
+        "TF_CPP_MIN_LOG_LEVEL", "3" if onednn_by_us and not _has_avx512() else "2"
+    )
+    level = os.environ["TF_CPP_MIN_LOG_LEVEL"]
+    level = int(level) if level.isdigit() else 0
+    if level == 0:
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile("w+") as captured:
@@ -95,7 +101,15 @@ def prepare_tensorflow():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            sys.stderr.writelines(line for line in captured if not _NOTICE.match(line))
+            sys.stderr.writelines(line for line in captured if _shown(line, level))
+
+
+def _shown(line, level):
+    """Whether a line TF wrote while it was imported passes the log `level`."""
+    if line.startswith(_PREAMBLE):
+        return False
+    match = _LOG_LINE.match(line)
+    return not match or _SEVERITY[match.group(1)] >= level
 
 
 def _has_avx512():
