@@ -28,6 +28,7 @@ import sys
 from keras_segmenter.cli import LOG_NOTE, UserError, fit_next_steps, reports_user_errors
 from keras_segmenter.training.checkpoints import list_checkpoints
 from keras_segmenter.training.config import (
+    CLASS_WEIGHTS,
     DATASET_DEFAULTS,
     OPTIMIZERS,
     PRECISIONS,
@@ -77,6 +78,11 @@ def parse_args(argv):
         help="sgd (the paper's; default except camvid) or adamw (camvid's default, from scratch)",
     )
     p.add_argument("--weight-decay", type=float, help="default 0 (paper); camvid 0.05")
+    p.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        help="loss weights per class: none (default, the paper's) or median_frequency (SegNet's)",
+    )
     p.add_argument("--crop-size", type=int, help="square training crop")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument(
@@ -197,6 +203,8 @@ def describe(config):
     crops = config.iterations * config.batch_size
     crop = f"{config.crop_size}x{config.crop_size}" if config.crop_size else "the dataset's crop"
     decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
+    if config.class_weights != "none":
+        decay += f", {config.class_weights.replace('_', '-')} class weights"
     seed = f"seed {config.seed}" + (", deterministic ops" if config.deterministic else "")
     return "\n".join(
         [

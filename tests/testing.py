@@ -133,12 +133,23 @@ def cluster(size=2):
     ]
 
 
+# Prepended to a spawned script: the kernel kills it when the test process dies (Linux).
+_DIE_WITH_PARENT = (
+    "import ctypes, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+)
+
+
 def spawn(script, args, tf_configs=(None,)):
     """Starts the Python source `script` with `args` (JSON in `sys.argv[1]`), one process per
-    TF_CONFIG (None: no cluster). Returns the processes; `finish` waits for them."""
+    TF_CONFIG (None: no cluster). Returns the processes; `finish` waits for them.
+
+    A killed test run takes them with it: a worker whose peer is gone would
+    otherwise wait for it forever."""
     return [
         subprocess.Popen(
-            [sys.executable, "-c", script, json.dumps(args)],
+            [sys.executable, "-c", _DIE_WITH_PARENT + script, json.dumps(args)],
             cwd=REPO,
             env=python_env(**({"TF_CONFIG": config} if config else {})),
             stdout=subprocess.PIPE,

@@ -20,6 +20,7 @@ from keras_segmenter.files import atomic_write_text
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")  # sgd: the paper's; adamw: for training from scratch
+CLASS_WEIGHTS = ("none", "median_frequency")  # loss weights; see losses.median_frequency_weights
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device", "tpu")
 
 # Paper section 4.2 for ADE20K, Pascal Context and Cityscapes (SGD, no weight
@@ -85,6 +86,7 @@ class RunConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = None  # None: the dataset's default
+    class_weights: str = "none"  # or "median_frequency" (SegNet's CamVid loss weights)
     crop_size: int = None
     dropout: float = 0.0
     drop_path_rate: float = 0.1
@@ -132,6 +134,10 @@ class RunConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}"
+            )
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ValueError(
+                f"--class-weights must be one of {CLASS_WEIGHTS}. Received: {self.class_weights!r}"
             )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")

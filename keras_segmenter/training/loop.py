@@ -29,7 +29,6 @@ from keras_segmenter.progress import fit_verbosity
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training import run
 from keras_segmenter.training.checkpoints import resume, save_checkpoint
-from keras_segmenter.training.losses import SegmentationCrossEntropy
 from keras_segmenter.training.strategies import worker_info
 
 
@@ -75,7 +74,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
         optimizer = run.make_optimizer(config)
         if config.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        loss_fn = SegmentationCrossEntropy(ignore_index=ignore_index)
+        loss_fn = run.make_loss(config, info)
         # Compiled (never fitted) so the checkpoints have model.fit's layout.
         model.compile(optimizer=optimizer, loss=loss_fn)
         optimizer.build(model.trainable_variables)

@@ -1,6 +1,7 @@
 """Per-pixel cross-entropy that ignores a label, exact under tf.distribute."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -32,8 +33,14 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     the number of replicas and averages over them, which reports the global
     loss when replicas hold equal batches, as with `model.fit`.)
 
+    With `class_weights`, torch's `CrossEntropyLoss(weight=...)`: each pixel's
+    loss is multiplied by its class's weight and the sum is divided by the sum
+    of the valid pixels' weights (again over the global batch).
+
     Args:
         ignore_index: int, label of pixels that carry no loss. Defaults to 255.
+        class_weights: None (every pixel counts once) or one float per class,
+            e.g. from `median_frequency_weights`.
 
     Example:
 
@@ -44,9 +51,12 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     1.0986
     """
 
-    def __init__(self, ignore_index=255, name="segmentation_cross_entropy", **kwargs):
+    def __init__(
+        self, ignore_index=255, class_weights=None, name="segmentation_cross_entropy", **kwargs
+    ):
         super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
         self.ignore_index = ignore_index
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
     def call(self, y_true, y_pred):
         labels = ops.cast(y_true, "int32")
@@ -57,6 +67,8 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         safe_labels = ops.where(valid, labels, ops.zeros_like(labels))
         per_pixel = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
         valid = ops.cast(valid, "float32")
+        if self.class_weights is not None:
+            valid = valid * ops.take(ops.convert_to_tensor(self.class_weights), safe_labels)
         local_sum = ops.sum(per_pixel * valid)
         global_count = ops.stop_gradient(_sum_over_replicas(ops.sum(valid)))
         # Scalar: Keras' reduction leaves it as it is.
@@ -65,4 +77,41 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.pop("reduction", None)
-        return {**config, "ignore_index": self.ignore_index}
+        return {**config, "ignore_index": self.ignore_index, "class_weights": self.class_weights}
+
+
+def median_frequency_weights(masks, num_classes, ignore_index=255):
+    """Median frequency balancing (Eigen & Fergus 2015), SegNet's CamVid loss weights.
+
+    `weight[c] = median(freq) / freq[c]`, where `freq[c]` is the number of
+    pixels of class `c` divided by the number of valid pixels of the images
+    in which `c` appears. A class absent from every mask gets weight 1.
+
+    Args:
+        masks: iterable of integer label arrays (any shape), `ignore_index`
+            for unlabelled pixels.
+        num_classes: int.
+        ignore_index: int. Defaults to 255.
+
+    Returns:
+        A list of `num_classes` floats.
+
+    Example:
+
+    >>> median_frequency_weights([np.array([0, 0, 0, 1]), np.array([0, 2, 255])], 3)
+    [0.75, 2.0, 1.0]
+    """
+    pixels = np.zeros(num_classes)
+    image_pixels = np.zeros(num_classes)
+    for mask in masks:
+        labels = np.asarray(mask).ravel()
+        labels = labels[labels != ignore_index]
+        counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+        pixels += counts
+        image_pixels += (counts > 0) * labels.size
+    present = pixels > 0
+    if not present.any():
+        return [1.0] * num_classes
+    freq = np.where(present, pixels / np.maximum(image_pixels, 1), 0.0)
+    median = np.median(freq[present])
+    return [float(median / f) if f > 0 else 1.0 for f in freq]

@@ -19,7 +19,7 @@ from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import list_checkpoints, resume
-from keras_segmenter.training.losses import SegmentationCrossEntropy
+from keras_segmenter.training.losses import SegmentationCrossEntropy, median_frequency_weights
 from keras_segmenter.training.optimizers import TorchSGD
 from keras_segmenter.training.schedules import poly_schedule
 from keras_segmenter.training.strategies import make_strategy
@@ -91,6 +91,16 @@ def make_optimizer(config):
     )
 
 
+def make_loss(config, info):
+    """The cross-entropy ignoring `info.ignore_index`, with `--class-weights` computed
+    from the training masks (read in full through the evaluation pipeline)."""
+    weights = None
+    if config.class_weights == "median_frequency":
+        masks = (mask.numpy() for _, mask in make_eval_dataset(config, "vit", "train"))
+        weights = median_frequency_weights(masks, info.num_classes, info.ignore_index)
+    return SegmentationCrossEntropy(ignore_index=info.ignore_index, class_weights=weights)
+
+
 def make_metric(num_classes, ignore_index):
     from keras_segmenter.metrics import MeanIoU
 
@@ -147,13 +157,13 @@ def make_train_dataset(config, normalization, batch_size, seed, start=0):
     )
 
 
-def make_eval_dataset(config, normalization):
+def make_eval_dataset(config, normalization, split="val"):
     from keras_segmenter.data import eval_dataset
 
     return eval_dataset(
         config.dataset,
         config.data_dir,
-        split="val",
+        split=split,
         normalization=normalization,
         **_data_kwargs(config),
     )
@@ -297,7 +307,7 @@ def train(
         model = build_model(config, num_classes)
         model.compile(
             optimizer=make_optimizer(config),
-            loss=SegmentationCrossEntropy(ignore_index=info.ignore_index),
+            loss=make_loss(config, info),
             metrics=[make_metric(num_classes, info.ignore_index)],
         )
         start = resume(model, checkpoint_dir) if config.resume else 0

@@ -54,5 +54,10 @@ def test_camvid_defaults_are_the_from_scratch_recipe():
         0.05,
         128,
     )
+    assert camvid.class_weights == "none"
+    weighted = RunConfig(dataset="camvid", class_weights="median_frequency").resolve()
+    assert weighted.class_weights == "median_frequency"
+    with pytest.raises(ValueError, match="--class-weights"):
+        RunConfig(dataset="camvid", class_weights="inverse").resolve()
     paper = RunConfig(dataset="cityscapes", optimizer="adamw").resolve()
     assert (paper.optimizer, paper.lr, paper.weight_decay) == ("adamw", 1e-2, 0.0)  # flags win

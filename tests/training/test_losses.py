@@ -29,7 +29,37 @@ def test_loss_matches_numpy_with_ignored_pixels():
 
 
 def test_loss_all_ignored_is_zero_and_config_round_trips():
-    loss = SegmentationCrossEntropy(ignore_index=3)
+    loss = SegmentationCrossEntropy(ignore_index=3, class_weights=[1, 2, 0.5, 1])
     assert float(loss(np.full((1, 2, 2), 3), np.zeros((1, 2, 2, 4), "float32"))) == 0.0
     clone = SegmentationCrossEntropy.from_config(loss.get_config())
-    assert clone.ignore_index == 3
+    assert (clone.ignore_index, clone.class_weights) == (3, [1.0, 2.0, 0.5, 1.0])
+
+
+def test_class_weighted_loss_is_torchs_weighted_mean():
+    # torch CrossEntropyLoss(weight=w): sum(w[y] * ce) / sum(w[y]) over the valid pixels.
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 5, 3, 4)).astype("float32")
+    labels = rng.integers(0, 4, size=(2, 5, 3)).astype("int32")
+    labels[0, 0] = 255
+    weights = np.array([0.25, 4.0, 1.0, 2.0])
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    valid = labels != 255
+    safe = np.where(valid, labels, 0)
+    ce = -np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
+    w = weights[safe] * valid
+    expected = (w * ce).sum() / w.sum()
+    loss = SegmentationCrossEntropy(class_weights=weights)(labels, logits)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss) != pytest.approx(_numpy_cross_entropy(labels, logits), rel=1e-3)
+
+
+def test_median_frequency_weights_by_hand():
+    from keras_segmenter.training.losses import median_frequency_weights
+
+    # class 0: 4 + 1 pixels of 5 + 2 valid ones -> 5/7; class 1: 1 of 5; class 2: 1 of 2; 3: absent.
+    masks = [np.array([[0, 0, 0], [0, 1, 255]]), np.array([0, 2, 255, 255])]
+    freq = np.array([5 / 7, 1 / 5, 1 / 2])
+    expected = list(np.median(freq) / freq) + [1.0]
+    assert median_frequency_weights(masks, 4) == pytest.approx(expected)
+    assert median_frequency_weights([np.full((2, 2), 255)], 3) == [1.0, 1.0, 1.0]
