@@ -33,17 +33,17 @@ def product_shapes(model, size, batch):
     patch, width = backbone.patch_size, backbone.hidden_dim
     grid = (size // patch) ** 2
 
-    # Dense layers see (batch, tokens, width) inputs, as in the model.
+    # A block's Dense layers see (batch * tokens, width) rows, as in the model.
     def block(n, layer):
         d, h, m = layer.hidden_dim, layer.num_heads, layer.mlp_dim
         head_dim = d // h
         return [
-            ((batch, n, d), (d, 3 * d)),  # qkv
+            ((batch * n, d), (d, 3 * d)),  # qkv
             ((batch, h, n, head_dim), (batch, h, head_dim, n)),  # q.k^T
             ((batch, h, n, n), (batch, h, n, head_dim)),  # attention.v
-            ((batch, n, d), (d, d)),  # proj
-            ((batch, n, d), (d, m)),  # fc1
-            ((batch, n, m), (m, d)),  # fc2
+            ((batch * n, d), (d, d)),  # proj
+            ((batch * n, d), (d, m)),  # fc1
+            ((batch * n, m), (m, d)),  # fc2
         ]
 
     shapes = [((batch, grid, patch * patch * 3), (patch * patch * 3, width))]

@@ -37,6 +37,7 @@ COMMANDS = {
     "export_latency": ("export_latency.py", *TINY, "--height", "32", "--width", "48")
     + ("--window", "32", *ONE_RUN),
     "matmul_bound": ("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN),
+    "op_profile": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1"),
 }
 
 
@@ -132,6 +133,15 @@ def test_matmul_bound(printed):
     out = printed["matmul_bound"].result()
     # tiny: patch embedding, 2 encoder blocks, proj_dec, 2 decoder blocks, 3 mask products.
     assert out["products"] == 1 + 6 * 2 + 1 + 6 * 2 + 3 and out["gflops"] > 0
+    check_machine(out["machine"])
+
+
+def test_op_profile(printed):
+    out = printed["op_profile"].result()
+    ops = out["ops"]
+    # Every call runs one argmax and the model's matrix products (oneDNN's or Eigen's kernels).
+    assert ops["ArgMax"]["runs"] == 1 and any("MatMul" in op for op in ops)
+    assert 0 < out["op_seconds_per_batch"] and 0 < out["wall_seconds_per_batch"]
     check_machine(out["machine"])
 
 

@@ -55,9 +55,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.proj.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
     def _heads(self, inputs):
-        # (B, N, 3D) -> three (B, heads, N, head_dim) tensors.
+        # (B, N, D) -> three (B, heads, N, head_dim) tensors. The Dense layers run on
+        # (B * N, D) rows, where TensorFlow fuses their bias into the oneDNN matrix product.
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        qkv = ops.reshape(self.qkv(inputs), (batch, tokens, 3, self.num_heads, self.head_dim))
+        qkv = self.qkv(ops.reshape(inputs, (-1, self.hidden_dim)))
+        qkv = ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         return qkv[0], qkv[1], qkv[2]
 
@@ -76,10 +78,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         weights = self.attention_dropout(ops.cast(weights, value.dtype), training=training)
         outputs = ops.matmul(weights, value)  # (B, heads, N, head_dim)
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        outputs = ops.reshape(
-            ops.transpose(outputs, (0, 2, 1, 3)), (batch, tokens, self.hidden_dim)
-        )
-        return self.output_dropout(self.proj(outputs), training=training)
+        outputs = ops.reshape(ops.transpose(outputs, (0, 2, 1, 3)), (-1, self.hidden_dim))
+        outputs = ops.reshape(self.proj(outputs), (batch, tokens, self.hidden_dim))
+        return self.output_dropout(outputs, training=training)
 
     def attention_weights(self, inputs):
         """Softmax attention `(batch, heads, tokens, tokens)`, for visualisation."""
