@@ -14,7 +14,6 @@ these kernels can pass. The median over `--runs` is reported, with the
 GFLOPS the products reached.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -74,11 +73,9 @@ def flops(shapes):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--num-classes", type=int, default=150)
+    from models import forward_parser
+
+    parser = forward_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")

@@ -1,6 +1,17 @@
 """The models the benchmarks build: the paper's presets, and `tiny` for CI."""
 
+import argparse
 import sys
+
+
+def forward_parser(description):
+    """The flags of the benchmarks that time one forward pass: --model, --size, --batch, --num-classes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--num-classes", type=int, default=150)
+    return parser
 
 
 def build_model(name, num_classes, image_size, dtype=None):

@@ -14,7 +14,6 @@ their sum and `wall_seconds_per_batch` the time of a call while profiled
 (profiling adds a few per cent).
 """
 
-import argparse
 import collections
 import glob
 import json
@@ -55,11 +54,9 @@ def op_seconds(xplane_path, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--num-classes", type=int, default=150)
+    from models import forward_parser
+
+    parser = forward_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"]
     )

@@ -27,7 +27,6 @@ pixels whose class equals the float32 Keras model's (same weights), for
 every path but that reference itself.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -82,11 +81,9 @@ def runtime_function(args, reference, folder):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="seg_s16_mask", help="a preset, or tiny (CI)")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--num-classes", type=int, default=150)
+    from models import forward_parser
+
+    parser = forward_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", default="keras", choices=RUNTIMES)
     parser.add_argument(
         "--precision",
