@@ -68,24 +68,21 @@ def main():
     import tensorflow as tf
     from machine import machine_info
     from models import build_model
+    from throughput import runtime_function
 
-    from keras_segmenter.layers.normalization import ImageNormalization
-
-    model = build_model(args.model, args.num_classes, args.size, args.precision)
-    normalize = ImageNormalization(getattr(model, "normalization", "vit"))
-    forward = tf.function(
-        lambda x: tf.argmax(model(normalize(x), training=False), axis=-1, output_type=tf.int32)
-    )
+    args.runtime, args.xla = "keras", False  # throughput.py's default graph
+    reference = build_model(args.model, args.num_classes, args.size)
+    class_map, _ = runtime_function(args, reference, folder=None)
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8))
+    images = rng.integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8)
     for _ in range(2):
-        forward(images).numpy()
+        class_map(images)
 
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         start = time.perf_counter()
         for _ in range(args.steps):
-            forward(images).numpy()
+            class_map(images)
         wall = (time.perf_counter() - start) / args.steps
         tf.profiler.experimental.stop()
         (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)

@@ -6,12 +6,15 @@ import pytest
 from keras_segmenter.training import SegmentationCrossEntropy
 
 
-def _numpy_cross_entropy(labels, logits, ignore_index=255):
+def _numpy_cross_entropy(labels, logits, ignore_index=255, class_weights=None):
+    """torch's CrossEntropyLoss(weight=w): sum(w[y] * ce) / sum(w[y]) over the valid pixels."""
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     valid = labels != ignore_index
-    picked = np.take_along_axis(log_probs, np.where(valid, labels, 0)[..., None], -1)[..., 0]
-    return -(picked * valid).sum() / valid.sum()
+    safe = np.where(valid, labels, 0)
+    picked = np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
+    weight = valid if class_weights is None else np.asarray(class_weights)[safe] * valid
+    return -(picked * weight).sum() / weight.sum()
 
 
 def test_loss_matches_numpy_with_ignored_pixels():
@@ -36,19 +39,12 @@ def test_loss_all_ignored_is_zero_and_config_round_trips():
 
 
 def test_class_weighted_loss_is_torchs_weighted_mean():
-    # torch CrossEntropyLoss(weight=w): sum(w[y] * ce) / sum(w[y]) over the valid pixels.
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(2, 5, 3, 4)).astype("float32")
     labels = rng.integers(0, 4, size=(2, 5, 3)).astype("int32")
     labels[0, 0] = 255
     weights = np.array([0.25, 4.0, 1.0, 2.0])
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    valid = labels != 255
-    safe = np.where(valid, labels, 0)
-    ce = -np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
-    w = weights[safe] * valid
-    expected = (w * ce).sum() / w.sum()
+    expected = _numpy_cross_entropy(labels, logits, class_weights=weights)
     loss = SegmentationCrossEntropy(class_weights=weights)(labels, logits)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert float(loss) != pytest.approx(_numpy_cross_entropy(labels, logits), rel=1e-3)
