@@ -203,6 +203,20 @@ def _add_block(total, block, row, col):
     return tf.tensor_scatter_nd_add(total, tf.stack(grid, axis=-1), block)
 
 
+def _add_window(total, window, row, col):
+    """Adds `window` into `total` at rows `row...` and columns `col...`, in `total`'s own
+    buffer (`tensor_scatter_nd_add` copies `total` when its input is a loop variable): only
+    for a `total` that the caller made and that nothing else reads."""
+    shape, size = tf.shape(window), tf.shape(total)
+    pixels = (tf.range(shape[0]) + row)[:, None] * size[1] + (tf.range(shape[1]) + col)[None]
+    flat = tf.raw_ops.InplaceAdd(
+        x=tf.reshape(total, [-1, size[2]]),
+        i=tf.reshape(pixels, [-1]),
+        v=tf.reshape(window, [-1, shape[2]]),
+    )
+    return tf.reshape(flat, size)
+
+
 def _coverage(anchors, start, stop, window_size):
     """How many windows at `anchors` cover each position of `[start, stop)`."""
     positions = tf.range(start, stop)[None]
@@ -336,7 +350,8 @@ def _band_stepper(model, view, out_size, window_size, window_stride, batch_size,
 
     def merge_windows(carried, top, left, anchors):
         """`carried()`, the sums of earlier windows over the block at `top`, `left`,
-        plus the logits of the windows at `anchors`, added in anchor order."""
+        plus the logits of the windows at `anchors`, added in anchor order into the new
+        buffer that `carried()` returns (so a block never exists twice)."""
 
         def call(start, total):
             batch = anchors[start : start + batch_size]
@@ -347,7 +362,7 @@ def _band_stepper(model, view, out_size, window_size, window_stride, batch_size,
             logits = tf.cast(model(windows, training=False), tf.float32)
 
             def add(i, total):  # one at a time, like the official loop
-                return i + 1, _add_block(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
+                return i + 1, _add_window(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
 
             _, total = tf.while_loop(
                 lambda i, _: i < tf.shape(batch)[0], add, (0, total), parallel_iterations=1
@@ -402,7 +417,8 @@ def _band_stepper(model, view, out_size, window_size, window_stride, batch_size,
 
             def carried():
                 """What earlier windows added: the columns carried from the previous
-                block, and above the rest, the rows carried from the previous band."""
+                block, and above the rest, the rows carried from the previous band, in
+                a new buffer (`tf.concat` always allocates its output)."""
                 start = left + tf.shape(col_carry)[1]
                 above = _padded(
                     row_carry[:, start : left + extent_cols],
