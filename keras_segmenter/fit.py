@@ -73,6 +73,9 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, help="global batch size over all replicas and workers")
     p.add_argument("--lr", type=float, help="initial learning rate of the poly schedule")
     p.add_argument(
+        "--end-lr", type=float, help="the poly schedule's floor (default 1e-5; camvid 1e-6)"
+    )
+    p.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
         help="sgd (the paper's; default except camvid) or adamw (camvid's default, from scratch)",
