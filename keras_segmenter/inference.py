@@ -205,7 +205,7 @@ def _add_block(total, block, row, col):
 
 def _add_window(total, window, row, col):
     """Adds `window` into `total` at rows `row...` and columns `col...`, in `total`'s own
-    buffer (`tensor_scatter_nd_add` copies `total` when its input is a loop variable): only
+    buffer (`tensor_scatter_nd_add` copied the whole `total` for every window here): only
     for a `total` that the caller made and that nothing else reads."""
     shape, size = tf.shape(window), tf.shape(total)
     pixels = (tf.range(shape[0]) + row)[:, None] * size[1] + (tf.range(shape[1]) + col)[None]
