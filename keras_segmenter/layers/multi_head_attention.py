@@ -60,8 +60,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
         qkv = self.qkv(ops.reshape(inputs, (-1, self.hidden_dim)))
         qkv = ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        return qkv[0], qkv[1], qkv[2]
+        # unstack, not qkv[0], qkv[1], qkv[2]: the gradient of an index is a zero-filled
+        # full-size tensor per slice (StridedSliceGrad), that of unstack one stack.
+        return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
 
     def _scores(self, query, key):
         scores = ops.matmul(query * self.head_dim**-0.5, ops.swapaxes(key, -1, -2))

@@ -61,6 +61,8 @@ class ResizeAndCrop(keras.layers.Layer):
         padded, size = ops.shape(padded_images), ops.shape(images)
         # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
         logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
+        if None not in images.shape[1:3] and logits.shape[1:3] == images.shape[1:3]:
+            return logits  # nothing padded: no crop (its gradient would copy the whole map)
         return logits[:, : size[1], : size[2], :]
 
     def compute_output_shape(self, logits_shape, images_shape):

@@ -50,6 +50,30 @@ def test_class_weighted_loss_is_torchs_weighted_mean():
     assert float(loss) != pytest.approx(_numpy_cross_entropy(labels, logits), rel=1e-3)
 
 
+def test_loss_gradient_is_softmax_minus_one_hot_even_for_far_apart_logits():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    # Log-probabilities down to about -400: exp underflows in float32 there.
+    logits = (rng.normal(size=(2, 6, 5, 4)) * 40).astype("float32")
+    labels = rng.integers(0, 4, size=(2, 6, 5)).astype("int32")
+    labels[rng.random(labels.shape) < 0.3] = 255
+    weights = np.array([0.5, 2.0, 1.0, 3.0])
+    x = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = SegmentationCrossEntropy(class_weights=weights)(labels, x)
+    exact = logits.astype("float64")
+    assert float(loss) == pytest.approx(_numpy_cross_entropy(labels, exact, 255, weights), rel=1e-6)
+    probs = np.exp(exact - exact.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    valid = labels != 255
+    safe = np.where(valid, labels, 0)
+    pixel_weights = weights[safe] * valid
+    expected = (probs - np.eye(4)[safe]) * (pixel_weights / pixel_weights.sum())[..., None]
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), expected, rtol=1e-5, atol=1e-9)
+
+
 def test_median_frequency_weights_by_hand():
     from keras_segmenter.training.losses import median_frequency_weights
 
