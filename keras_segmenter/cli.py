@@ -18,8 +18,10 @@ calls `prepare_tensorflow()`.
   0.55x the speed (README, "Speed").
 - TensorFlow's C++ INFO and WARNING lines hidden (`TF_CPP_MIN_LOG_LEVEL=2`)
   unless the user set the level; ERROR lines too (3) on a CPU without
-  AVX-512 where oneDNN was turned on here: it logs one, harmless, for each
-  non-float32 transpose. absl writes the start-up notices
+  AVX-512 where oneDNN was turned on here: it logs one, harmless, for the
+  first transpose of a dtype it has no kernel for there (bfloat16 under
+  mixed precision; int32 on any CPU, which this package's graphs avoid,
+  `inference._swap01`). absl writes the start-up notices
   (`cpu_feature_guard`, `oneDNN custom operations are on`,
   `absl::InitializeLog`) to stderr before any log level applies, so stderr
   is captured while TensorFlow is imported and only the lines the level lets
@@ -81,9 +83,9 @@ def prepare_tensorflow():
         return
     onednn_by_us = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    # Without AVX-512, oneDNN logs an ERROR line for the first transpose of each
-    # dtype but float32 ("supports DT_INT32 only on platforms with AVX-512") and
-    # runs TF's own kernel: with the oneDNN we turned on, ERROR lines go too.
+    # Without AVX-512, oneDNN logs an ERROR line for the first bfloat16 transpose
+    # ("supports DT_BFLOAT16 only on platforms with AVX-512") and runs TF's own
+    # kernel: with the oneDNN we turned on, ERROR lines go too.
     os.environ.setdefault(
         "TF_CPP_MIN_LOG_LEVEL", "3" if onednn_by_us and not _has_avx512() else "2"
     )

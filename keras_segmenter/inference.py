@@ -252,6 +252,10 @@ def _interpolate(block, lower, upper, weight, axis):
 
 
 def _swap01(tensor, rank):
+    """`tensor` with its first two axes swapped; an int32 class map as float32 and back
+    (exact below 2**24), as oneDNN, where it runs, logs an ERROR line for an int32 transpose."""
+    if tensor.dtype == tf.int32:
+        return tf.cast(_swap01(tf.cast(tensor, tf.float32), rank), tf.int32)
     return tf.transpose(tensor, [1, 0] + list(range(2, rank)))
 
 
