@@ -2,7 +2,8 @@
 
     python benchmarks/throughput.py --model seg_s16_mask --size 512 --batch 4 \\
         [--precision float32|mixed_bfloat16|mixed_float16] [--xla] [--runs 5] --json
-    python benchmarks/throughput.py --runtime openvino --model seg_s16_mask --json
+    python benchmarks/throughput.py --runtime openvino [--precision mixed_bfloat16] \
+        --model seg_s16_mask --json
 
 Randomly initialised weights (speed does not depend on them), the same
 random uint8 batch for every runtime. Each run times `--steps` calls that
@@ -20,7 +21,9 @@ after two warm-up calls.
 - `onnx`, `openvino`, `litert`: `keras_segmenter.export_runtimes.export_runtime`
   (any input size for ONNX and OpenVINO, `--size` for LiteRT), run by
   `keras_segmenter.runtime.ExportedModel` on the whole batch (which returns
-  `segmentation` and the `logits`).
+  `segmentation` and the `logits`). OpenVINO also runs `--precision
+  mixed_bfloat16`: its CPU plugin's bfloat16 inference precision
+  (`ExportedModel(path, precision="bfloat16")`) on the float32 file.
 
 Export and loading are not timed. `class_map_agreement` is the fraction of
 pixels whose class equals the float32 Keras model's (same weights), for
@@ -40,6 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 RUNTIMES = ("keras", "saved_model", "onnx", "openvino", "litert")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
+# The precisions of each runtime but keras, which runs them all.
+PRECISIONS = {
+    "saved_model": ("float32",),
+    "onnx": ("float32",),
+    "openvino": ("float32", "mixed_bfloat16"),
+    "litert": ("float32",),
+}
 
 
 def runtime_function(args, reference, folder):
@@ -76,7 +86,7 @@ def runtime_function(args, reference, folder):
     path = export_runtime(
         reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime])
     )
-    exported = ExportedModel(path)
+    exported = ExportedModel(path, "bfloat16" if args.precision == "mixed_bfloat16" else "float32")
     return lambda images: exported(images)["segmentation"], None
 
 
@@ -89,7 +99,7 @@ def main():
         "--precision",
         default="float32",
         choices=["float32", "mixed_bfloat16", "mixed_float16"],
-        help="keras runtime only",
+        help="keras runtime; openvino: float32 or mixed_bfloat16",
     )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
@@ -98,10 +108,12 @@ def main():
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
-    if args.runtime != "keras" and (args.precision != "float32" or args.xla):
+    if args.runtime != "keras" and args.xla:
+        parser.error(f"--xla applies to --runtime keras only (received --runtime {args.runtime})")
+    if args.precision not in PRECISIONS.get(args.runtime, (args.precision,)):
         parser.error(
-            "--precision and --xla apply to --runtime keras only "
-            f"(received --runtime {args.runtime})"
+            f"--runtime {args.runtime} runs --precision {' or '.join(PRECISIONS[args.runtime])} "
+            f"(received --precision {args.precision})"
         )
     if min(args.size, args.batch, args.runs, args.steps) < 1:
         parser.error("--size, --batch, --runs and --steps must be positive integers")

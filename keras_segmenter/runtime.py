@@ -23,6 +23,13 @@ import pathlib
 
 import numpy as np
 
+# What each file type can run in (`ExportedModel(path, precision)`).
+PRECISIONS = {
+    ".onnx": ("float32",),
+    ".xml": ("float32", "bfloat16"),
+    ".tflite": ("float32",),
+}
+
 
 class ExportedModel:
     """An exported Segmenter file, run by its own runtime on the CPU.
@@ -34,26 +41,36 @@ class ExportedModel:
     Args:
         path: a `.onnx` (onnxruntime), `.xml` (openvino, with its `.bin`)
             or `.tflite` (ai-edge-litert) file from `keras_segmenter.export`.
+        precision: `"float32"` (default) or, for OpenVINO only, `"bfloat16"`:
+            its CPU plugin runs the matrix products and most other ops in
+            bfloat16 (`INFERENCE_PRECISION_HINT`), on AMX or AVX-512 bf16
+            units where the CPU has them; the class map may then differ
+            from float32's on pixels where two classes are close.
 
     Attributes:
         image_size: `(height, width)` the file requires, or `None` if it
             takes any size.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, precision="float32"):
         path = pathlib.Path(path)
         loaders = {".onnx": self._onnx, ".xml": self._openvino, ".tflite": self._litert}
         if path.suffix not in loaders:
             raise ValueError(
                 f"Expected a .onnx, .xml (OpenVINO) or .tflite file. Received: path={str(path)!r}"
             )
+        if precision not in PRECISIONS[path.suffix]:
+            raise ValueError(
+                f"A {path.suffix} file runs in precision {' or '.join(PRECISIONS[path.suffix])}. "
+                f"Received: precision={precision!r}"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"{str(path)!r}: no such file")
-        self._run, shape = loaders[path.suffix](str(path))
+        self._run, shape = loaders[path.suffix](str(path), precision)
         self.image_size = None if None in shape[1:3] else tuple(shape[1:3])
 
     @staticmethod
-    def _onnx(path):
+    def _onnx(path, _precision):
         import onnxruntime
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -66,7 +83,7 @@ class ExportedModel:
         return run, shape
 
     @staticmethod
-    def _openvino(path):
+    def _openvino(path, precision):
         import sys
 
         # No usage statistics: OpenVINO falls back to a no-op stub without
@@ -74,8 +91,9 @@ class ExportedModel:
         sys.modules.setdefault("openvino_telemetry", None)
         import openvino
 
-        # Float32 everywhere: the CPU plugin may otherwise run in bfloat16.
-        compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        # Asked for, as the CPU plugin otherwise picks bfloat16 by itself on AMX CPUs.
+        hint = {"float32": "f32", "bfloat16": "bf16"}[precision]
+        compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         shape = [None if d.is_dynamic else d.get_length() for d in compiled.input(0).partial_shape]
 
         def run(images):
@@ -85,7 +103,7 @@ class ExportedModel:
         return run, shape
 
     @staticmethod
-    def _litert(path):
+    def _litert(path, _precision):
         from ai_edge_litert.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=path)

@@ -28,6 +28,8 @@ COMMANDS = {
     },
     "throughput mixed xla": ("throughput.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN)
     + ("--steps", "1", "--precision", "mixed_bfloat16", "--xla"),
+    "throughput openvino bf16": ("throughput.py", *TINY, "--size", "32", "--batch", "2")
+    + (*ONE_RUN, "--steps", "1", "--runtime", "openvino", "--precision", "mixed_bfloat16"),
     "train_throughput": ("train_throughput.py", *TINY, "--crop", "32", "--batch", "1")
     + ("--warmup", "1", "--steps", "1"),
     "eval_throughput": ("eval_throughput.py", *TINY, "--height", "32", "--width", "48")
@@ -86,6 +88,12 @@ def test_throughput_mixed_precision_xla(printed):
     assert 0 <= out["class_map_agreement"] <= 1
 
 
+def test_throughput_runs_openvino_in_bfloat16(printed):
+    out = printed["throughput openvino bf16"].result()
+    assert out["runtime"] == "openvino" and out["precision"] == "mixed_bfloat16"
+    assert out["images_per_sec"] > 0 and 0 <= out["class_map_agreement"] <= 1
+
+
 def test_throughput_rejects_precision_for_exported_runtimes():
     result = subprocess.run(
         [
@@ -101,7 +109,9 @@ def test_throughput_rejects_precision_for_exported_runtimes():
         timeout=60,
     )
     assert result.returncode == 2
-    assert "--precision and --xla apply to --runtime keras only" in result.stderr
+    assert "--runtime onnx runs --precision float32 (received --precision mixed_bfloat16)" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

@@ -240,6 +240,8 @@ def test_bad_arguments(model_file, tmp_path, capsys):
         runtime.ExportedModel(tmp_path / "model.pb")
     with pytest.raises(FileNotFoundError, match="no such file"):
         runtime.ExportedModel(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="A .onnx file runs in precision float32. Received: prec"):
+        runtime.ExportedModel(tmp_path / "missing.onnx", precision="bfloat16")
 
     def dynamic(windows):
         return {"logits": np.zeros(windows.shape[:3] + (2,), np.float32)}
