@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --model seg_s16_mask --size 512 --batch 4 \\
         [--precision float32|mixed_bfloat16|mixed_float16] [--xla] [--runs 5] --json
-    python benchmarks/throughput.py --runtime openvino [--precision mixed_bfloat16] \
+    python benchmarks/throughput.py --runtime openvino [--precision mixed_bfloat16] \\
         --model seg_s16_mask --json
 
 Randomly initialised weights (speed does not depend on them), the same
@@ -38,17 +38,20 @@ import tempfile
 import time
 
 import keras_segmenter  # noqa: F401  first: TensorFlow set up as the commands do it
+from keras_segmenter.runtime import PRECISIONS as FILE_PRECISIONS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 RUNTIMES = ("keras", "saved_model", "onnx", "openvino", "litert")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
-# The precisions of each runtime but keras, which runs them all.
+# The --precision values of each runtime but keras (which runs them all); an
+# exported file's "bfloat16" (`keras_segmenter.runtime.PRECISIONS`) is "mixed_bfloat16".
 PRECISIONS = {
     "saved_model": ("float32",),
-    "onnx": ("float32",),
-    "openvino": ("float32", "mixed_bfloat16"),
-    "litert": ("float32",),
+    **{
+        name: tuple(p if p == "float32" else "mixed_" + p for p in FILE_PRECISIONS[suffix])
+        for name, suffix in SUFFIXES.items()
+    },
 }
 
 
@@ -86,7 +89,7 @@ def runtime_function(args, reference, folder):
     path = export_runtime(
         reference, args.runtime, os.path.join(folder, "model" + SUFFIXES[args.runtime])
     )
-    exported = ExportedModel(path, "bfloat16" if args.precision == "mixed_bfloat16" else "float32")
+    exported = ExportedModel(path, args.precision.removeprefix("mixed_"))
     return lambda images: exported(images)["segmentation"], None
 
 
