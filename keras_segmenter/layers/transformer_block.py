@@ -2,7 +2,7 @@ import keras
 from keras import ops
 
 from keras_segmenter.layers.drop_path import DropPath
-from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention
+from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention, dense_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -64,11 +64,8 @@ class TransformerBlock(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
 
     def mlp(self, x, training=False):
-        # On (batch * tokens, width) rows: there TensorFlow's graph optimizer fuses
-        # each matrix product with its bias, and fc1's with the GELU, into one
-        # oneDNN kernel (a Dense on 3D tokens runs as Tensordot, which keeps them apart).
         shape = ops.shape(x)
-        x = self.fc1(ops.reshape(x, (-1, self.hidden_dim)))
+        x = self.fc1(dense_rows(x, self.hidden_dim, self.compute_dtype))
         # Exact GELU. erf has no vectorised bfloat16 kernel on CPU (10x slower
         # than float32), so it is computed in float32 under mixed precision.
         x = ops.cast(ops.gelu(ops.cast(x, "float32"), approximate=False), x.dtype)
