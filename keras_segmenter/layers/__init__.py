@@ -1,4 +1,5 @@
 from keras_segmenter.layers.drop_path import DropPath
+from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_segmenter.layers.dropout import Dropout
+
 
 def dense_rows(tokens, width, compute_dtype):
     """Tokens `(batch, tokens, ...)` as a block's Dense layers take them.
@@ -58,12 +60,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.proj = keras.layers.Dense(
             hidden_dim, kernel_initializer=init, dtype=self.dtype_policy, name="proj"
         )
-        self.attention_dropout = keras.layers.Dropout(
-            dropout, dtype=self.dtype_policy, name="attention_dropout"
-        )
-        self.output_dropout = keras.layers.Dropout(
-            dropout, dtype=self.dtype_policy, name="output_dropout"
-        )
+        self.attention_dropout = Dropout(dropout, dtype=self.dtype_policy, name="attention_dropout")
+        self.output_dropout = Dropout(dropout, dtype=self.dtype_policy, name="output_dropout")
 
     def build(self, input_shape):
         self.qkv.build(input_shape)

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_segmenter.layers.drop_path import DropPath
+from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention, dense_rows
 
 
@@ -55,7 +56,7 @@ class TransformerBlock(keras.layers.Layer):
         )
         self.fc1 = keras.layers.Dense(mlp_dim, kernel_initializer=init, dtype=dtype, name="fc1")
         self.fc2 = keras.layers.Dense(hidden_dim, kernel_initializer=init, dtype=dtype, name="fc2")
-        self.mlp_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="mlp_dropout")
+        self.mlp_dropout = Dropout(dropout, dtype=dtype, name="mlp_dropout")
         self.drop_path = DropPath(drop_path_rate, dtype=dtype, name="drop_path")
 
     def build(self, input_shape):

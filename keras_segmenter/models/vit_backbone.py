@@ -1,5 +1,6 @@
 import keras
 
+from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.normalization import check_normalization
 from keras_segmenter.layers.patch_embedding import PatchEmbedding
 from keras_segmenter.layers.position_embedding import PositionEmbedding
@@ -73,9 +74,7 @@ class ViTBackbone(ConfigModel):
             dtype=dtype,
             name="position_embedding",
         )
-        self.embedding_dropout = keras.layers.Dropout(
-            dropout, dtype=dtype, name="embedding_dropout"
-        )
+        self.embedding_dropout = Dropout(dropout, dtype=dtype, name="embedding_dropout")
         self.blocks = transformer_blocks(
             num_layers,
             hidden_dim,

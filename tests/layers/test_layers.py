@@ -73,6 +73,34 @@ def test_drop_path_rejects_a_bad_rate():
         layers.DropPath(rate=1.0)
 
 
+def test_dropout_round_trip_and_identity_at_inference(tmp_path):
+    layer = layers.Dropout(rate=0.1, name="dropout")
+    x = tokens()
+    np.testing.assert_array_equal(check_layer(layer, [x], tmp_path), x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dropout_drops_the_rate_and_rescales_the_rest(dtype):
+    rate, n = 0.1, 200 * 6 * 301  # an odd last axis: its second half-draw is cut off
+    out = np.asarray(
+        layers.Dropout(rate, seed=1, dtype=dtype)(np.ones((200, 6, 301), "float32"), training=True)
+    ).astype("float32")
+    kept = out != 0
+    # 16-bit decisions: keep probability 1 - round(0.1 * 2**16) / 2**16; 6 binomial std.
+    p = 1 - round(rate * 2**16) / 2**16
+    assert abs(kept.mean() - p) < 6 * np.sqrt(p * (1 - p) / n)
+    scale = np.float32(1 / (1 - rate)).astype(dtype).astype("float32")
+    np.testing.assert_array_equal(out[kept], scale)
+
+
+def test_dropout_draws_new_masks_each_call_and_rejects_a_bad_rate():
+    layer = layers.Dropout(0.5, seed=3)
+    x = np.ones((4, 64), "float32")
+    assert (np.asarray(layer(x, training=True)) != np.asarray(layer(x, training=True))).any()
+    with pytest.raises(ValueError, match="Received: rate=1.0"):
+        layers.Dropout(rate=1.0)
+
+
 def test_multi_head_self_attention(tmp_path):
     layer = layers.MultiHeadSelfAttention(hidden_dim=16, num_heads=2, name="attention")
     x = tokens()

@@ -1,0 +1,73 @@
+import keras
+import tensorflow as tf
+
+# Each 32-bit random number gives two decisions of 16 bits.
+_LEVELS = 2**16
+
+
+def _keep_mask(shape, seed, rate):
+    """Boolean tensor of `shape`, True with probability `1 - rate` (to 1/65536).
+
+    TensorFlow's Philox generator costs the same per 32-bit number whether it
+    becomes a float or an integer; reading each one as two 16-bit numbers
+    halves the draws (22 against 39 ms for 2x6x1174^2 decisions on 2 cores).
+    """
+    halves = tf.concat([shape[:-1], [(shape[-1] + 1) // 2]], axis=0)
+    bits = tf.random.stateless_uniform(halves, seed, dtype=tf.uint32, minval=None, maxval=None)
+    bits = tf.reshape(tf.bitcast(bits, tf.uint16), tf.concat([shape[:-1], [-1]], axis=0))
+    return bits[..., : shape[-1]] >= round(rate * _LEVELS)
+
+
+@keras.saving.register_keras_serializable(package="keras_segmenter")
+class Dropout(keras.layers.Layer):
+    """Dropout whose random decisions cost half of `keras.layers.Dropout`'s.
+
+    In training, each element is zeroed with probability `rate` and the kept
+    ones are scaled by `1 / (1 - rate)`; at inference it is the identity, as
+    `torch.nn.Dropout` and `keras.layers.Dropout`. The decisions come from
+    16-bit random numbers, two per 32-bit draw of TensorFlow's stateless
+    Philox generator, so the rate is exact to 1/65536. (Keras' dropout draws
+    one uniform number of the input's dtype per element: under bfloat16, with
+    its 8-bit mantissa, rate 0.1 drops 10.16 % of the elements.) The random
+    state lives in a `keras.random.SeedGenerator`, saved with the weights, so
+    a checkpoint resumes the same masks.
+
+    Args:
+        rate: float in [0, 1), fraction of the elements to drop.
+        seed: int or None, seed of the random generator.
+
+    Call arguments:
+        inputs: tensor of any shape.
+        training: bool, drop (training) or return `inputs` as they are
+            (inference). Defaults to False.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate}")
+        self.rate = rate
+        self.seed = seed
+        if rate > 0.0:  # the variables of keras.layers.Dropout: its files load here
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        scale = self.scale(tf.shape(inputs), inputs.dtype, training)
+        return inputs if scale is None else inputs * scale
+
+    def scale(self, shape, dtype, training=False):
+        """What `call` multiplies its input by: per element 0 or `1 / (1 - rate)`
+        (rounded to `dtype`, as Keras' dropout does), a tensor of `shape`; None
+        at inference or rate 0."""
+        if not training or self.rate == 0.0:
+            return None
+        # SeedGenerator keeps an int64 state; the stateless ops take int32 seeds.
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
+        keep = _keep_mask(shape, seed, self.rate)
+        return tf.cast(keep, dtype) * tf.cast(1.0 / (1.0 - self.rate), dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
