@@ -1,4 +1,5 @@
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_segmenter.layers.dropout import Dropout
@@ -17,6 +18,58 @@ def dense_rows(tokens, width, compute_dtype):
     if compute_dtype == "bfloat16":
         return ops.reshape(tokens, (ops.shape(tokens)[0], -1, width))
     return ops.reshape(tokens, (-1, width))
+
+
+def attention_softmax(query, key):
+    """`softmax(query @ key^T)` over the keys: the attention weights."""
+    scores = tf.matmul(query, key, transpose_b=True)
+    if scores.dtype == tf.float16:
+        # float16 has too little range for the softmax sums; bfloat16 has
+        # float32's range, so its softmax runs in bfloat16 (12% faster per
+        # block on CPU), as in Keras' own MultiHeadAttention.
+        scores = tf.cast(scores, tf.float32)
+    return tf.nn.softmax(scores)
+
+
+def softmax_attention(query, key, value, dropout=None):
+    """`softmax(query @ key^T) @ value` over `(..., tokens, head_dim)` heads.
+
+    The forward pass is the usual one (`attention_softmax`, then the product
+    with `value`); `dropout`, a tensor of the weights' shape or None,
+    multiplies the softmax weights. The gradient is written out as flash
+    attention's: with `d_weights = d_out @ value^T` (times `dropout`), the
+    softmax gradient is `weights * (d_weights - delta)`, where `delta`, one
+    number per query, is `sum(d_out * out)` over the head's values (in at
+    least float32), equal to the `sum(d_weights * weights)` over the keys that
+    TensorFlow's softmax gradient computes. Summed over `head_dim` instead of
+    `tokens` terms, it saves two of that gradient's four passes over the
+    `tokens^2` weights.
+    """
+
+    @tf.custom_gradient
+    def attend(query, key, value):
+        weights = tf.cast(attention_softmax(query, key), value.dtype)
+        used = weights if dropout is None else weights * dropout
+        out = tf.matmul(used, value)
+
+        def gradient(d_out):
+            d_weights = tf.matmul(d_out, value, transpose_b=True)
+            if dropout is not None:
+                d_weights *= dropout
+            wide = (
+                tf.float32 if out.dtype.size < 4 else out.dtype
+            )  # 16-bit values summed in float32
+            delta = tf.reduce_sum(tf.cast(d_out, wide) * tf.cast(out, wide), -1)
+            d_scores = weights * (d_weights - tf.cast(delta, weights.dtype)[..., None])
+            return (
+                tf.matmul(d_scores, key),
+                tf.matmul(d_scores, query, transpose_a=True),
+                tf.matmul(used, d_out, transpose_a=True),
+            )
+
+        return out, gradient
+
+    return attend(query, key, value)
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -76,20 +129,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # full-size tensor per slice (StridedSliceGrad), that of unstack one stack.
         return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
 
-    def _scores(self, query, key):
-        scores = ops.matmul(query * self.head_dim**-0.5, ops.swapaxes(key, -1, -2))
-        if scores.dtype == "float16":
-            # float16 has too little range for the softmax sums; bfloat16 has
-            # float32's range, so its softmax runs in bfloat16 (12% faster per
-            # block on CPU), as in Keras' own MultiHeadAttention.
-            scores = ops.cast(scores, "float32")
-        return ops.softmax(scores, axis=-1)
-
     def call(self, inputs, training=False):
         query, key, value = self._heads(inputs)
-        weights = self._scores(query, key)
-        weights = self.attention_dropout(ops.cast(weights, value.dtype), training=training)
-        outputs = ops.matmul(weights, value)  # (B, heads, N, head_dim)
+        dropout = self.attention_dropout.scale(
+            tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0), value.dtype, training
+        )
+        outputs = softmax_attention(query * self.head_dim**-0.5, key, value, dropout)
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
         outputs = ops.transpose(outputs, (0, 2, 1, 3))  # (B, N, heads, head_dim)
         outputs = self.proj(dense_rows(outputs, self.hidden_dim, self.compute_dtype))
@@ -99,7 +144,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def attention_weights(self, inputs):
         """Softmax attention `(batch, heads, tokens, tokens)`, for visualisation."""
         query, key, _ = self._heads(inputs)
-        return self._scores(query, key)
+        return attention_softmax(query * self.head_dim**-0.5, key)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -110,6 +110,30 @@ def test_multi_head_self_attention(tmp_path):
     np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_softmax_attention_gradient_is_the_softmax_gradient(with_dropout):
+    import tensorflow as tf
+
+    q, k, v = (tf.constant(RNG.normal(size=(2, 3, 9, 4))) for _ in range(3))  # float64
+    dropout = tf.constant(RNG.integers(0, 2, (2, 3, 9, 9)) / 0.5) if with_dropout else None
+    upstream = tf.constant(RNG.normal(size=(2, 3, 9, 4)))
+
+    def plain(q, k, v):
+        weights = tf.nn.softmax(tf.matmul(q, k, transpose_b=True))
+        return tf.matmul(weights if dropout is None else weights * dropout, v)
+
+    grads = []
+    for attend in (plain, lambda q, k, v: layers.softmax_attention(q, k, v, dropout)):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = attend(q, k, v)
+        grads.append([out] + tape.gradient(out, [q, k, v], output_gradients=upstream))
+    # The same formula in float64, summed in another order: round-off of
+    # a few eps times the 9-term sums' magnitude (values of order 1).
+    for written_out, autodiff in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(written_out, autodiff, rtol=0, atol=1e-13)
+
+
 def test_multi_head_self_attention_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="num_heads=3"):
         layers.MultiHeadSelfAttention(hidden_dim=16, num_heads=3)
