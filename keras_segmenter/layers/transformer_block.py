@@ -1,9 +1,30 @@
+import math
+
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_segmenter.layers.drop_path import DropPath
 from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention, dense_rows
+
+
+@tf.custom_gradient
+def gelu_in_float32(x):
+    """Exact (erf) GELU of 16-bit `x`, computed in float32, with its gradient
+    `cdf(x) + x * pdf(x)` written out: erf has no vectorised 16-bit kernel on
+    CPU (10x slower than float32), and the written-out gradient takes fewer
+    passes over the MLP's activations than TensorFlow's derivative of its
+    GELU (11.6 against 14.6 ms forward and backward for 2x1025x1536 bfloat16
+    on 2 cores, the same values)."""
+    x32 = tf.cast(x, tf.float32)
+    cdf = 0.5 * tf.math.erfc(x32 * -math.sqrt(0.5))
+
+    def gradient(upstream):
+        pdf = tf.exp(tf.square(x32) * -0.5) * (1 / math.sqrt(2 * math.pi))
+        return upstream * tf.cast(cdf + x32 * pdf, upstream.dtype)
+
+    return tf.cast(x32 * cdf, x.dtype), gradient
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -67,9 +88,11 @@ class TransformerBlock(keras.layers.Layer):
     def mlp(self, x, training=False):
         shape = ops.shape(x)
         x = self.fc1(dense_rows(x, self.hidden_dim, self.compute_dtype))
-        # Exact GELU. erf has no vectorised bfloat16 kernel on CPU (10x slower
-        # than float32), so it is computed in float32 under mixed precision.
-        x = ops.cast(ops.gelu(ops.cast(x, "float32"), approximate=False), x.dtype)
+        if self.compute_dtype == "float32":
+            # Exact GELU, which TensorFlow's graph optimizer fuses into fc1's product.
+            x = ops.gelu(x, approximate=False)
+        else:
+            x = gelu_in_float32(x)
         x = self.mlp_dropout(x, training=training)
         return ops.reshape(self.mlp_dropout(self.fc2(x), training=training), shape)
 

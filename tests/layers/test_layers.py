@@ -145,6 +145,32 @@ def test_transformer_block(tmp_path):
     check_layer(layer, [x], tmp_path, expected_shape=x.shape)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gelu_in_float32_matches_tensorflow_gelu_and_its_gradient(dtype):
+    import tensorflow as tf
+
+    from keras_segmenter.layers.transformer_block import gelu_in_float32
+
+    x = tf.cast(RNG.normal(size=(64, 96)) * 3, dtype)
+    upstream = tf.cast(RNG.normal(size=(64, 96)), dtype)
+    results = []
+    for gelu in (gelu_in_float32, lambda x: tf.nn.gelu(tf.cast(x, "float32"), approximate=False)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = gelu(x)
+        grad = tape.gradient(y, x, output_gradients=tf.cast(upstream, y.dtype))
+        results.append((tf.cast(y, dtype), grad))
+    # The same float32 values up to float32 round-off, each then rounded to
+    # `dtype` once (and the gradient's factor once more before its product):
+    # at most two of the 16-bit type's half-ulps apart (float16's subnormals
+    # below 2**-14 are spaced 2**-24 apart: two half-steps there).
+    half_ulp = 2.0 ** -(8 if dtype == "bfloat16" else 11)
+    floor = 2.0**-24 if dtype == "float16" else 0.0
+    for ours, tf_gelu in zip(*results):
+        ours, tf_gelu = np.asarray(ours, "float32"), np.asarray(tf_gelu, "float32")
+        np.testing.assert_allclose(ours, tf_gelu, rtol=2 * half_ulp, atol=floor)
+
+
 def test_linear_decoder(tmp_path):
     layer = layers.LinearDecoder(num_classes=5, patch_size=8, name="linear")
     check_layer(layer, [tokens(length=6), images()], tmp_path, expected_shape=(2, 2, 3, 5))
