@@ -22,7 +22,8 @@ def dense_rows(tokens, width, compute_dtype):
 
 def attention_softmax(query, key):
     """`softmax(query @ key^T)` over the keys: the attention weights."""
-    scores = tf.matmul(query, key, transpose_b=True)
+    # An explicit transpose: with tf.matmul(transpose_b=True) the OpenVINO export's logits are wrong.
+    scores = ops.matmul(query, ops.swapaxes(key, -1, -2))
     if scores.dtype == tf.float16:
         # float16 has too little range for the softmax sums; bfloat16 has
         # float32's range, so its softmax runs in bfloat16 (12% faster per
