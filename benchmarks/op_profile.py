@@ -1,11 +1,13 @@
-"""Where inference time goes: seconds per TensorFlow op type, from the TF profiler, as one JSON line.
+"""Where inference or training time goes: seconds per TensorFlow op type, from the TF profiler, as one JSON line.
 
     python benchmarks/op_profile.py --model seg_s16_mask --size 512 --batch 4 \\
-        [--precision float32|mixed_bfloat16] [--num-classes 150] [--steps 2] --json
+        [--precision float32|mixed_bfloat16] [--num-classes 150] [--steps 2] [--train] --json
 
 Profiles the same graph as `throughput.py`'s `keras` runtime (normalization,
-model, argmax of the full-resolution logits) on a random uint8 batch, after
-two warm-up calls, for `--steps` calls. The host plane of the profile holds
+model, argmax of the full-resolution logits) on a random uint8 batch, or with
+`--train` the training step of `train_throughput.py` (`--size` crops), after
+two warm-up calls, for `--steps` calls. Set `TF_NUM_INTEROP_THREADS=1` for
+op times that add up to the wall time (ops then run one at a time). The host plane of the profile holds
 one event per op kernel run (`name:type`); `ops` sums their durations per
 op type and divides by `--steps`: seconds per batch, which the kernel names
 show (`_MklNativeFusedMatMul` is a oneDNN matrix product with its bias and
@@ -61,28 +63,39 @@ def main():
         "--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"]
     )
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--train", action="store_true", help="profile the training step")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
 
     import numpy as np
     import tensorflow as tf
     from machine import machine_info
-    from models import build_model
-    from throughput import runtime_function
 
-    args.runtime, args.xla = "keras", False  # throughput.py's default graph
-    reference = build_model(args.model, args.num_classes, args.size)
-    class_map, _ = runtime_function(args, reference, folder=None)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8)
+    if args.train:
+        from train_throughput import training_step
+
+        step = training_step(args.model, args.num_classes, args.size, args.batch, args.precision)
+    else:
+        from models import build_model
+        from throughput import runtime_function
+
+        args.runtime, args.xla = "keras", False  # throughput.py's default graph
+        reference = build_model(args.model, args.num_classes, args.size)
+        class_map, _ = runtime_function(args, reference, folder=None)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8)
+
+        def step():
+            class_map(images)
+
     for _ in range(2):
-        class_map(images)
+        step()
 
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         start = time.perf_counter()
         for _ in range(args.steps):
-            class_map(images)
+            step()
         wall = (time.perf_counter() - start) / args.steps
         tf.profiler.experimental.stop()
         (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
@@ -90,6 +103,7 @@ def main():
 
     result = {
         "benchmark": "op_profile",
+        "mode": "train" if args.train else "inference",
         "model": args.model,
         "size": args.size,
         "batch": args.batch,

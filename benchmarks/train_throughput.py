@@ -22,6 +22,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
 
 
+def training_step(name, num_classes, crop, batch, precision):
+    """One training step of `training/fit.py` on random data, as a function.
+
+    The model is a randomly initialised `name` (a preset, or `tiny`) compiled
+    as `fit.py` compiles it for SGD; each call runs `train_on_batch` on the
+    same random `(batch, crop, crop, 3)` images and labels and waits for it.
+    """
+    import keras
+    import numpy as np
+    from models import build_model
+
+    from keras_segmenter.training import SegmentationCrossEntropy, poly_schedule
+
+    model = build_model(name, num_classes, crop, None if precision == "float32" else precision)
+    model.compile(
+        optimizer=keras.optimizers.SGD(poly_schedule(1e-3, 160_000), momentum=0.9, nesterov=True),
+        loss=SegmentationCrossEntropy(),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, crop, crop, 3)).astype("float32")
+    y = rng.integers(0, num_classes, size=(batch, crop, crop)).astype("int32")
+    return lambda: float(model.train_on_batch(x, y))  # float(): wait for the step
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -38,32 +62,14 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 
-    import keras
-    import numpy as np
     from machine import machine_info
-    from models import build_model
 
-    from keras_segmenter.training import SegmentationCrossEntropy, poly_schedule
-
-    model = build_model(
-        args.model,
-        args.num_classes,
-        args.crop,
-        None if args.precision == "float32" else args.precision,
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(poly_schedule(1e-3, 160_000), momentum=0.9, nesterov=True),
-        loss=SegmentationCrossEntropy(),
-    )
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, args.crop, args.crop, 3)).astype("float32")
-    y = rng.integers(0, args.num_classes, size=(args.batch, args.crop, args.crop)).astype("int32")
+    step = training_step(args.model, args.num_classes, args.crop, args.batch, args.precision)
     times = []
-    for step in range(args.warmup + args.steps):
+    for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        loss = model.train_on_batch(x, y)
-        float(loss)  # wait for the step
-        if step >= args.warmup:
+        step()
+        if i >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     result = {

@@ -40,6 +40,8 @@ COMMANDS = {
     + ("--window", "32", *ONE_RUN),
     "matmul_bound": ("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN),
     "op_profile": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1"),
+    "op_profile train": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1")
+    + ("--train", "--precision", "mixed_bfloat16"),
 }
 
 
@@ -152,6 +154,17 @@ def test_op_profile(printed):
     # Every call runs one argmax and the model's matrix products (oneDNN's or Eigen's kernels).
     assert ops["ArgMax"]["runs"] == 1 and any("MatMul" in op for op in ops)
     assert 0 < out["op_seconds_per_batch"] and 0 < out["wall_seconds_per_batch"]
+    assert out["mode"] == "inference"
+    check_machine(out["machine"])
+
+
+def test_op_profile_of_the_training_step(printed):
+    out = printed["op_profile train"].result()
+    # One step: the backward pass (the bilinear resizes' gradients), and one random
+    # draw per decoder dropout (tiny: 2 blocks x attention weights, attention output,
+    # MLP twice).
+    assert out["mode"] == "train" and "ResizeBilinearGrad" in out["ops"]
+    assert out["ops"]["StatelessRandomUniformFullIntV2"]["runs"] == 2 * 4
     check_machine(out["machine"])
 
 
