@@ -15,7 +15,7 @@ calls `prepare_tensorflow()`.
 - oneDNN kernels on (`TF_ENABLE_ONEDNN_OPTS=1`) unless the user set it:
   TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI/bf16 or
   AMX; on an AVX2 CPU its default Eigen kernels run Seg-S/16 inference at
-  0.55x the speed (README, "Benchmarks").
+  0.55x the speed (docs/benchmarks.md).
 - TensorFlow's C++ INFO and WARNING lines hidden (`TF_CPP_MIN_LOG_LEVEL=2`)
   unless the user set the level; ERROR lines too (3) on a CPU without
   AVX-512 where oneDNN was turned on here: it logs one, harmless, for the
