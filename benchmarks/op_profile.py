@@ -7,10 +7,11 @@ Profiles the same graph as `throughput.py`'s `keras` runtime (normalization,
 model, argmax of the full-resolution logits) on a random uint8 batch, or with
 `--train` the training step of `train_throughput.py` (`--size` crops), after
 two warm-up calls, for `--steps` calls. Set `TF_NUM_INTEROP_THREADS=1` for
-op times that add up to the wall time (ops then run one at a time). The host plane of the profile holds
-one event per op kernel run (`name:type`); `ops` sums their durations per
-op type and divides by `--steps`: seconds per batch, which the kernel names
-show (`_MklNativeFusedMatMul` is a oneDNN matrix product with its bias and
+op times that add up to the wall time (ops then run one at a time). The host
+plane of the profile holds one event per op kernel run (`name:type`); `ops`
+sums their durations per op type and divides by `--steps`: seconds per batch
+(per step with `--train`), which the kernel names show
+(`_MklNativeFusedMatMul` is a oneDNN matrix product with its bias and
 activation fused in, `_MklMatMul` one without). `op_seconds_per_batch` is
 their sum and `wall_seconds_per_batch` the time of a call while profiled
 (profiling adds a few per cent).

@@ -57,9 +57,8 @@ def softmax_attention(query, key, value, dropout=None):
             d_weights = tf.matmul(d_out, value, transpose_b=True)
             if dropout is not None:
                 d_weights *= dropout
-            wide = (
-                tf.float32 if out.dtype.size < 4 else out.dtype
-            )  # 16-bit values summed in float32
+            # 16-bit values are summed in float32.
+            wide = tf.float32 if out.dtype.size < 4 else out.dtype
             delta = tf.reduce_sum(tf.cast(d_out, wide) * tf.cast(out, wide), -1)
             d_scores = weights * (d_weights - tf.cast(delta, weights.dtype)[..., None])
             return (
