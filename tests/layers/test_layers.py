@@ -68,6 +68,14 @@ def test_drop_path_keeps_the_expected_fraction_of_samples():
     np.testing.assert_array_equal(out[~kept], 0)
 
 
+def test_drop_path_keeps_the_rate_under_bfloat16():
+    # bfloat16 uniform draws (multiples of 1/128) kept 122 / 128 = 0.953 at rate 0.05.
+    rate, n = 0.05, 1_000_000
+    out = layers.DropPath(rate=rate, seed=1, dtype="bfloat16")(np.ones((n, 1)), training=True)
+    kept = (np.asarray(out).astype("float32") != 0).mean()
+    assert abs(kept - (1 - rate)) < 6 * np.sqrt(rate * (1 - rate) / n)  # 6 binomial std
+
+
 def test_drop_path_rejects_a_bad_rate():
     with pytest.raises(ValueError, match="Received: rate=1.0"):
         layers.DropPath(rate=1.0)
