@@ -1,9 +1,10 @@
-"""Command line: `python -m keras_segmenter.data check|tfds --dataset NAME`."""
+"""Command line: `python -m keras_segmenter.data check|tfds --dataset NAME`, `download NAME`."""
 
 import argparse
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, report_user_error, reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, UserError, report_user_error, reports_user_errors
+from keras_segmenter.data.download import DOWNLOADS, download
 
 
 def _parser():
@@ -30,7 +31,54 @@ def _parser():
     tfds.add_argument("--dataset", required=True, help="ade20k, pascal_context, camvid, cityscapes")
     tfds.add_argument("--manual-dir", required=True, help="folder holding the manual downloads")
     tfds.add_argument("--data-dir", default=None, help="TFDS data folder (default: TFDS' own)")
+    download = commands.add_parser(
+        "download", help="fetch a dataset's public files and unpack them into its layout"
+    )
+    download.add_argument("dataset", choices=DOWNLOADS, metavar="NAME", help=", ".join(DOWNLOADS))
+    download.add_argument("--data-dir", required=True, help="folder to fill (files are kept in it)")
+    source = download.add_mutually_exclusive_group()
+    source.add_argument("--mirror", help="URL of a folder holding the files by their names")
+    source.add_argument(
+        "--from", dest="local", help="folder holding the files already downloaded (used in place)"
+    )
+    download.add_argument(
+        "--checksum",
+        action="append",
+        default=[],
+        metavar="FILE=ALGO:HEX",
+        help="expected sha256/sha1/md5 of FILE instead of the published one (repeatable)",
+    )
     return parser
+
+
+def _digests(values):
+    digests = {}
+    for value in values:
+        name, _, digest = value.partition("=")
+        algorithm, _, hexdigest = digest.partition(":")
+        if not name or algorithm not in ("sha256", "sha1", "md5") or not hexdigest:
+            raise UserError(
+                f"--checksum must be FILE=sha256:HEX (or sha1, md5). Received: {value!r}"
+            )
+        digests[name] = digest
+    return digests
+
+
+def _download(args):
+    left = download(args.dataset, args.data_dir, args.mirror, args.local, _digests(args.checksum))
+    if left:
+        print(
+            f"{args.dataset}: downloaded and unpacked in {args.data_dir}; one step is left: {left}"
+        )
+        return 1
+    name, folder = args.dataset, args.data_dir
+    print(
+        f"{name} is ready in {folder} ({DOWNLOADS[name].layout}). Next:\n"
+        f"  keras-segmenter data check --dataset {name} --data-dir {folder}\n"
+        f"  python training/fit.py --dataset {name} --data-dir {folder}\n"
+        f"  keras-segmenter data tfds --dataset {name} --manual-dir {folder} --data-dir TFDS_DIR"
+    )
+    return 0
 
 
 def _prepare_tfds(args):
@@ -49,10 +97,12 @@ def _prepare_tfds(args):
 
 @reports_user_errors
 def main(argv=None):
-    """Exit status 0: no fatal problem; 1: problems reported; 2: bad arguments."""
+    """Exit status 0: no fatal problem; 1: problems reported (or a step left); 2: bad arguments."""
     args = _parser().parse_args(argv)
     if args.command == "tfds":
         return _prepare_tfds(args)
+    if args.command == "download":
+        return _download(args)
     from keras_segmenter.data.check import check_dataset, format_report
 
     kwargs = {}

@@ -5,6 +5,8 @@ import logging
 import os
 import zipfile
 
+from keras_segmenter.data.download import download_hint
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_EXTENSIONS = (".png",)
 ADE20K_ZIP = "ADEChallengeData2016.zip"
@@ -171,7 +173,7 @@ def prepare_ade20k(data_dir, manual_dir=None):
         f"No ADE20K found in {data_dir}: expected images/ and annotations/ "
         f"(ADEChallengeData2016 layout) in it or in its ADEChallengeData2016/"
         f" subfolder, or {ADE20K_ZIP} in manual_dir={manual_dir!r} or "
-        "data_dir."
+        f"data_dir{download_hint('ade20k')}."
     )
 
 
@@ -198,7 +200,8 @@ def _scan_pascal_context(data_dir, split, **unused):
         raise FileNotFoundError(
             f"No Pascal Context split list {list_path}: expected the "
             "prepared VOC2010 layout (JPEGImages/, SegmentationClassContext/,"
-            f" ImageSets/SegmentationContext/{{train,val}}.txt) in {data_dir}."
+            f" ImageSets/SegmentationContext/{{train,val}}.txt) in {data_dir}"
+            f"{download_hint('pascal_context')}."
         )
     keys = _read_list(list_path)
     images = _files_by_stem(os.path.join(root, "JPEGImages"), IMAGE_EXTENSIONS)
@@ -286,7 +289,9 @@ def scan(name, data_dir, split="train", **kwargs):
             f"root folder (dataset {key!r})."
         )
     if not os.path.isdir(data_dir) and not kwargs.get("manual_dir"):
-        raise FileNotFoundError(f"Data directory {data_dir} does not exist (dataset {key!r}).")
+        raise FileNotFoundError(
+            f"Data directory {data_dir} does not exist (dataset {key!r}){download_hint(key)}."
+        )
     return _SCANNERS[key](data_dir, split, **kwargs)
 
 
@@ -310,7 +315,7 @@ def usable_scan(name, data_dir, split="train", **kwargs):
             f"No image/mask pairs found for dataset {name!r}, split "
             f"{split!r} in {result.root} ({len(result.images_without_mask)} "
             f"images without mask, {len(result.masks_without_image)} masks "
-            "without image)."
+            f"without image){download_hint(name)}."
         )
     return result
 
