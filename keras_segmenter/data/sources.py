@@ -3,9 +3,9 @@
 import dataclasses
 import logging
 import os
-import zipfile
 
-from keras_segmenter.data.download import download_hint
+from keras_segmenter.data.archives import extract
+from keras_segmenter.data.download import DOWNLOADS, download_hint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_EXTENSIONS = (".png",)
@@ -116,31 +116,6 @@ def _read_list(path):
         return [line.split()[0] for line in f if line.strip()]
 
 
-def extract_zip(zip_path, out_dir):
-    """Extracts a zip archive, refusing members that escape `out_dir`.
-
-    Args:
-        zip_path: str, the archive.
-        out_dir: str, destination folder (created if needed).
-    """
-    out_dir = os.path.abspath(out_dir)
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as e:
-        raise ValueError(
-            f"{zip_path} is not a readable zip archive ({e}). Received: zip_path={zip_path!r}"
-        ) from None
-    with archive:
-        for member in archive.namelist():
-            target = os.path.abspath(os.path.join(out_dir, member))
-            if os.path.commonpath([out_dir, target]) != out_dir:
-                raise ValueError(
-                    f"Zip member {member!r} of {zip_path} would be written "
-                    f"outside {out_dir}. Received: zip_path={zip_path!r}"
-                )
-        archive.extractall(out_dir)
-
-
 def prepare_ade20k(data_dir, manual_dir=None):
     """Returns the ADEChallengeData2016 root, extracting the zip if needed.
 
@@ -165,9 +140,10 @@ def prepare_ade20k(data_dir, manual_dir=None):
     for folder in (manual_dir, data_dir):
         if folder and os.path.isfile(os.path.join(folder, ADE20K_ZIP)):
             zip_path = os.path.join(folder, ADE20K_ZIP)
-            logging.info("Extracting %s into %s", zip_path, data_dir)
+            root = os.path.join(data_dir, "ADEChallengeData2016")
+            logging.info("Extracting %s into %s", zip_path, root)
             os.makedirs(data_dir, exist_ok=True)
-            extract_zip(zip_path, data_dir)
+            extract(zip_path, "ADEChallengeData2016/", root, DOWNLOADS["ade20k"].parts[0].max_bytes)
             return prepare_ade20k(data_dir)
     raise FileNotFoundError(
         f"No ADE20K found in {data_dir}: expected images/ and annotations/ "

@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -212,6 +213,17 @@ def test_hostile_archives_are_refused_before_anything_is_written(tmp_path, files
     with pytest.raises(ValueError, match=expected):
         archives.extract(str(path), "VOCdevkit/", str(tmp_path / "out"), max_bytes=1000)
     assert sorted(os.listdir(tmp_path)) == ["a.tar"]
+
+
+def test_a_zip_symlink_is_refused(tmp_path):
+    link = zipfile.ZipInfo("CamVid/train")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.writestr(link, "/etc")
+        archive.writestr("CamVid/val/a.png", b"x")
+    with pytest.raises(ValueError, match="'CamVid/train' is a link or device"):
+        archives.extract(str(tmp_path / "a.zip"), "CamVid/", str(tmp_path / "out"), 10**6)
+    assert sorted(os.listdir(tmp_path)) == ["a.zip"]
 
 
 def test_a_corrupt_zip_member_leaves_no_folder(tmp_path):
