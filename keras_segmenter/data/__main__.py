@@ -72,11 +72,12 @@ def _download(args):
         )
         return 1
     name, folder = args.dataset, args.data_dir
+    manual = args.local if name == "cityscapes" else folder  # TFDS' builder reads the zips
     print(
         f"{name} is ready in {folder} ({DOWNLOADS[name].layout}). Next:\n"
         f"  keras-segmenter data check --dataset {name} --data-dir {folder}\n"
         f"  python training/fit.py --dataset {name} --data-dir {folder}\n"
-        f"  keras-segmenter data tfds --dataset {name} --manual-dir {folder} --data-dir TFDS_DIR"
+        f"  keras-segmenter data tfds --dataset {name} --manual-dir {manual} --data-dir TFDS_DIR"
     )
     return 0
 
