@@ -201,7 +201,9 @@ def _fetch(url, path, max_bytes):
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # the partial file is not a prefix of this one
+        if e.code == 416 and offset:  # nothing after `offset`: complete, or not this file
+            if e.headers.get("Content-Range", "") == f"bytes */{offset}":
+                return None  # killed after the last byte, before the check
             os.remove(path)
             return _fetch(url, path, max_bytes)
         raise OSError(f"{url}: HTTP {e.code} {e.reason}") from None

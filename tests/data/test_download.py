@@ -96,6 +96,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         ranged = self.headers.get("Range", "")
         if ranged.startswith("bytes=") and not self.ignore_range:
             start = int(ranged[len("bytes=") :].rstrip("-"))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
@@ -185,6 +190,17 @@ def test_a_server_that_ignores_range_gives_a_fresh_download(tmp_path):
     assert handler.requests == [(ADE_ZIP, "bytes=24-")]
     assert (tmp_path / ADE_ZIP).read_bytes() == archive
     assert len(os.listdir(tmp_path / "ADEChallengeData2016" / "images" / "training")) == 3
+
+
+def test_a_complete_part_file_is_checked_not_fetched_again(tmp_path):
+    archive = ade20k_zip()
+    digest = f"{ADE_ZIP}=sha256:{hashlib.sha256(archive).hexdigest()}"
+    (tmp_path / f"{ADE_ZIP}.part").write_bytes(archive)  # killed before its check
+    with serve({ADE_ZIP: archive}) as (url, handler):
+        argv = ["download", "ade20k", "--mirror", url, "--data-dir", str(tmp_path)]
+        assert data_main([*argv, "--checksum", digest]) == 0
+    assert handler.requests == [(ADE_ZIP, f"bytes={len(archive)}-")]  # answered 416
+    assert (tmp_path / ADE_ZIP).read_bytes() == archive
 
 
 def test_a_wrong_checksum_is_refused_in_one_line(tmp_path, capsys):
