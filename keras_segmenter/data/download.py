@@ -175,7 +175,7 @@ def _digest(path, algorithm):
     return digest.hexdigest()
 
 
-def _verify(path, expected):
+def _verify(path, expected, name):
     """Raises `ValueError` naming `path` unless its digest is `expected` (`"ALGO:HEX"`)."""
     if expected is None:
         return
@@ -183,7 +183,7 @@ def _verify(path, expected):
     got = _digest(path, algorithm)
     if got != want.lower():
         raise ValueError(f"{path} has {algorithm} {got}; expected {want}")
-    print(f"{os.path.basename(path)}: {algorithm} {got} ok", flush=True)
+    print(f"{name}: {algorithm} {got} ok", flush=True)
 
 
 def _fetch(url, path, max_bytes):
@@ -226,18 +226,22 @@ def _fetch(url, path, max_bytes):
             f"Downloading {url}" + (f" (resuming at {done} bytes)" if resumed else ""), flush=True
         )
         progress = Progress(math.ceil(total / _MB) if total else None, unit_name="megabyte")
+        too_large = False
         with open(path, "ab" if resumed else "wb") as f:
             try:
                 while chunk := response.read(_MB):
-                    done += len(chunk)
-                    if done > max_bytes:
-                        raise ValueError(f"{url} is over {max_bytes} bytes; expected at most that")
+                    too_large = done + len(chunk) > max_bytes
+                    if too_large:
+                        break
                     f.write(chunk)
+                    done += len(chunk)
                     progress.update(done // _MB)
+                stopped = None if total is None or done >= total else "connection closed"
             except (OSError, http.client.HTTPException) as e:
                 stopped = e
-            else:
-                stopped = None if total is None or done >= total else "connection closed"
+    if too_large:
+        os.remove(path)
+        raise ValueError(f"{url} is over {max_bytes} bytes; expected at most that")
     if stopped is not None:
         raise OSError(
             f"{url}: the download stopped after {done} of {total} bytes ({stopped}); "
@@ -254,17 +258,17 @@ def _obtain(part, data_dir, mirror, local, digests):
         if not os.path.isfile(path):
             source = part.url or "the dataset's site"
             raise FileNotFoundError(f"--from {local}: no {part.filename} in it (from {source})")
-        _verify(path, expected)
+        _verify(path, expected, part.filename)
         return path
     path = os.path.join(data_dir, part.filename)
     if os.path.isfile(path):
-        _verify(path, expected)
+        _verify(path, expected, part.filename)
         return path
     url = f"{mirror.rstrip('/')}/{part.filename}" if mirror else part.url
     partial = path + ".part"
     _fetch(url, partial, part.max_bytes)
     try:
-        _verify(partial, expected)
+        _verify(partial, expected, part.filename)
     except ValueError as e:
         os.remove(partial)
         raise ValueError(f"{e}: removed it; is --mirror right?" if mirror else str(e)) from None

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_segmenter.data import archives
+from keras_segmenter.data import archives, download
 from keras_segmenter.data.__main__ import main as data_main
 from keras_segmenter.data.check import check_dataset
 from keras_segmenter.data.download import DOWNLOADS
@@ -82,9 +82,10 @@ def ade20k_zip():
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `files` by name, with Range requests unless `ignore_range`; can cut one reply."""
+    """Serves `files` by name, with Range requests unless `ignore_range`; can cut one reply
+    or leave out its length."""
 
-    files, requests, ignore_range, cut = {}, [], False, {}
+    files, requests, ignore_range, cut, no_length = {}, [], False, {}, False
 
     def do_GET(self):
         name = self.path.lstrip("/")
@@ -105,7 +106,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if not self.no_length:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         self.wfile.write(body[start : self.cut.pop(name, len(body))])  # then it closes
 
@@ -145,11 +147,11 @@ def test_ade20k_download_resumes_is_idempotent_and_check_and_fit_read_it(tmp_pat
     with serve({ADE_ZIP: archive}) as (url, handler):
         handler.cut[ADE_ZIP] = len(archive) // 2
         command = ("data", "download", "ade20k", "--mirror", url, "--data-dir", data)
-        stopped = run(*command, "--checksum", digest)
-        assert stopped.returncode == 2, stopped.stderr
-        assert (
-            stopped.stderr.count("\n") == 1 and "run the command again to resume" in stopped.stderr
-        )
+        with pytest.raises(SystemExit) as stopped:
+            data_main([*map(str, command[1:]), "--checksum", digest])
+        error = capsys.readouterr().err
+        assert stopped.value.code == 2 and error.count("\n") == 1
+        assert "run the command again to resume" in error
         assert (data / f"{ADE_ZIP}.part").stat().st_size == len(archive) // 2
 
         resumed = run(*command, "--checksum", digest)
@@ -201,6 +203,14 @@ def test_a_complete_part_file_is_checked_not_fetched_again(tmp_path):
         assert data_main([*argv, "--checksum", digest]) == 0
     assert handler.requests == [(ADE_ZIP, f"bytes={len(archive)}-")]  # answered 416
     assert (tmp_path / ADE_ZIP).read_bytes() == archive
+
+
+@pytest.mark.parametrize("no_length", [False, True])
+def test_a_download_larger_than_its_bound_is_refused_and_removed(tmp_path, no_length):
+    with serve({"big.zip": b"x" * 3000}, no_length=no_length) as (url, _):
+        with pytest.raises(ValueError, match=r"big.zip is (over )?\d+ bytes; expected at most"):
+            download._fetch(f"{url}/big.zip", str(tmp_path / "big.zip.part"), max_bytes=2000)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_wrong_checksum_is_refused_in_one_line(tmp_path, capsys):
