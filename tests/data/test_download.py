@@ -326,7 +326,7 @@ def test_cityscapes_says_where_to_register_and_unpacks_the_zips_given(tmp_path, 
     assert check_dataset("cityscapes", str(data), "val") == (1, [])
 
 
-def test_the_no_data_errors_of_fit_and_evaluate_name_the_download_command(tmp_path, capsys):
+def test_the_no_data_errors_of_fit_evaluate_and_tfds_name_the_download_command(tmp_path, capsys):
     from keras_segmenter import evaluate, fit
 
     with pytest.raises(SystemExit):
@@ -340,3 +340,6 @@ def test_the_no_data_errors_of_fit_and_evaluate_name_the_download_command(tmp_pa
     for line, name in zip(lines, ("ade20k", "pascal_context", "camvid")):
         assert f"keras-segmenter data download {name} --data-dir DIR" in line, line
         assert DOWNLOADS[name].parts[0].url in line and DOWNLOADS[name].layout in line
+    tfds = ["tfds", "--dataset", "camvid", "--manual-dir", str(tmp_path)]
+    assert data_main([*tfds, "--data-dir", str(tmp_path / "tfds")]) == 2
+    assert "`keras-segmenter data download camvid --data-dir DIR`" in capsys.readouterr().err
