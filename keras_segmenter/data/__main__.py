@@ -65,12 +65,7 @@ def _digests(values):
 
 
 def _download(args):
-    left = download(args.dataset, args.data_dir, args.mirror, args.local, _digests(args.checksum))
-    if left:
-        print(
-            f"{args.dataset}: downloaded and unpacked in {args.data_dir}; one step is left: {left}"
-        )
-        return 1
+    download(args.dataset, args.data_dir, args.mirror, args.local, _digests(args.checksum))
     name, folder = args.dataset, args.data_dir
     manual = args.local if name == "cityscapes" else folder  # TFDS' builder reads the zips
     print(
@@ -98,7 +93,7 @@ def _prepare_tfds(args):
 
 @reports_user_errors
 def main(argv=None):
-    """Exit status 0: no fatal problem; 1: problems reported (or a step left); 2: bad arguments."""
+    """Exit status 0: no fatal problem; 1: problems reported; 2: bad arguments."""
     args = _parser().parse_args(argv)
     if args.command == "tfds":
         return _prepare_tfds(args)

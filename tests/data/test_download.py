@@ -4,12 +4,13 @@ The server holds miniatures of the real archives (a few 8x8 images in each
 dataset's published layout), generated here; no test touches the network.
 """
 
+import collections
 import contextlib
 import hashlib
 import http.server
 import io
-import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_segmenter.data import archives, download
+from keras_segmenter.data import archives, download, pickled_masks
 from keras_segmenter.data.__main__ import main as data_main
 from keras_segmenter.data.check import check_dataset
 from keras_segmenter.data.download import DOWNLOADS
@@ -277,26 +278,82 @@ def test_camvid_from_a_mirror_reads_as_the_segnet_layout(tmp_path):
     assert check_dataset("camvid", str(tmp_path), "val") == (2, [])
 
 
-def test_pascal_context_fetches_both_parts_and_names_the_step_left(tmp_path, capsys):
+def _legacy_pth(obj):
+    """`torch.save`'s format before torch 1.6: magic, protocol, sys info, the object, storages."""
+    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}
+    parts = (0x1950A86A20F9469CFC6C, 1001, sys_info, obj, [])
+    return b"".join(pickle.dumps(part, protocol=2) for part in parts)
+
+
+def _zip_pth(obj, root="val"):
+    """`torch.save`'s zip format (torch >= 1.6) of an object without tensors."""
+    return _zip({f"{root}/data.pkl": pickle.dumps(obj, protocol=2), f"{root}/version": b"3\n"})
+
+
+def _context_mask(seed):
+    values = np.random.default_rng(seed).integers(0, 60, (8, 8)).astype(np.uint8)
+    return values, Image.fromarray(values, "L")
+
+
+def test_pascal_context_masks_are_written_from_both_pth_formats(tmp_path):
     voc = "VOCdevkit/VOC2010/"
-    tar = _tar(
-        {
-            voc + "JPEGImages/2008_000002.jpg": _jpeg(0),
-            voc + "ImageSets/Main/train.txt": b"2008_000002\n",
-        }
-    )
-    merged = json.dumps({"images": []}).encode()
+    tar = _tar({voc + f"JPEGImages/2008_00000{i}.jpg": _jpeg(i) for i in (2, 3)})
+    (train_mask, train_image), (val_mask, val_image) = _context_mask(2), _context_mask(3)
+    files = {
+        "VOCtrainval_03-May-2010.tar": tar,
+        "train.pth": _legacy_pth({2008000002: train_image}),  # keys as PyTorch-Encoding wrote them
+        "val.pth": _zip_pth(collections.OrderedDict([("2008_000003", val_image)])),
+    }
     checksums = [
-        f"--checksum=VOCtrainval_03-May-2010.tar=sha1:{hashlib.sha1(tar).hexdigest()}",
-        f"--checksum=trainval_merged.json=md5:{hashlib.md5(merged).hexdigest()}",
+        f"--checksum={name}=sha256:{hashlib.sha256(data).hexdigest()}"
+        for name, data in files.items()
     ]
-    with serve({"VOCtrainval_03-May-2010.tar": tar, "trainval_merged.json": merged}) as (url, _):
+    with serve(files) as (url, _):
         argv = ["download", "pascal_context", "--mirror", url, "--data-dir", str(tmp_path)]
-        assert data_main([*argv, *checksums]) == 1
-    out = capsys.readouterr().out
-    assert "one step is left" in out and "detail-api" in out and "pascal_context.py" in out
-    assert (tmp_path / voc / "trainval_merged.json").read_bytes() == merged
-    assert (tmp_path / voc / "JPEGImages" / "2008_000002.jpg").is_file()
+        assert data_main([*argv, *checksums]) == 0
+    masks = tmp_path / voc / "SegmentationClassContext"
+    np.testing.assert_array_equal(np.asarray(Image.open(masks / "2008_000002.png")), train_mask)
+    np.testing.assert_array_equal(np.asarray(Image.open(masks / "2008_000003.png")), val_mask)
+    assert check_dataset("pascal_context", str(tmp_path), "train") == (1, [])
+    assert check_dataset("pascal_context", str(tmp_path), "val") == (1, [])
+
+
+class _System:
+    def __reduce__(self):
+        return os.system, ("echo owned",)
+
+
+@pytest.mark.parametrize(
+    "obj, expected",
+    [
+        ({2008000002: _System()}, r"names (posix|nt)\.system; expected PIL images only"),
+        ({2008000002: "x"}, "not a pickled PIL image"),
+        ({"2008_00002": _context_mask(0)[1]}, "not a VOC image id"),
+        ({2008000002: Image.new("RGB", (8, 8))}, "mode 'RGB'"),
+    ],
+)
+def test_a_hostile_or_foreign_pth_is_refused_in_one_line(tmp_path, obj, expected):
+    (tmp_path / "train.pth").write_bytes(_legacy_pth(obj))
+    with pytest.raises(ValueError, match=expected) as error:
+        pickled_masks.write_masks(
+            str(tmp_path / "train.pth"), str(tmp_path / "m"), str(tmp_path / "t.txt")
+        )
+    assert "train.pth is not PyTorch-Encoding's Pascal Context masks" in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["train.pth"]
+
+
+def test_a_mask_whose_size_is_a_lie_is_refused_before_allocation(tmp_path):
+    image = _context_mask(0)[1]
+    data = pickle.dumps({2008000002: image}, protocol=2)
+    size = b"K\x08K\x08\x86"  # the opcodes of the state's (8, 8): two BININT1, TUPLE2
+    assert data.count(size) == 1
+    side = b"J" + (100_000).to_bytes(4, "little")  # BININT 100000
+    data = data.replace(size, side + side + b"\x86")
+    (tmp_path / "val.pth").write_bytes(_zip({"val/data.pkl": data}))
+    with pytest.raises(ValueError, match=r"size \(100000, 100000\) with 64 bytes"):
+        pickled_masks.write_masks(
+            str(tmp_path / "val.pth"), str(tmp_path / "m"), str(tmp_path / "t.txt")
+        )
 
 
 def test_cityscapes_says_where_to_register_and_unpacks_the_zips_given(tmp_path, capsys):
