@@ -34,12 +34,23 @@ def _parser():
     download = commands.add_parser(
         "download", help="fetch a dataset's public files and unpack them into its layout"
     )
-    download.add_argument("dataset", choices=DOWNLOADS, metavar="NAME", help=", ".join(DOWNLOADS))
+    download.add_argument(
+        "dataset",
+        type=lambda name: name.lower().replace("-", "_"),
+        choices=DOWNLOADS,
+        metavar="NAME",
+        help=", ".join(DOWNLOADS),
+    )
     download.add_argument("--data-dir", required=True, help="folder to fill (files are kept in it)")
     source = download.add_mutually_exclusive_group()
-    source.add_argument("--mirror", help="URL of a folder holding the files by their names")
     source.add_argument(
-        "--from", dest="local", help="folder holding the files already downloaded (used in place)"
+        "--mirror", metavar="URL", help="URL of a folder holding the files by their names"
+    )
+    source.add_argument(
+        "--from",
+        dest="local",
+        metavar="FOLDER",
+        help="folder holding the files already downloaded (used in place)",
     )
     download.add_argument(
         "--checksum",
@@ -51,7 +62,8 @@ def _parser():
     return parser
 
 
-def _digests(values):
+def _digests(values, dataset):
+    names = [part.filename for part in DOWNLOADS[dataset].parts]
     digests = {}
     for value in values:
         name, _, digest = value.partition("=")
@@ -60,12 +72,16 @@ def _digests(values):
             raise UserError(
                 f"--checksum must be FILE=sha256:HEX (or sha1, md5). Received: {value!r}"
             )
+        if name not in names:
+            raise UserError(f"--checksum {value}: {dataset} has no file {name!r}; it has {names}")
         digests[name] = digest
     return digests
 
 
 def _download(args):
-    download(args.dataset, args.data_dir, args.mirror, args.local, _digests(args.checksum))
+    download(
+        args.dataset, args.data_dir, args.mirror, args.local, _digests(args.checksum, args.dataset)
+    )
     name, folder = args.dataset, args.data_dir
     manual = args.local if name == "cityscapes" else folder  # TFDS' builder reads the zips
     print(

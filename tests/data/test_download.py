@@ -222,6 +222,9 @@ def test_a_wrong_checksum_is_refused_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "expected 219e1696abb36c8ba3a3afe7fb2f4b4606a897c7" in error
     assert os.listdir(tmp_path) == []  # the bad download is removed, nothing unpacked
+    with pytest.raises(SystemExit):  # a checksum for a file the dataset does not have
+        data_main(["download", "ade20k", "--checksum", "a.zip=sha1:0", "--data-dir", str(tmp_path)])
+    assert "--checksum a.zip=sha1:0: ade20k has no file 'a.zip'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
