@@ -26,7 +26,9 @@ which bounds a worker's memory as in plain `predict`.
 import io
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import uuid
 
 import apache_beam as beam
@@ -51,12 +53,10 @@ def _read_model(path):
     """`predict.load_model` of a `.keras` file on any Beam filesystem."""
     if FileSystems.get_scheme(path) is None:
         return load_model(path)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         local = os.path.join(folder, "model.keras")
         with FileSystems.open(path, compression_type=_RAW) as source, open(local, "wb") as copy:
-            copy.write(source.read())
+            shutil.copyfileobj(source, copy)
         return load_model(local)
 
 

@@ -14,6 +14,9 @@ and mode: grayscale, RGBA, palette, 16-bit and CMYK images are converted to
 RGB and the EXIF orientation is applied. A file that cannot be read is named
 on stderr and skipped; the exit status is then 1.
 
+`--runner NAME [Beam pipeline options]` runs the same per-image step
+(`prediction_step`) as an Apache Beam pipeline (`keras_segmenter.beam`).
+
 From Python, on a file path, a PIL image or a uint8 RGB array:
 
     from keras_segmenter.predict import predict
