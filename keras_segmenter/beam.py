@@ -11,7 +11,8 @@ work, and its files (`<stem>_classes.png`, `<stem>_overlay.png`,
 `<stem>_probabilities.npy`) are written under `--out` through Beam's
 filesystems, each under a temporary name and then renamed into place: a
 retried bundle rewrites the same names, and no reader sees half a file.
-Images whose names share a stem get `_2`, `_3`, ... in sorted path order.
+Output names are plain `predict`'s, given in sorted path order (two photos
+with one stem: `<stem>`, then `<stem>_2`).
 
 Unreadable images, and inputs that match nothing, go to a dead-letter
 output: one line each in `<out>/failed_inputs.txt`, which the command
@@ -137,12 +138,11 @@ class _Match(beam.DoFn):
             reason = f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})"
         if not found:
             yield beam.pvalue.TaggedOutput(_FAILED, f"{name}: {reason}")
-        for path in found:
-            yield pathlib.PurePath(path).stem, path
+        yield from found
 
 
-def _unique_names(group):
-    stem, paths = group
+def _unique_names(paths):
+    """`(stem, path)` of each path: plain `predict`'s names, given in sorted path order."""
     used = set()
     return [(_unique_stem(pathlib.PurePath(p), used), p) for p in sorted(set(paths))]
 
@@ -180,15 +180,15 @@ def build(pipeline, args):
     matched = (
         pipeline
         | "Inputs" >> beam.Create(_inputs(args.inputs))
-        | "Match"
-        >> beam.ParDo(_Match())
-        .with_output_types(tuple[str, str])
-        .with_outputs(_FAILED, main="paths")
+        | "Match" >> beam.ParDo(_Match()).with_output_types(str).with_outputs(_FAILED, main="paths")
     )
+    # The names need every path (about 100 bytes each, on one worker); the images are then
+    # spread over the workers.
     written = (
         matched.paths
-        | "GroupByStem" >> beam.GroupByKey()
+        | "AllPaths" >> beam.combiners.ToList()
         | "UniqueNames" >> beam.FlatMap(_unique_names)
+        | "Spread" >> beam.Reshuffle()
         | "Segment" >> RunInference(KeyedModelHandler(SegmenterModelHandler(args)))
         | "Write" >> beam.ParDo(_Write(args.out)).with_outputs(_FAILED, main="done")
     )

@@ -20,12 +20,14 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """The sample photos, one of them twice under one stem, and a file that is no image."""
+    """The sample photos, two more that share a stem with them, and a file that is no image."""
     folder = tmp_path_factory.mktemp("photos")
     for path in PHOTOS.iterdir():
         if path.suffix in (".jpg", ".png"):
             shutil.copy(path, folder / path.name)
-    shutil.copy(PHOTOS / "voc_val_sample_1_160.png", folder / "camvid_0016E5_07959.png")
+    # camvid_0016E5_07959.jpg, .png and _2.png are named ..._07959, ..._07959_2, ..._07959_2_2.
+    for name in ("camvid_0016E5_07959.png", "camvid_0016E5_07959_2.png"):
+        shutil.copy(PHOTOS / "voc_val_sample_1_160.png", folder / name)
     (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
     return folder
 
@@ -67,11 +69,11 @@ def test_direct_runner_writes_the_files_of_plain_predict_and_reports_the_bad_one
     (plain_status, _, plain_err), (status, out, err) = [finish(run) for run in runs]
     assert plain_status == 1 and "broken.jpg" in plain_err
     assert status == 1, err[-3000:]
-    assert "broken.jpg" in err and "1 input(s) failed, 4 image(s) done" in err
-    assert "4 image(s) -> " in out
+    assert "broken.jpg" in err and "1 input(s) failed, 5 image(s) done" in err
+    assert "5 image(s) -> " in out
     expected = files_in(plain)
-    assert len(expected) == 8  # classes and overlay of 4 images; the .png twin is ..._2
-    assert "camvid_0016E5_07959_2_classes.png" in expected
+    assert len(expected) == 10  # classes and overlay of 5 images
+    assert "camvid_0016E5_07959_2_2_classes.png" in expected
     written = files_in(piped)
     failed = written.pop(FAILED_INPUTS).decode().splitlines()
     assert len(failed) == 1 and "broken.jpg" in failed[0]
