@@ -72,8 +72,8 @@ class SegmenterModelHandler(ModelHandler):
     Images are not stacked into one model call: a call already carries as
     many sliding windows of one image as `--batch-size` (by default as many
     as keep the logits near 256 MB, one 512-pixel window of a 150-class
-    model), so a batch of several images would add memory and no speed.
-    Beam batches are therefore one image each.
+    model), so stacking images would multiply memory for calls that are
+    already full. Beam batches are therefore one image each.
 
     Args:
         args: the parsed `predict` command line.
