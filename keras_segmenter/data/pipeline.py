@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_segmenter.data import augment
 from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
-from keras_segmenter.data.sources import usable_scan
+from keras_segmenter.data.sources import usable_scan, warn_unpaired
 from keras_segmenter.layers.normalization import check_normalization, normalize_images
 
 _CHECK_HINT = "; run `python -m keras_segmenter.data check` for a full report"
@@ -85,6 +85,17 @@ def load_pair(image_path, mask_path, label_table):
     )
 
 
+# The headers `tf.io.decode_image` decodes: JPEG, PNG, GIF, BMP, WebP (RIFF).
+_IMAGE_MAGICS = (b"\xff\xd8", _PNG_MAGIC, b"GIF8", b"BM", b"RIFF")
+
+
+def _known_image(contents):
+    """True when `contents` starts like an image `tf.io.decode_image` reads."""
+    return tf.reduce_any(
+        [tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in _IMAGE_MAGICS]
+    )
+
+
 def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
     """`load_pair` on file contents; the paths only name files in errors."""
     header = tf.io.decode_raw(tf.strings.substr(mask_bytes, 0, 26, unit="BYTE"), tf.uint8)
@@ -96,6 +107,12 @@ def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
         ),
         _require(
             _not_truncated(mask_bytes), "Truncated or empty mask file: ", mask_path, _CHECK_HINT
+        ),
+        _require(
+            _known_image(image_bytes),
+            "Not an image file (no JPEG, PNG, GIF, BMP or WebP header): ",
+            image_path,
+            _CHECK_HINT,
         ),
         _require(is_png, "Mask is not a PNG file: ", mask_path, _CHECK_HINT),
         # IHDR: byte 24 = bit depth, byte 25 = colour type (0 = grayscale).
@@ -158,6 +175,7 @@ def _resolve(name, data_dir, split, kwargs):
         load = decode_pair
     else:
         result = usable_scan(name, data_dir, split, **source_kwargs)
+        warn_unpaired(result, name, split)
         label_ids = result.label_ids
         images = [p[0] for p in result.pairs]
         masks = [p[1] for p in result.pairs]
