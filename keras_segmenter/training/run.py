@@ -44,7 +44,9 @@ def build_model(config, num_classes):
     dtype = None if config.precision == "float32" else config.precision
     if config.init:
         if config.init.endswith(".keras"):
-            model = keras.saving.load_model(config.init, compile=False)
+            from keras_segmenter.predict import load_model
+
+            model = load_model(config.init)
             if dtype is not None:
                 model = _with_dtype(model, dtype)
         else:
@@ -301,10 +303,14 @@ def train(
         )
     info = info or dataset_info(config)
     num_classes = info.num_classes
-    checkpoint_dir = prepare_output_dir(config, info)
+    if config.crop_size is None:
+        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
 
     with strategy.scope():
         model = build_model(config, num_classes)
+        checkpoint_dir = prepare_output_dir(
+            config
+        )  # after the model: a refused --init writes nothing
         model.compile(
             optimizer=make_optimizer(config),
             loss=make_loss(config, info),
