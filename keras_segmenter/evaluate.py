@@ -113,6 +113,17 @@ def main(argv=None):
         raise UserError(f"--model must be a .keras file. Received: --model={args.model}")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
+    for flag in ("window_size", "window_stride", "window_batch_size", "num_classes", "limit"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(
+                f"--{flag.replace('_', '-')} must be a positive integer. Received: {value}"
+            )
+    if args.num_classes is not None and args.dataset != "folder":
+        raise UserError(
+            f"--num-classes is for --dataset folder; {args.dataset} has its own classes. "
+            f"Received: --num-classes {args.num_classes}"
+        )
     if args.output and os.path.isdir(args.output):
         raise UserError(
             f"--output {args.output} is a folder; expected the path of the JSON file to write"
