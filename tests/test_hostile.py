@@ -6,7 +6,6 @@ checked against a second process. Tests whose old failure was a hang run under a
 """
 
 import contextlib
-import errno
 import os
 import pickle
 import shutil
@@ -30,7 +29,6 @@ from keras_segmenter.convert import __main__ as convert_module
 from keras_segmenter.convert import official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError, read_torch_checkpoint
 from keras_segmenter.data.__main__ import main as data_main
-from keras_segmenter.files import DiskFullError
 from keras_segmenter.images import ImageReadError
 from tests.convert.test_torch_checkpoint import GOOD, KEY, TINY, with_pickle, write_checkpoint
 from tests.testing import CAMVID, PHOTOS, REPO, python_env, tiny_model
@@ -274,22 +272,6 @@ def test_a_refused_init_leaves_no_config_json(tmp_path, capsys):
     argv = ["--init", five, *ONE_STEP, "--output-dir", out]
     assert "the model has 5 classes" in refused(capsys, fit_module.main, *argv)
     assert not (out / "config.json").exists()
-
-
-def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(
-    tmp_path, capsys, monkeypatch
-):
-    from keras_segmenter.training import run
-
-    def full(config, **unused):
-        raise DiskFullError(errno.ENOSPC, "No space left on device", config.output_dir)
-
-    monkeypatch.setattr(run, "train", full)
-    with pytest.raises(SystemExit) as exit_info:
-        fit_module.main(["--output-dir", str(tmp_path / "run"), *ONE_STEP])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1
-    assert "no checkpoint was written yet" in err and "intact" not in err
 
 
 def test_evaluate_and_export_refuse_settings_they_would_ignore(tmp_path, capsys, model_path):
