@@ -132,6 +132,10 @@ def test_variant_sizes_are_checked_against_the_checkpoint_before_any_model_is_bu
         (run / "variant.yml").write_text(text.replace(old, new, 1))
         assert message in refused(capsys, convert_module.main, run, "--out", out)
     (run / "variant.yml").write_text(text)
+    write_checkpoint(run / "checkpoint.pth", {KEY: GOOD})  # only a position embedding
+    err = refused(capsys, convert_module.main, run, "--out", out)
+    assert "expected a tensor `encoder.patch_embed.proj.weight` of rank 4" in err
+    shutil.copy(TINY / "checkpoint.pth", run / "checkpoint.pth")
     for flag in ("--num-classes", "--image-size"):  # official runs keep their own
         err = refused(capsys, convert_module.main, run, "--out", out, flag, "5")
         assert f"{flag} is for ImageNet sources" in err

@@ -61,10 +61,14 @@ def _optional(mapping, key, default, where, valid, expected):
     return _require(mapping, key, where, valid, expected) if key in mapping else default
 
 
-def _shape(state, key, checkpoint):
-    if key not in state or not hasattr(state[key], "shape"):
-        raise CheckpointError(f"{checkpoint}: missing tensor `{key}`")
-    return tuple(state[key].shape)
+def _dim(state, key, dim, rank, checkpoint):
+    """Dimension `dim` of the rank-`rank` tensor `state[key]`, or an error naming the key."""
+    shape = getattr(state.get(key), "shape", None)
+    if shape is None or len(shape) != rank:
+        raise CheckpointError(
+            f"{checkpoint}: expected a tensor `{key}` of rank {rank}. Received: shape {shape}"
+        )
+    return int(shape[dim])
 
 
 def _count_blocks(state, prefix):
@@ -87,17 +91,16 @@ def check_declared_sizes(sizes, state, variant_path, checkpoint):
         state: the checkpoint's flat `{key: array}`.
     """
     patch, (height, width) = sizes["patch_size"], sizes["image_size"]
-    embed = _shape(state, "encoder.patch_embed.proj.weight", checkpoint)
-    positions = _shape(state, "encoder.pos_embed", checkpoint)
+    embed = "encoder.patch_embed.proj.weight"
     prefix_tokens = 2 if "encoder.dist_token" in state else 1
     checks = [  # (declared key, declared value, value in the checkpoint, where it was read)
-        ("d_model", sizes["d_model"], embed[0], "`encoder.patch_embed.proj.weight` dim 0"),
-        ("patch_size", patch, embed[-1], "`encoder.patch_embed.proj.weight` dim 3"),
+        ("d_model", sizes["d_model"], _dim(state, embed, 0, 4, checkpoint), f"`{embed}` dim 0"),
+        ("patch_size", patch, _dim(state, embed, 3, 4, checkpoint), f"`{embed}` dim 3"),
         ("n_layers", sizes["n_layers"], _count_blocks(state, "encoder.blocks."), "encoder blocks"),
         (
             "image_size",
             (height // patch) * (width // patch) + prefix_tokens,
-            positions[1] if len(positions) == 3 else positions,
+            _dim(state, "encoder.pos_embed", 1, 3, checkpoint),
             "`encoder.pos_embed` positions",
         ),
     ]
@@ -106,7 +109,7 @@ def check_declared_sizes(sizes, state, variant_path, checkpoint):
             (
                 "n_cls",
                 sizes["n_cls"],
-                _shape(state, "decoder.head.weight", checkpoint)[0],
+                _dim(state, "decoder.head.weight", 0, 2, checkpoint),
                 "`decoder.head.weight` dim 0",
             )
         )
@@ -115,7 +118,7 @@ def check_declared_sizes(sizes, state, variant_path, checkpoint):
             (
                 "n_cls",
                 sizes["n_cls"],
-                _shape(state, "decoder.cls_emb", checkpoint)[1],
+                _dim(state, "decoder.cls_emb", 1, 3, checkpoint),
                 "`decoder.cls_emb` dim 1",
             ),
             (
