@@ -242,6 +242,9 @@ def test_backbone_and_serving_inputs_of_the_wrong_kind_are_value_errors():
     with pytest.raises(ValueError, match="`num_heads` must be a positive int"):
         ks.ViTBackbone(8, 16, 2, 0, 32, image_size=32)
     assert [int(v) for v in export_module.declared_size(tf.constant(b""))] == [0, 0]
+    module = export_module.SegmenterServingModule(tiny_model())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds an empty string"):
+        module.serving_bytes(tf.constant([b""]))
 
 
 # ---------------------------------------------------------------- commands' settings
