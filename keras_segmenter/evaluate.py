@@ -65,6 +65,11 @@ def parse_args(argv):
     p.add_argument("--no-object-sizes", action="store_true", help="skip mIoU by object size")
     p.add_argument("--num-classes", type=int, help="for --dataset folder (default: the model's)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse files whose header declares more pixels, before decoding (default 50000000)",
+    )
     p.add_argument("--output", help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -113,7 +118,14 @@ def main(argv=None):
         raise UserError(f"--model must be a .keras file. Received: --model={args.model}")
     if not os.path.isdir(args.data_dir):
         raise UserError(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
-    for flag in ("window_size", "window_stride", "window_batch_size", "num_classes", "limit"):
+    for flag in (
+        "window_size",
+        "window_stride",
+        "window_batch_size",
+        "num_classes",
+        "limit",
+        "max_pixels",
+    ):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(
@@ -147,7 +159,12 @@ def main(argv=None):
         )
     normalization = getattr(model, "normalization", "vit")
     dataset = eval_dataset(
-        args.dataset, args.data_dir, split=args.split, normalization=normalization, **info_kwargs
+        args.dataset,
+        args.data_dir,
+        split=args.split,
+        normalization=normalization,
+        max_pixels=args.max_pixels,
+        **info_kwargs,
     )
 
     results = evaluate(

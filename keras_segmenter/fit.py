@@ -117,6 +117,11 @@ def parse_args(argv):
         "--window-size", type=int, help="sliding-window validation window (default: dataset's)"
     )
     p.add_argument("--window-stride", type=int)
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse data files whose header declares more pixels, before decoding (default 50000000)",
+    )
     p.add_argument("--dropout", type=float)
     p.add_argument("--drop-path-rate", type=float)
     p.add_argument("--decoder-dropout", type=float)

@@ -171,8 +171,10 @@ def test_predict_refuses_huge_declared_images_and_names_what_is_not_a_file(
         )
     err = capsys.readouterr().err
     assert status == 1
-    assert "huge.png: its header declares 10000x6000 = 60000000 pixels, more than the limit of "
-    "50000000 (--max-pixels)" in err
+    assert (
+        "huge.png: its header declares 10000x6000 = 60000000 pixels, more than the limit of "
+        "50000000 (--max-pixels)" in err
+    )
     assert f"{tmp_path / 'pipe.jpg'} is a FIFO (named pipe), not an image file" in err
     assert "/dev/zero is a character device, not an image file" in err
     with deadline(60):  # a folder holding the FIFO: named, and the photo beside it segmented
@@ -204,7 +206,9 @@ def test_datasets_name_non_regular_files_instead_of_hanging(tmp_path, capsys):
         assert "zz_pipe.png is a FIFO" in refused(capsys, fit_module.main, *fit_argv)
 
 
-def test_fit_names_an_undecodable_image_and_warns_of_unpaired_files(tmp_path, caplog):
+def test_data_pipeline_names_undecodable_and_huge_files_and_warns_of_unpaired_ones(
+    tmp_path, caplog
+):
     from keras_segmenter.data import eval_dataset
 
     data = tmp_path / "camvid"
@@ -216,6 +220,13 @@ def test_fit_names_an_undecodable_image_and_warns_of_unpaired_files(tmp_path, ca
     assert "skipping 1 image(s) without a mask" in caplog.text
     with pytest.raises(Exception, match="Not an image file .*" + val[0].name):
         list(dataset)
+    val[0].write_bytes(png_header(10_000, 6_000))  # 60 MP declared, 30 KB
+    with pytest.raises(
+        Exception, match=val[0].name + " declares 10000x6000 \\(width x height\\) pixels"
+    ):
+        list(eval_dataset("camvid", str(data), split="val"))
+    with pytest.raises(Exception, match="more than the limit of 1000 \\(--max-pixels\\)"):
+        list(eval_dataset("camvid", str(CAMVID), split="val", max_pixels=1000))
 
 
 def test_keras_files_that_are_not_segmenters_are_named_as_such(tmp_path, capsys, model_path):
@@ -261,6 +272,7 @@ def test_fit_dry_run_refuses_what_the_run_would_refuse(tmp_path, capsys):
         (sample + ["--dropout", "2"], "--dropout must be a rate in [0, 1). Received: 2.0"),
         (sample + ["--window-stride", "0"], "--window-stride must be a positive integer"),
         (sample + ["--val-images", "-1"], "--val-images must be a positive integer"),
+        (sample + ["--max-pixels", "0"], "--max-pixels must be a positive integer"),
         (sample + ["--lr", "nan"], "--lr must be a finite number >= 0. Received: nan"),
         (sample + ["--num-classes", "5"], "--num-classes is for --dataset folder"),
         (sample + ["--ignore-index", "3"], "--ignore-index is for --dataset folder"),
@@ -285,6 +297,7 @@ def test_evaluate_and_export_refuse_settings_they_would_ignore(tmp_path, capsys,
     evaluate = ["--model", model_path, "--dataset", "camvid", "--data-dir", CAMVID]
     for extra, message in (
         (["--limit", "0"], "--limit must be a positive integer. Received: 0"),
+        (["--max-pixels", "0"], "--max-pixels must be a positive integer. Received: 0"),
         (["--window-stride", "0"], "--window-stride must be a positive integer"),
         (["--num-classes", "11"], "--num-classes is for --dataset folder"),
     ):

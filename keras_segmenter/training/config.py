@@ -139,6 +139,7 @@ class RunConfig:
     preview_images: int = 3
     window_size: int = None  # sliding-window validation, None: dataset's
     window_stride: int = None
+    max_pixels: int = None  # refuse larger data files (None: keras_segmenter.images.MAX_PIXELS)
 
     def resolve(self):
         """Fills the per-dataset defaults and checks every field.
@@ -198,7 +199,14 @@ class RunConfig:
                 raise ValueError(
                     f"--{flag.replace('_', '-')} must be a rate in [0, 1). Received: {value!r}"
                 )
-        for flag in ("crop_size", "val_images", "window_size", "window_stride", "num_classes"):
+        for flag in (
+            "crop_size",
+            "val_images",
+            "window_size",
+            "window_stride",
+            "num_classes",
+            "max_pixels",
+        ):
             value = getattr(self, flag)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(

@@ -123,9 +123,10 @@ def dataset_info(config):
 
 
 def _data_kwargs(config):
+    kwargs = dict(max_pixels=config.max_pixels)
     if config.dataset == "folder":
-        return dict(num_classes=config.num_classes, ignore_index=config.ignore_index)
-    return {}
+        kwargs.update(num_classes=config.num_classes, ignore_index=config.ignore_index)
+    return kwargs
 
 
 def validation_window(config, info):
