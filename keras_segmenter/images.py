@@ -61,11 +61,12 @@ def to_rgb_array(image):
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path, max_pixels=MAX_PIXELS):
+def load_image(path, name=None, max_pixels=MAX_PIXELS):
     """Reads an image file as a uint8 RGB array, EXIF orientation applied.
 
     Args:
-        path: str or path-like.
+        path: str or path-like, or a seekable binary file object.
+        name: str, what error messages call the file. Defaults to `path`.
         max_pixels: int, refuse an image whose header declares more pixels
             (height x width), before it is decoded. Defaults to `MAX_PIXELS`.
 
@@ -77,9 +78,10 @@ def load_image(path, max_pixels=MAX_PIXELS):
             image, truncated or larger than `max_pixels`; the message names
             the file.
     """
-    kind = non_regular_kind(path)
+    name = os.fspath(path) if name is None else name
+    kind = non_regular_kind(path) if isinstance(path, (str, os.PathLike)) else None
     if kind:
-        raise ImageReadError(f"{os.fspath(path)} is {kind}, not an image file")
+        raise ImageReadError(f"{name} is {kind}, not an image file")
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own limit, checked below, replaces Pillow's
     try:
@@ -87,7 +89,7 @@ def load_image(path, max_pixels=MAX_PIXELS):
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageReadError(
-                    f"{os.fspath(path)}: its header declares {width}x{height} = "
+                    f"{name}: its header declares {width}x{height} = "
                     f"{width * height} pixels, more than the limit of {max_pixels} "
                     "(--max-pixels); raise it to read this image"
                 )
@@ -96,13 +98,11 @@ def load_image(path, max_pixels=MAX_PIXELS):
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"Cannot read image {os.fspath(path)!r}: {error}") from error
+        raise ImageReadError(f"Cannot read image {name!r}: {error}") from error
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageReadError(
-            f"Cannot read image {os.fspath(path)!r}: it has no pixels ({array.shape})"
-        )
+        raise ImageReadError(f"Cannot read image {name!r}: it has no pixels ({array.shape})")
     return array
 
 
@@ -147,6 +147,11 @@ def as_rgb_array(image):
 
 def save_class_map(path, class_map, num_classes):
     """Writes a class map as a PNG: mode "L" up to 256 classes, else 16-bit "I;16"."""
+    atomic_write(path, class_map_image(class_map, num_classes).save)
+
+
+def class_map_image(class_map, num_classes):
+    """A class map as a PIL image: mode "L" up to 256 classes, else 16-bit "I;16"."""
     class_map = np.asarray(class_map)
     if num_classes <= 256:
         image = Image.fromarray(class_map.astype(np.uint8))
@@ -156,7 +161,7 @@ def save_class_map(path, class_map, num_classes):
         raise ValueError(
             f"A PNG class map holds at most 65536 classes. Received: num_classes={num_classes}"
         )
-    atomic_write(path, image.save)
+    return image
 
 
 def find_images(inputs):
