@@ -6,6 +6,7 @@ from keras_segmenter import (
     layers,
 )
 from keras_segmenter.layers.normalization import NORMALIZATIONS, ImageNormalization
+from keras_segmenter.losses import SegmentationCrossEntropy
 from keras_segmenter.metrics import MeanIoU
 from keras_segmenter.models.attention import encoder_attention_maps
 from keras_segmenter.models.presets import (
@@ -29,6 +30,5 @@ from keras_segmenter.models.pretrained import (
 )
 from keras_segmenter.models.segmenter import Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
-from keras_segmenter.training.losses import SegmentationCrossEntropy
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@
 Inputs are file patterns or folders on any Beam filesystem (local, gs://,
 s3://, hdfs://, as installed); a folder (a local directory, or any input
 ending in "/") contributes its image files, as plain `predict` does. Each
-image goes through `predict.prediction_step`, the command's own per-image
+image goes through `prediction.prediction_step`, the command's own per-image
 work, and its files (`<stem>_classes.png`, `<stem>_overlay.png`,
 `<stem>_probabilities.npy`) are written under `--out` through Beam's
 filesystems, each under a temporary name and then renamed into place: a
@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from keras_segmenter.cli import UserError
 from keras_segmenter.files import TMP_PREFIX
 from keras_segmenter.images import IMAGE_SUFFIXES, ImageReadError, load_image
-from keras_segmenter.predict import _unique_stem, load_model, prediction_step
+from keras_segmenter.prediction import load_model, prediction_step, unique_stem
 
 FAILED_INPUTS = "failed_inputs.txt"
 _FAILED = "failed"
@@ -51,7 +51,7 @@ _RAW = CompressionTypes.UNCOMPRESSED
 
 
 def _read_model(path):
-    """`predict.load_model` of a `.keras` file on any Beam filesystem."""
+    """`prediction.load_model` of a `.keras` file on any Beam filesystem."""
     if FileSystems.get_scheme(path) is None:
         return load_model(path)
     with tempfile.TemporaryDirectory() as folder:
@@ -65,7 +65,7 @@ class SegmenterModelHandler(ModelHandler):
     """`RunInference` handler: image file paths in, the files `predict` writes out.
 
     `load_model` runs once per worker process; `run_inference` reads and
-    segments each image with `predict.prediction_step`. A prediction is
+    segments each image with `prediction.prediction_step`. A prediction is
     `{suffix: bytes}` of the image's files, or the one-line error of an
     image that could not be read.
 
@@ -144,7 +144,7 @@ class _Match(beam.DoFn):
 def _unique_names(paths):
     """`(stem, path)` of each path: plain `predict`'s names, given in sorted path order."""
     used = set()
-    return [(_unique_stem(pathlib.PurePath(p), used), p) for p in sorted(set(paths))]
+    return [(unique_stem(pathlib.PurePath(p), used), p) for p in sorted(set(paths))]
 
 
 class _Write(beam.DoFn):

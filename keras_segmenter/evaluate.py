@@ -148,7 +148,7 @@ def main(argv=None):
     from keras_segmenter.data import eval_dataset, get_dataset_info
     from keras_segmenter.evaluation import evaluate
     from keras_segmenter.inference import num_classes_of
-    from keras_segmenter.predict import load_model
+    from keras_segmenter.prediction import load_model
 
     model = load_model(args.model)
     num_classes = num_classes_of(model)

@@ -48,9 +48,9 @@ import tensorflow as tf
 
 from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
 from keras_segmenter.files import atomic_write
-from keras_segmenter.image_decoding import decode_image
+from keras_segmenter.image_decoding import declared_size, decode_image
 from keras_segmenter.inference import default_window, num_classes_of, segment_image
-from keras_segmenter.predict import load_model
+from keras_segmenter.prediction import load_model
 
 IMAGES_SHAPE = "(batch, height, width, 3)"
 
@@ -110,47 +110,6 @@ def check_pixel_limit(tensor, batch, height, width, window_size, max_pixels, wha
     )
     with tf.control_dependencies([check]):
         return tf.identity(tensor)
-
-
-def declared_size(data):
-    """`(height, width)` int64 that an encoded image's header declares, `(0, 0)` if unknown.
-
-    Reads PNG (IHDR), GIF (logical screen), BMP (info header) and WebP
-    (VP8/VP8L/VP8X) header bytes, and JPEG with `tf.image.extract_jpeg_shape`,
-    so that a small file declaring a huge image is refused before decoding.
-    """
-    padded = tf.strings.join([data, "\0" * 32])  # so that every substr below is in range
-    head = tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8)
-    b = tf.cast(head, tf.int64)
-
-    def number(start, count, big_endian=False):
-        order = range(count) if big_endian else reversed(range(count))
-        value = tf.constant(0, tf.int64)
-        for i in order:
-            value = value * 256 + b[start + i]
-        return value
-
-    prefix = lambda n: tf.strings.substr(padded, 0, n)  # noqa: E731
-    bmp_height = number(22, 4)
-    bmp_height = tf.abs(tf.where(bmp_height >= 2**31, bmp_height - 2**32, bmp_height))
-    webp = tf.strings.substr(padded, 12, 4)
-    vp8l = number(21, 4)
-    known = [
-        (tf.equal(prefix(8), b"\x89PNG\r\n\x1a\n"), (number(20, 4, True), number(16, 4, True))),
-        (tf.equal(prefix(3), b"GIF"), (number(8, 2), number(6, 2))),
-        (tf.equal(prefix(2), b"BM"), (bmp_height, number(18, 4))),
-        (tf.equal(webp, b"VP8X"), (number(27, 3) + 1, number(24, 3) + 1)),
-        (tf.equal(webp, b"VP8L"), ((vp8l // 2**14) % 2**14 + 1, vp8l % 2**14 + 1)),
-        (tf.equal(webp, b"VP8 "), (number(28, 2) % 2**14, number(26, 2) % 2**14)),
-    ]
-    size = tf.cond(
-        tf.equal(prefix(2), b"\xff\xd8"),
-        lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
-        lambda: tf.zeros([2], tf.int64),
-    )
-    for condition, (height, width) in reversed(known):
-        size = tf.where(condition, tf.stack([height, width]), size)
-    return size[0], size[1]
 
 
 def check_images(images):

@@ -25,7 +25,14 @@ import json
 import os
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, UserError, fit_next_steps, reports_user_errors
+from keras_segmenter.cli import (
+    LOG_NOTE,
+    TRAINING_DIR,
+    UserError,
+    command,
+    reports_user_errors,
+    shown,
+)
 from keras_segmenter.data.download import download_hint
 from keras_segmenter.training.checkpoints import list_checkpoints
 from keras_segmenter.training.config import (
@@ -160,6 +167,73 @@ def _resume_config(args):
     if args.keep_checkpoints is not None:
         config.keep_checkpoints = args.keep_checkpoints
     return config
+
+
+def fit_next_steps(config, model_path):
+    """What to do with the model `training/fit.py` just wrote, as lines to print."""
+    from keras_segmenter.data import SAMPLE_DIR
+    from keras_segmenter.data.sources import list_pairs
+
+    model = shown(model_path)
+    data = (
+        []
+        if os.path.samefile(config.data_dir, SAMPLE_DIR)
+        else ["--data-dir", shown(config.data_dir)]
+    )
+    dataset = ["--dataset", config.dataset] + (
+        ["--num-classes", config.num_classes] if config.num_classes else []
+    )
+    fit = shown(os.path.join(TRAINING_DIR, "fit.py"))
+    lines = ["", "Next:"]
+    try:
+        photo = list_pairs(config.dataset, config.data_dir, "val")[0][0]
+    except (OSError, ValueError):
+        photo = None
+    if photo is not None:
+        out = shown(os.path.join(config.output_dir, "predictions"))
+        overlay = os.path.join(out, os.path.splitext(os.path.basename(photo))[0] + "_overlay.png")
+        names = ["--dataset", config.dataset] if config.dataset != "folder" else []
+        lines += [
+            f"  Segment a validation photo (the overlay is written to {overlay}):",
+            "    "
+            + command(
+                "-m",
+                "keras_segmenter.predict",
+                "--model",
+                model,
+                *names,
+                "--out",
+                out,
+                shown(photo),
+            ),
+        ]
+    lines += [
+        "  Evaluate on the validation split with the paper's protocol:",
+        "    "
+        + command(
+            shown(os.path.join(TRAINING_DIR, "evaluate.py")),
+            "--model",
+            model,
+            "--dataset",
+            config.dataset,
+            "--data-dir",
+            shown(config.data_dir),
+        ),
+        "  Train this model further (a new run that starts from its weights):",
+        "    "
+        + command(
+            fit,
+            "--init",
+            model,
+            *dataset,
+            *data,
+            "--output-dir",
+            shown(config.output_dir) + "-more",
+        ),
+        "  A run that was interrupted continues from its last checkpoint with:",
+        "    " + command(fit, "--output-dir", shown(config.output_dir), "--resume"),
+    ]
+    return lines
 
 
 @reports_user_errors(prog=PROG)

@@ -171,3 +171,44 @@ def decode_image(data):
 
     image = tf.case([(is_jpeg, jpeg), (_png_gray16(data), gray16)], default=other)
     return tf.ensure_shape(image, (None, None, 3))
+
+
+def declared_size(data):
+    """`(height, width)` int64 that an encoded image's header declares, `(0, 0)` if unknown.
+
+    Reads PNG (IHDR), GIF (logical screen), BMP (info header) and WebP
+    (VP8/VP8L/VP8X) header bytes, and JPEG with `tf.image.extract_jpeg_shape`,
+    so that a small file declaring a huge image is refused before decoding.
+    """
+    padded = tf.strings.join([data, "\0" * 32])  # so that every substr below is in range
+    head = tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8)
+    b = tf.cast(head, tf.int64)
+
+    def number(start, count, big_endian=False):
+        order = range(count) if big_endian else reversed(range(count))
+        value = tf.constant(0, tf.int64)
+        for i in order:
+            value = value * 256 + b[start + i]
+        return value
+
+    prefix = lambda n: tf.strings.substr(padded, 0, n)  # noqa: E731
+    bmp_height = number(22, 4)
+    bmp_height = tf.abs(tf.where(bmp_height >= 2**31, bmp_height - 2**32, bmp_height))
+    webp = tf.strings.substr(padded, 12, 4)
+    vp8l = number(21, 4)
+    known = [
+        (tf.equal(prefix(8), b"\x89PNG\r\n\x1a\n"), (number(20, 4, True), number(16, 4, True))),
+        (tf.equal(prefix(3), b"GIF"), (number(8, 2), number(6, 2))),
+        (tf.equal(prefix(2), b"BM"), (bmp_height, number(18, 4))),
+        (tf.equal(webp, b"VP8X"), (number(27, 3) + 1, number(24, 3) + 1)),
+        (tf.equal(webp, b"VP8L"), ((vp8l // 2**14) % 2**14 + 1, vp8l % 2**14 + 1)),
+        (tf.equal(webp, b"VP8 "), (number(28, 2) % 2**14, number(26, 2) % 2**14)),
+    ]
+    size = tf.cond(
+        tf.equal(prefix(2), b"\xff\xd8"),
+        lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
+        lambda: tf.zeros([2], tf.int64),
+    )
+    for condition, (height, width) in reversed(known):
+        size = tf.where(condition, tf.stack([height, width]), size)
+    return size[0], size[1]

@@ -317,3 +317,8 @@ def object_size_confusion(
     index = (buckets[valid] * num_classes + y_true[valid]) * num_classes + y_pred[valid]
     counts = np.bincount(index, minlength=3 * num_classes * num_classes)
     return counts.reshape(3, num_classes, num_classes)
+
+
+def make_metric(num_classes, ignore_index):
+    """The mIoU that training reports: `MeanIoU` named `"mIoU"`."""
+    return MeanIoU(num_classes, ignore_index=ignore_index, name="mIoU")

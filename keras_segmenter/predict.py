@@ -33,23 +33,20 @@ Image reading and writing live in `keras_segmenter.images`, the graph in
 """
 
 import argparse
-import functools
 import pathlib
 import sys
 
-import numpy as np
-
-from keras_segmenter.cli import LOG_NOTE, UserError, check_file, reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
 from keras_segmenter.files import atomic_write
 from keras_segmenter.images import (
     MAX_PIXELS,
     ImageReadError,
     as_rgb_array,
-    class_map_image,
     find_images,
     load_image,
     save_class_map,  # noqa: F401  (re-exported: `keras_segmenter.predict.save_class_map`)
 )
+from keras_segmenter.prediction import load_model, prediction_step, unique_stem
 
 
 def predict(
@@ -99,33 +96,6 @@ def predict(
         classes, probs = predictor(array)
         return classes.numpy(), probs.numpy()
     return predictor(array).numpy()
-
-
-def _unique_stem(path, used):
-    stem, count = path.stem, 1
-    while stem in used:
-        count += 1
-        stem = f"{path.stem}_{count}"
-    used.add(stem)
-    return stem
-
-
-def _class_info(num_classes, dataset):
-    from keras_segmenter import visualization
-
-    if dataset is None:
-        return [f"class {k}" for k in range(num_classes)], visualization.default_palette(
-            num_classes
-        )
-    from keras_segmenter.data.dataset_info import get_dataset_info
-
-    info = get_dataset_info(dataset)
-    if info.num_classes != num_classes:
-        raise ValueError(
-            f"--dataset {dataset} has {info.num_classes} classes but the model predicts "
-            f"{num_classes}. Received: --dataset {dataset}"
-        )
-    return list(info.class_names), visualization.as_palette(info.palette, num_classes)
 
 
 def _parse_args(argv):
@@ -189,86 +159,6 @@ def _parse_args(argv):
     return args
 
 
-def load_model(path):
-    """Loads a `.keras` Segmenter for inference (registers keras_segmenter's layers first).
-
-    Not compiled: inference needs no optimizer, and restoring the training
-    compile of a model whose `compile()` is custom only earns a warning.
-
-    Raises:
-        UserError: `path` is missing, a folder, not a `.keras` archive
-            (truncated, another kind of file), not loadable, or a model that
-            is not a `Segmenter`; the message names the file.
-    """
-    import zipfile
-
-    import keras
-
-    from keras_segmenter.models.segmenter import Segmenter
-
-    check_file(path, "a .keras model file")
-    if not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{path} is not a .keras model: not a zip archive (truncated, or another kind of file)"
-        )
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a bad file.
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"{path}: cannot load it as a .keras model ({reason})") from None
-    if not isinstance(model, Segmenter):
-        raise UserError(
-            f"{path} holds a {type(model).__name__}, not a Segmenter; expected a model saved by "
-            "fit, convert or `Segmenter.save`"
-        )
-    return model
-
-
-def prediction_step(model, args):
-    """The command's work on one image, alone or in a Beam pipeline (`keras_segmenter.beam`).
-
-    Args:
-        model: the loaded Segmenter.
-        args: the parsed command line (`--dataset`, the window flags,
-            `--probabilities`, `--alpha`).
-
-    Returns:
-        `step(image) -> {suffix: write}`: for a uint8 RGB image, the files
-        to write in order (`"_classes.png"`, `"_probabilities.npy"` with
-        `--probabilities`, `"_overlay.png"`), each as `write(target)` taking
-        a path or a binary file object.
-    """
-    from keras_segmenter import visualization
-    from keras_segmenter.inference import make_predictor, num_classes_of
-
-    num_classes = num_classes_of(model)
-    class_names, palette = _class_info(num_classes, args.dataset)
-    predictor = make_predictor(
-        model,
-        args.window_size,
-        args.window_stride,
-        args.whole,
-        args.batch_size,
-        args.probabilities,
-    )
-
-    def step(image):
-        outputs = predictor(image)
-        class_map = (outputs[0] if args.probabilities else outputs).numpy()
-        classes = class_map_image(class_map, num_classes)
-        files = {"_classes.png": functools.partial(classes.save, format="PNG")}
-        if args.probabilities:
-            probs = outputs[1].numpy()
-            files["_probabilities.npy"] = lambda target: np.save(target, probs)
-        blended = visualization.overlay(image, class_map, palette, args.alpha)
-        legend = visualization.present_classes(class_map)
-        drawn = visualization.draw_legend(blended, legend, class_names, palette)
-        files["_overlay.png"] = functools.partial(drawn.save, format="PNG")
-        return files
-
-    return step
-
-
 @reports_user_errors
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 some images failed, 2 bad arguments)."""
@@ -302,7 +192,7 @@ def main(argv=None):
             print(f"error: {error}", file=sys.stderr)
             failed += 1
             continue
-        stem = _unique_stem(path, used)
+        stem = unique_stem(path, used)
         for suffix, write in step(image).items():
             atomic_write(out / f"{stem}{suffix}", write)
         print(f"{path} -> {out / f'{stem}_classes.png'}, {out / f'{stem}_overlay.png'}")

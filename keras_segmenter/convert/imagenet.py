@@ -14,8 +14,7 @@ import numpy as np
 
 from keras_segmenter.cli import check_file
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
-from keras_segmenter.convert.weights import StateDict, port_backbone
-from keras_segmenter.models.vit_backbone import ViTBackbone
+from keras_segmenter.convert.weights import StateDict, build_model, port_backbone
 
 
 def _npz_array(arrays, key, source):
@@ -162,7 +161,8 @@ def backbone_from_imagenet_vit(path, image_size=512, **kwargs):
     width, _, patch, _ = kernel.shape
     depth = sum(1 for key in state if key.startswith("blocks.") and key.endswith(".norm1.weight"))
     mlp_dim = weights.take("blocks.0.mlp.fc1.weight").shape[0]
-    backbone = ViTBackbone(
+    backbone = build_model(
+        "ViTBackbone",
         patch_size=patch,
         hidden_dim=width,
         num_layers=depth,

@@ -6,9 +6,7 @@ import yaml
 
 from keras_segmenter.cli import check_file
 from keras_segmenter.convert.torch_checkpoint import CheckpointError, read_torch_checkpoint
-from keras_segmenter.convert.weights import StateDict, port_segmenter
-from keras_segmenter.models.segmenter import Segmenter
-from keras_segmenter.models.vit_backbone import ViTBackbone
+from keras_segmenter.convert.weights import StateDict, build_model, port_segmenter, serialized
 
 
 class _VariantLoader(yaml.SafeLoader):
@@ -209,7 +207,8 @@ def segmenter_from_variant(variant, source="variant.yml", dtype=None):
 
 def _build(sizes, dtype):
     width = sizes["d_model"]
-    backbone = ViTBackbone(
+    backbone = serialized(
+        "ViTBackbone",
         patch_size=sizes["patch_size"],
         hidden_dim=width,
         num_layers=sizes["n_layers"],
@@ -230,7 +229,14 @@ def _build(sizes, dtype):
             decoder_dropout=sizes["decoder_dropout"],
             decoder_drop_path_rate=sizes["decoder_drop_path_rate"],
         )
-    return Segmenter(backbone, sizes["n_cls"], decoder=sizes["decoder"], dtype=dtype, **kwargs)
+    return build_model(
+        "Segmenter",
+        backbone=backbone,
+        num_classes=sizes["n_cls"],
+        decoder=sizes["decoder"],
+        dtype=dtype,
+        **kwargs,
+    )
 
 
 def load_official(path, dtype=None):

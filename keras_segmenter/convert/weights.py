@@ -4,10 +4,31 @@ Each helper names the foreign key it reads, so a missing key or a shape
 mismatch says which key and which shapes.
 """
 
+import keras
 import numpy as np
 
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
 from keras_segmenter.layers.position_embedding import resize_position_embedding
+
+
+def serialized(class_name, **config):
+    """The Keras config of a `keras_segmenter` model (`"Segmenter"`, `"ViTBackbone"`)."""
+    return {
+        "module": None,
+        "class_name": class_name,
+        "registered_name": f"keras_segmenter>{class_name}",
+        "config": config,
+    }
+
+
+def build_model(class_name, **config):
+    """The model that `serialized(class_name, **config)` describes.
+
+    Built through Keras' deserialization, as a preset's `config.json` is
+    read, so that the converters never import the model classes (whose
+    `from_preset` calls them: no import circle).
+    """
+    return keras.saving.deserialize_keras_object(serialized(class_name, **config))
 
 
 class StateDict:

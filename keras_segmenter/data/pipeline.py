@@ -97,7 +97,7 @@ def load_pair(image_path, mask_path, label_table, max_pixels=MAX_PIXELS):
 
 def _within(contents, path, max_pixels):
     """A check that the header of `contents` declares at most `max_pixels` pixels."""
-    from keras_segmenter.export import declared_size  # the header reader of serving_bytes
+    from keras_segmenter.image_decoding import declared_size  # the header reader of serving_bytes
 
     height, width = declared_size(contents)
     return _require(

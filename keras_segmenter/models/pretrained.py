@@ -22,8 +22,6 @@ from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.data.dataset_info import get_dataset_info
 from keras_segmenter.files import atomic_write, atomic_write_text
-from keras_segmenter.models.segmenter import Segmenter
-from keras_segmenter.models.vit_backbone import ViTBackbone
 
 OFFICIAL_ROOT = "https://www.rocq.inria.fr/cluster-willow/rstrudel/segmenter/checkpoints"
 OFFICIAL_FILES = ("variant.yml", "checkpoint.pth")
@@ -367,30 +365,30 @@ def _imagenet_backbone(source, path, **kwargs):
     return backbone_from_imagenet_vit(path, **kwargs)
 
 
-def load_segmenter(source, num_classes=None, **kwargs):
-    """See `Segmenter.from_preset`."""
+def load_segmenter(cls, source, num_classes=None, **kwargs):
+    """See `Segmenter.from_preset`; `cls` is the `Segmenter` class."""
     path = _local_path(source)
     if not _is_imagenet(path):
         model = _read_model(path)
-        if not isinstance(model, Segmenter):
+        if not isinstance(model, cls):
             raise PresetError(f"{source}: holds a {type(model).__name__}, not a Segmenter")
         return _rebuilt(model, num_classes, **kwargs)
     if num_classes is None:
         raise ValueError(f"{source}: ImageNet weights hold no decoder: pass num_classes")
     decoder_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder")}
     backbone = _imagenet_backbone(source, path, **kwargs)
-    return Segmenter(backbone, num_classes, dtype=kwargs.get("dtype"), **decoder_kwargs)
+    return cls(backbone, num_classes, dtype=kwargs.get("dtype"), **decoder_kwargs)
 
 
-def load_backbone(source, **kwargs):
-    """See `ViTBackbone.from_preset`."""
+def load_backbone(cls, source, **kwargs):
+    """See `ViTBackbone.from_preset`; `cls` is the `ViTBackbone` class."""
     path = _local_path(source)
     if _is_imagenet(path):
         return _imagenet_backbone(source, path, **kwargs)
     model = _read_model(path)
-    if isinstance(model, Segmenter):
+    if isinstance(getattr(model, "backbone", None), cls):  # a Segmenter
         return _rebuilt(model, **kwargs).backbone
-    if isinstance(model, ViTBackbone):
+    if isinstance(model, cls):
         return _rebuilt(model, **kwargs)
     raise PresetError(f"{source}: holds a {type(model).__name__}, not a ViTBackbone or Segmenter")
 

@@ -5,7 +5,10 @@ from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.normalization import normalize_images
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
+from keras_segmenter.losses import SegmentationCrossEntropy
+from keras_segmenter.metrics import make_metric
 from keras_segmenter.models.config_model import ConfigModel
+from keras_segmenter.optimizers import make_optimizer
 
 DECODERS = ("mask", "linear")
 
@@ -139,7 +142,7 @@ class Segmenter(ConfigModel):
         """
         from keras_segmenter.models.pretrained import load_segmenter
 
-        return load_segmenter(source, num_classes, **kwargs)
+        return load_segmenter(cls, source, num_classes, **kwargs)
 
     def save_to_preset(self, path):
         """Writes the model as a preset folder (`config.json` + `model.weights.h5`)
@@ -155,27 +158,20 @@ class Segmenter(ConfigModel):
             optimizer: `"auto"`: SGD with momentum 0.9 (Nesterov, as the
                 official timm `sgd`), no weight decay, learning rate 1e-3
                 decayed by the poly schedule (power 0.9, to 1e-5) over 160k
-                iterations: ADE20K's recipe, built by the trainer's
-                `make_optimizer`. Or any Keras optimizer.
+                iterations: ADE20K's recipe, `optimizers.make_optimizer()`.
+                Or any Keras optimizer.
             loss: `"auto"`: `SegmentationCrossEntropy(ignore_index=255)`.
             metrics: `"auto"`: with the `"auto"` loss,
                 `[MeanIoU(num_classes, ignore_index=255)]` named `"mIoU"`;
                 with a loss of your own, none (its ignored label is unknown).
             **kwargs: more `keras.Model.compile` arguments.
         """
-        if optimizer == "auto" or loss == "auto" or metrics == "auto":
-            from keras_segmenter.training.config import DATASET_DEFAULTS, RunConfig
-            from keras_segmenter.training.losses import SegmentationCrossEntropy
-            from keras_segmenter.training.run import make_metric, make_optimizer
-
-            if optimizer == "auto":
-                optimizer = make_optimizer(RunConfig(**DATASET_DEFAULTS["ade20k"]))
-            if metrics == "auto":
-                metrics = (
-                    [make_metric(self.num_classes, ignore_index=255)] if loss == "auto" else None
-                )
-            if loss == "auto":
-                loss = SegmentationCrossEntropy(ignore_index=255)
+        if optimizer == "auto":
+            optimizer = make_optimizer()
+        if metrics == "auto":
+            metrics = [make_metric(self.num_classes, ignore_index=255)] if loss == "auto" else None
+        if loss == "auto":
+            loss = SegmentationCrossEntropy(ignore_index=255)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):

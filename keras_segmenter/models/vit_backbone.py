@@ -153,7 +153,7 @@ class ViTBackbone(ConfigModel):
         """
         from keras_segmenter.models.pretrained import load_backbone
 
-        return load_backbone(source, **kwargs)
+        return load_backbone(cls, source, **kwargs)
 
     def save_to_preset(self, path):
         """Writes the backbone as a preset folder (`config.json` + `model.weights.h5`)."""

@@ -14,14 +14,14 @@ import numpy as np
 import tensorflow as tf
 
 import keras_segmenter as ks
+from keras_segmenter import optimizers
 from keras_segmenter.files import atomic_write, remove_temporary_files
 from keras_segmenter.layers.normalization import denormalize_images
+from keras_segmenter.losses import SegmentationCrossEntropy, median_frequency_weights
+from keras_segmenter.metrics import make_metric
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
 from keras_segmenter.training.checkpoints import list_checkpoints, resume
-from keras_segmenter.training.losses import SegmentationCrossEntropy, median_frequency_weights
-from keras_segmenter.training.optimizers import TorchSGD
-from keras_segmenter.training.schedules import poly_schedule
 from keras_segmenter.training.strategies import make_strategy
 from keras_segmenter.visualization import as_palette, colorize
 
@@ -44,7 +44,7 @@ def build_model(config, num_classes):
     dtype = None if config.precision == "float32" else config.precision
     if config.init:
         if config.init.endswith(".keras"):
-            from keras_segmenter.predict import load_model
+            from keras_segmenter.prediction import load_model
 
             model = load_model(config.init)
             if dtype is not None:
@@ -80,16 +80,12 @@ def build_model(config, num_classes):
 
 
 def make_optimizer(config):
-    """The paper's SGD (momentum 0.9, Nesterov, no weight decay) with PyTorch's
-    semantics, or Keras' AdamW, with the poly learning rate stepped every iteration."""
-    schedule = poly_schedule(config.lr, config.iterations, config.end_lr, config.poly_power)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-    return TorchSGD(
-        learning_rate=schedule,
+    """`optimizers.make_optimizer` with the run's recipe."""
+    fields = ("optimizer", "lr", "iterations", "end_lr", "poly_power", "weight_decay")
+    return optimizers.make_optimizer(
+        **{name: getattr(config, name) for name in fields},
         momentum=config.momentum,
         nesterov=config.nesterov,
-        weight_decay=config.weight_decay or None,
     )
 
 
@@ -101,12 +97,6 @@ def make_loss(config, info):
         masks = (mask.numpy() for _, mask in make_eval_dataset(config, "vit", "train"))
         weights = median_frequency_weights(masks, info.num_classes, info.ignore_index)
     return SegmentationCrossEntropy(ignore_index=info.ignore_index, class_weights=weights)
-
-
-def make_metric(num_classes, ignore_index):
-    from keras_segmenter.metrics import MeanIoU
-
-    return MeanIoU(num_classes, ignore_index=ignore_index, name="mIoU")
 
 
 # ---------------------------------------------------------------- data

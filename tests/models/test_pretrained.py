@@ -20,7 +20,7 @@ import tensorflow as tf
 import keras_segmenter as ks
 from keras_segmenter.convert import CheckpointError, backbone_from_imagenet_vit, load_official
 from keras_segmenter.models import pretrained
-from keras_segmenter.training.optimizers import TorchSGD
+from keras_segmenter.optimizers import TorchSGD
 from tests.testing import FIXTURES, REPO, tiny_model
 
 TINY = FIXTURES / "tiny_mask"

@@ -32,7 +32,7 @@ def test_run_config_paper_defaults_and_errors(tmp_path):
 
 
 def test_optimizer_choice():
-    from keras_segmenter.training.optimizers import TorchSGD
+    from keras_segmenter.optimizers import TorchSGD
     from keras_segmenter.training.run import make_optimizer
 
     config = RunConfig(dataset="ade20k", data_dir=None)
@@ -44,6 +44,15 @@ def test_optimizer_choice():
     config.optimizer = "lamb"
     with pytest.raises(ValueError, match="--optimizer must be one of"):
         config.resolve()
+
+
+def test_compiles_default_optimizer_is_the_ade20k_run_recipe():
+    """`Segmenter.compile()` builds its optimizer without the trainer; same recipe."""
+    from keras_segmenter.optimizers import make_optimizer
+    from keras_segmenter.training import run
+
+    run_optimizer = run.make_optimizer(RunConfig(dataset="ade20k").resolve())
+    assert make_optimizer().get_config() == run_optimizer.get_config()
 
 
 def test_camvid_defaults_are_the_from_scratch_recipe(tmp_path):

@@ -75,7 +75,7 @@ def test_loss_gradient_is_softmax_minus_one_hot_even_for_far_apart_logits():
 
 
 def test_median_frequency_weights_by_hand():
-    from keras_segmenter.training.losses import median_frequency_weights
+    from keras_segmenter.losses import median_frequency_weights
 
     # class 0: 4 + 1 pixels of 5 + 2 valid ones -> 5/7; class 1: 1 of 5; class 2: 1 of 2; 3: absent.
     masks = [np.array([[0, 0, 0], [0, 1, 255]]), np.array([0, 2, 255, 255])]

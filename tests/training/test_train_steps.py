@@ -246,7 +246,7 @@ def _torch_sgd_reference(w, grads, rates, momentum, nesterov, weight_decay):
 def test_torch_sgd_is_pytorch_sgd_under_a_changing_learning_rate(nesterov, weight_decay):
     import keras
 
-    from keras_segmenter.training.optimizers import TorchSGD
+    from keras_segmenter.optimizers import TorchSGD
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=(5,)).astype("float32")
@@ -274,7 +274,7 @@ def test_torch_sgd_is_pytorch_sgd_under_a_changing_learning_rate(nesterov, weigh
 def test_torch_sgd_excludes_variables_from_weight_decay():
     import keras
 
-    from keras_segmenter.training.optimizers import TorchSGD
+    from keras_segmenter.optimizers import TorchSGD
 
     decayed, excluded = keras.Variable([1.0], name="kernel"), keras.Variable([1.0], name="bias")
     optimizer = TorchSGD(learning_rate=0.5, momentum=0.0, nesterov=False, weight_decay=0.1)
@@ -286,7 +286,7 @@ def test_torch_sgd_excludes_variables_from_weight_decay():
 def test_torch_sgd_config_round_trip_and_saved_model_reload(tmp_path):
     import keras
 
-    from keras_segmenter.training.optimizers import TorchSGD
+    from keras_segmenter.optimizers import TorchSGD
 
     optimizer = TorchSGD(
         learning_rate=keras.optimizers.schedules.PolynomialDecay(0.1, 10, 1e-5, power=0.9),

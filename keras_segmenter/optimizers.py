@@ -1,7 +1,10 @@
-"""SGD with PyTorch's semantics, the optimizer of the official Segmenter."""
+"""SGD with PyTorch's semantics, the optimizer of the official Segmenter, and
+`make_optimizer`, the paper's recipe (the default of `Segmenter.compile`)."""
 
 import keras
 from keras import ops
+
+from keras_segmenter.schedules import poly_schedule
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -94,3 +97,41 @@ class TorchSGD(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(momentum=self.momentum, nesterov=self.nesterov)
         return config
+
+
+def make_optimizer(
+    optimizer="sgd",
+    lr=1e-3,
+    iterations=160_000,
+    end_lr=1e-5,
+    poly_power=0.9,
+    weight_decay=0.0,
+    momentum=0.9,
+    nesterov=True,
+):
+    """The paper's optimizer with the poly learning rate stepped every iteration.
+
+    The defaults are the ADE20K recipe of section 4.2: SGD with momentum 0.9
+    (Nesterov, PyTorch's semantics), no weight decay, learning rate 1e-3
+    decayed with power 0.9 to 1e-5 over 160k iterations.
+
+    Args:
+        optimizer: str, `"sgd"` (`TorchSGD`) or `"adamw"` (Keras' AdamW).
+            Defaults to `"sgd"`.
+        lr: float, the first learning rate. Defaults to 1e-3.
+        iterations: int, steps of the schedule. Defaults to 160000.
+        end_lr: float, the last learning rate. Defaults to 1e-5.
+        poly_power: float, the schedule's power. Defaults to 0.9.
+        weight_decay: float. Defaults to 0 (none).
+        momentum: float, SGD momentum. Defaults to 0.9.
+        nesterov: bool, Nesterov momentum for SGD. Defaults to `True`.
+    """
+    schedule = poly_schedule(lr, iterations, end_lr, poly_power)
+    if optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+    return TorchSGD(
+        learning_rate=schedule,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay or None,
+    )
