@@ -29,6 +29,6 @@ from keras_segmenter.models.pretrained import (
     list_presets,
 )
 from keras_segmenter.models.segmenter import Segmenter
+from keras_segmenter.models.segmenter_preprocessor import SegmenterPreprocessor
 from keras_segmenter.models.vit_backbone import ViTBackbone
-
-__version__ = "0.1.0"
+from keras_segmenter.version import __version__  # noqa: F401

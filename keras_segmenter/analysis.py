@@ -16,7 +16,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from keras_segmenter.layers.normalization import normalize_images
+from keras_segmenter.models.segmenter_preprocessor import preprocessor_of
 
 
 def _as_image_batch(images):
@@ -61,7 +61,7 @@ def patch_attention(model, image, patch, layers=None):
 
     image = np.asarray(image)
     backbone = getattr(model, "backbone", model)
-    normalized = normalize_images(image[None], backbone.normalization)
+    normalized = preprocessor_of(model).normalize(image[None])
     attention, grid = encoder_attention_maps(model, normalized, layers=layers)
     row, col = patch
     if not (0 <= row < grid[0] and 0 <= col < grid[1]):
@@ -161,10 +161,11 @@ def mean_attention_distance(model, images, batch_size=4):
 
     images = np.stack(_as_image_batch(images)).astype("float32")
     backbone = getattr(model, "backbone", model)
+    normalize = preprocessor_of(model).normalize
     total, count = None, 0
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        maps, grid = encoder_attention_maps(model, normalize_images(batch, backbone.normalization))
+        maps, grid = encoder_attention_maps(model, normalize(batch))
         distances = np.stack(
             [
                 attention_distances(

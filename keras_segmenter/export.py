@@ -203,9 +203,9 @@ def make_segment_fn(model, window_size, window_stride, probabilities=False, batc
         A function returning `{"segmentation": int32 (B, H, W)}`, plus
         `"probabilities"`: float16 `(B, H, W, K)` when `probabilities`.
     """
-    from keras_segmenter.layers.normalization import ImageNormalization
+    from keras_segmenter.models.segmenter_preprocessor import preprocessor_of
 
-    normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+    normalize = preprocessor_of(model).normalize
     num_classes = num_classes_of(model)
     signature = {"segmentation": tf.TensorSpec((None, None), tf.int32)}
     if probabilities:

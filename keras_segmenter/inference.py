@@ -986,8 +986,9 @@ def segment_image(
 
     Args:
         model: a Keras segmentation model returning logits.
-        normalize: a layer mapping [0, 255] RGB to the model's input
-            (`ImageNormalization(model.normalization)`).
+        normalize: maps [0, 255] RGB to the model's input: the
+            normalization of the model's preprocessor
+            (`preprocessor_of(model).normalize`).
         image: `(H, W, 3)` tensor with values in [0, 255] (uint8 or float).
         window_size: int, sliding window side.
         window_stride: int, step between windows.
@@ -1029,7 +1030,7 @@ def make_predictor(
     settings, so repeated calls reuse the graph. Arguments as in
     `keras_segmenter.predict.predict`.
     """
-    from keras_segmenter.layers.normalization import ImageNormalization
+    from keras_segmenter.models.segmenter_preprocessor import preprocessor_of
 
     if whole:
         window_size = window_stride = 1
@@ -1039,7 +1040,7 @@ def make_predictor(
     key = (window_size, window_stride, bool(whole), batch_size, bool(probabilities))
     cache = _PREDICTORS.setdefault(model, {})
     if key not in cache:
-        normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+        normalize = preprocessor_of(model).normalize
 
         @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
         def predictor(image):

@@ -12,6 +12,7 @@ downloading at once share no file.
 The weights are read by the converters of `keras_segmenter.convert`.
 """
 
+import datetime
 import json
 import os
 import urllib.parse
@@ -22,6 +23,7 @@ from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.data.dataset_info import get_dataset_info
 from keras_segmenter.files import atomic_write, atomic_write_text
+from keras_segmenter.version import __version__
 
 OFFICIAL_ROOT = "https://www.rocq.inria.fr/cluster-willow/rstrudel/segmenter/checkpoints"
 OFFICIAL_FILES = ("variant.yml", "checkpoint.pth")
@@ -126,6 +128,8 @@ IMAGENET_PRESETS = {
 # What a preset folder written by `save_to_preset` holds.
 PRESET_CONFIG = "config.json"
 PRESET_WEIGHTS = "model.weights.h5"
+PRESET_PREPROCESSOR = "preprocessor.json"
+PRESET_METADATA = "metadata.json"
 IMAGENET_SUFFIXES = (".npz", ".safetensors")
 # Constructor arguments `from_preset(..., **kwargs)` may change without
 # changing any weight shape.
@@ -287,11 +291,17 @@ def _is_imagenet(path):
 
 
 def _read_preset_folder(path):
+    """The model of a preset folder; `preprocessor.json`, where present, is its preprocessor."""
     config_path = os.path.join(path, PRESET_CONFIG)
     weights_path = os.path.join(path, PRESET_WEIGHTS)
+    preprocessor_path = os.path.join(path, PRESET_PREPROCESSOR)
     try:
         with open(config_path) as file:
-            model = keras.saving.deserialize_keras_object(json.load(file))
+            config = json.load(file)
+        if os.path.isfile(preprocessor_path):  # presets written before it have none
+            with open(preprocessor_path) as file:
+                config["config"]["preprocessor"] = json.load(file)
+        model = keras.saving.deserialize_keras_object(config)
         model.load_weights(weights_path)
     except (OSError, ValueError, TypeError, KeyError) as error:
         reason = " ".join(str(error).split())
@@ -394,8 +404,18 @@ def load_backbone(cls, source, **kwargs):
 
 
 def save_preset(model, path):
-    """Writes `model` as a preset folder: `config.json` + `model.weights.h5`."""
+    """Writes `model` as a preset folder in keras-hub's layout: `config.json`,
+    `model.weights.h5`, `metadata.json` and, for a Segmenter, `preprocessor.json`."""
     os.makedirs(path, exist_ok=True)
-    config = json.dumps(keras.saving.serialize_keras_object(model), indent=2) + "\n"
-    atomic_write_text(os.path.join(path, PRESET_CONFIG), config)
+    metadata = {
+        "keras_version": keras.__version__,
+        "keras_segmenter_version": __version__,
+        "parameter_count": model.count_params(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d@%H:%M:%S"),
+    }
+    files = {PRESET_CONFIG: keras.saving.serialize_keras_object(model), PRESET_METADATA: metadata}
+    if getattr(model, "preprocessor", None) is not None:
+        files[PRESET_PREPROCESSOR] = keras.saving.serialize_keras_object(model.preprocessor)
+    for name, content in files.items():
+        atomic_write_text(os.path.join(path, name), json.dumps(content, indent=2) + "\n")
     atomic_write(os.path.join(path, PRESET_WEIGHTS), model.save_weights)

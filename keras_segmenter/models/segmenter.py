@@ -3,11 +3,11 @@ from keras import ops
 
 from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
-from keras_segmenter.layers.normalization import normalize_images
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
 from keras_segmenter.losses import SegmentationCrossEntropy
 from keras_segmenter.metrics import make_metric
 from keras_segmenter.models.config_model import ConfigModel
+from keras_segmenter.models.segmenter_preprocessor import SegmenterPreprocessor, check_pixel_spec
 from keras_segmenter.optimizers import make_optimizer
 
 DECODERS = ("mask", "linear")
@@ -32,6 +32,8 @@ class Segmenter(ConfigModel):
         decoder_num_layers: int, mask transformer blocks. Defaults to 2.
         decoder_dropout: float, mask transformer dropout. Defaults to 0.1.
         decoder_drop_path_rate: float, mask transformer stochastic depth. Defaults to 0.
+        preprocessor: a `SegmenterPreprocessor`. Defaults to one with the
+            backbone's normalization and no resize.
 
     Example:
 
@@ -40,6 +42,8 @@ class Segmenter(ConfigModel):
     >>> model = Segmenter(backbone, num_classes=5)
     >>> model(np.zeros((1, 30, 41, 3), "float32")).shape
     TensorShape([1, 30, 41, 5])
+    >>> model.predict(np.zeros((1, 30, 41, 3), "uint8"), verbose=0).shape
+    (1, 30, 41, 5)
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class Segmenter(ConfigModel):
         decoder_num_layers=2,
         decoder_dropout=0.1,
         decoder_drop_path_rate=0.0,
+        preprocessor=None,
         dtype=None,
         **kwargs,
     ):
@@ -57,10 +62,19 @@ class Segmenter(ConfigModel):
             raise ValueError(f"`decoder` must be one of {DECODERS}. Received: decoder={decoder!r}")
         if num_classes < 1:
             raise ValueError(f"`num_classes` must be positive. Received: num_classes={num_classes}")
+        if preprocessor is None:
+            preprocessor = SegmenterPreprocessor(backbone.normalization, name="preprocessor")
+        if preprocessor.normalization != backbone.normalization:
+            raise ValueError(
+                "The preprocessor's normalization must be the backbone's "
+                f"({backbone.normalization!r}). Received: "
+                f"preprocessor.normalization={preprocessor.normalization!r}"
+            )
         patch_size = backbone.patch_size
 
         # === Layers ===
         self.backbone = backbone
+        self.preprocessor = preprocessor
         self.pad = PadToMultiple(patch_size, dtype=dtype, name="pad")
         if decoder == "mask":
             self.decoder = MaskTransformer(
@@ -104,8 +118,30 @@ class Segmenter(ConfigModel):
         return self.backbone.normalization
 
     def preprocess(self, images):
-        """Normalizes RGB images in [0, 255] (any dtype) for this model."""
-        return normalize_images(images, self.normalization)
+        """This model's input for RGB images in [0, 255]: `self.preprocessor(images)`."""
+        return self.preprocessor(images)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict` on RGB images in [0, 255], uint8 or float (see the class)."""
+        spec = getattr(x, "element_spec", x)  # a tf.data.Dataset: its images' spec
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        if hasattr(spec, "shape") and hasattr(spec, "dtype"):
+            check_pixel_spec(spec.shape, spec.dtype, ranks=(4,))
+        return super().predict(x, *args, **kwargs)
+
+    def predict_step(self, *args):
+        # The data is the last argument on every backend (JAX passes the state first).
+        *state, data = args
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return super().predict_step(*state, (self.preprocessor(images),))
+
+    def train_step(self, *args):
+        _check_normalized(args[-1])
+        return super().train_step(*args)
+
+    def test_step(self, *args):
+        _check_normalized(args[-1])
+        return super().test_step(*args)
 
     def predict_classes(self, images):
         """Class map `(batch, H, W)` int32 for RGB images in [0, 255]."""
@@ -145,8 +181,9 @@ class Segmenter(ConfigModel):
         return load_segmenter(cls, source, num_classes, **kwargs)
 
     def save_to_preset(self, path):
-        """Writes the model as a preset folder (`config.json` + `model.weights.h5`)
-        that `Segmenter.from_preset(path)` reads back."""
+        """Writes the model as a preset folder in keras-hub's layout (`config.json`,
+        `model.weights.h5`, `preprocessor.json`, `metadata.json`) that
+        `Segmenter.from_preset(path)` reads back."""
         from keras_segmenter.models.pretrained import save_preset
 
         save_preset(self, path)
@@ -190,9 +227,24 @@ class Segmenter(ConfigModel):
             "decoder_num_layers": self.decoder_num_layers,
             "decoder_dropout": self.decoder_dropout,
             "decoder_drop_path_rate": self.decoder_drop_path_rate,
+            "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
         }
 
     @classmethod
     def from_config(cls, config):
-        backbone = keras.saving.deserialize_keras_object(config["backbone"])
-        return super().from_config({**config, "backbone": backbone})
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if isinstance(config.get("preprocessor"), dict):  # absent from models saved before it
+            config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
+        return super().from_config(config)
+
+
+def _check_normalized(data):
+    images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if not keras.backend.standardize_dtype(images.dtype).startswith(("float", "bfloat")):
+        raise ValueError(
+            "Segmenter.fit and evaluate take normalized float images, as "
+            "keras_segmenter.data.train_dataset yields them; map integer pixel values "
+            "through `model.preprocessor` first. Received: images of dtype "
+            f"{keras.backend.standardize_dtype(images.dtype)}"
+        )

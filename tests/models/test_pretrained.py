@@ -180,7 +180,12 @@ def test_save_to_preset_and_keras_files_round_trip(tmp_path):
     model = load_official(TINY)
     x = np.random.default_rng(0).normal(size=(1, 48, 80, 3)).astype("float32")
     model.save_to_preset(tmp_path / "preset")
-    assert sorted(os.listdir(tmp_path / "preset")) == ["config.json", "model.weights.h5"]
+    assert sorted(os.listdir(tmp_path / "preset")) == [
+        "config.json",
+        "metadata.json",
+        "model.weights.h5",
+        "preprocessor.json",
+    ]
     model.save(tmp_path / "model.keras")  # tmp_path is also a fit.py-like run folder now
     for source in (tmp_path / "preset", tmp_path / "model.keras", tmp_path):
         reloaded = ks.Segmenter.from_preset(source)
