@@ -24,7 +24,7 @@ calls `prepare_tensorflow()`.
   AVX-512 where oneDNN was turned on here: it logs one, harmless, for the
   first transpose of a dtype it has no kernel for there (bfloat16 under
   mixed precision; int32 on any CPU, which this package's graphs avoid,
-  `inference._swap01`). absl writes the start-up notices
+  `inference.tensor_ops.swap01`). absl writes the start-up notices
   (`cpu_feature_guard`, `oneDNN custom operations are on`,
   `absl::InitializeLog`) to stderr before any log level applies, so stderr
   is captured while TensorFlow is imported and only the lines the level lets

@@ -271,10 +271,10 @@ class SegmenterServingModule(tf.Module):
         max_pixels=None,
     ):
         super().__init__(name="segmenter_serving")
-        from keras_segmenter.inference import _check_window
+        from keras_segmenter.inference import check_window
 
         window_size, window_stride = default_window(model, window_size, window_stride)
-        _check_window(window_size, window_stride, batch_size)
+        check_window(window_size, window_stride, batch_size)
         self.window_size = window_size
         self.window_stride = window_stride
         self.num_classes = num_classes_of(model)

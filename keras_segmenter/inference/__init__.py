@@ -1,0 +1,45 @@
+"""Sliding-window and multi-scale inference, as in the Segmenter paper.
+
+Strudel, Garcia, Laptev, Schmid, "Segmenter: Transformer for Semantic
+Segmentation", ICCV 2021, section 4.2 "Inference": the image is cut into
+windows of the training crop size, window logits are averaged where windows
+overlap, and the averaged logits are resized back to the image size. The
+code follows the official `segm.model.utils.inference` step by step (same
+anchors, same upscaling of small images, softmax after the resize) and is
+written with TensorFlow ops only, so it runs inside a `tf.function` for
+images of any height and width.
+
+- `segment` (`segment.py`): the one entry point, one normalized image to its
+  class map (and probabilities); `make_segment_function` traces it.
+  `sliding_window_inference`, `multi_scale_inference`,
+  `make_inference_function` and `sliding_window_logits` are shorthands of them.
+- `windows.py`: the window rule (`default_window`), anchors, upscaling.
+- `band_merge.py`: `BandMerge`, the band-by-band merge of one view's windows;
+  `views.py` joins its output or merges several views.
+- `predictor.py`: uint8 RGB in (`segment_image`, `make_predictor`), as
+  `predict` and the SavedModel export run it.
+
+Evaluating over a dataset is `keras_segmenter.evaluation`.
+"""
+
+from keras_segmenter.inference.predictor import make_predictor, segment_image
+from keras_segmenter.inference.segment import (
+    make_inference_function,
+    make_segment_function,
+    multi_scale_inference,
+    segment,
+    sliding_window_inference,
+    sliding_window_logits,
+)
+from keras_segmenter.inference.windows import (
+    CALL_LOGITS_BYTES,
+    MAX_WINDOWS_PER_CALL,
+    OFFICIAL_SCALES,
+    check_window,
+    default_window,
+    num_classes_of,
+    rescaled_shape,
+    upscaled_shape,
+    window_anchors,
+    windows_per_call,
+)
