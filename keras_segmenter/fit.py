@@ -91,6 +91,12 @@ def parse_args(argv):
     p.add_argument(
         "--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device"
     )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        help="with --strategy mirrored on a machine without GPU: split the CPU into N logical "
+        "devices, one replica each (to try data parallelism on a CPU)",
+    )
     p.add_argument("--output-dir")
     p.add_argument(
         "--resume",
@@ -191,10 +197,10 @@ def make_config(argv):
 
 
 def _training_images(config):
-    from keras_segmenter.data.sources import list_pairs
+    from keras_segmenter.data import count_pairs
 
     try:
-        return len(list_pairs(config.dataset, config.data_dir, "train"))
+        return count_pairs(config.dataset, config.data_dir, "train")
     except (OSError, ValueError) as e:
         raise UserError(f"--data-dir {config.data_dir}: {e}") from None
 
@@ -233,7 +239,8 @@ def main(argv=None):
     from keras_segmenter.files import is_disk_full
     from keras_segmenter.training.strategies import make_strategy
 
-    strategy = make_strategy(config.strategy)  # first: multi-worker must precede any TF op
+    # First: a multi-worker cluster and logical CPUs must be set up before any TF op.
+    strategy = make_strategy(config.strategy, config.cpu_devices)
     from keras_segmenter.training import loop, run
 
     try:
@@ -242,6 +249,7 @@ def main(argv=None):
         else:
             model, summary = run.train(config, strategy=strategy)
             summary["weights_sha256"] = loop.weights_digest(model)
+        summary["replicas"] = strategy.num_replicas_in_sync
     except OSError as e:
         # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError.
         if not is_disk_full(e):
