@@ -5,6 +5,7 @@
         --model seg_b16_mask --backbone-weights ~/weights/B_16-i21k.npz
     python training/fit.py --output-dir runs/ade20k_b16 --resume     # continue a killed run
     python training/fit.py ... --dry-run         # print the resolved recipe and exit
+    python training/fit.py ... --strategy mirrored --cpu-devices 2   # MirroredStrategy, no GPU
     TF_CONFIG=... python training/fit.py --strategy multi_worker ...  # one process per machine
 
 `python -m keras_segmenter.fit` and `keras-segmenter fit` are the same command.
