@@ -177,13 +177,15 @@ def test_cityscapes_label_ids_and_train_ids(tmp_path, models):
 
 
 @pytest.mark.slow
-def test_camvid_mirrored_over_two_cpu_devices_then_multi_scale_flip(tmp_path, models):
+def test_camvid_check_mirrored_over_two_cpu_devices_then_multi_scale_flip(tmp_path, models):
     data = miniatures.camvid(tmp_path / "data")
     out = tmp_path / "run"
-    (trained,) = run(
+    checked, trained = run(
+        check_command("camvid", data),
         fit("--dataset", "camvid", "--data-dir", data, "--init", models(11))
-        + ["--strategy", "mirrored", "--cpu-devices", 2, "--output-dir", out]
+        + ["--strategy", "mirrored", "--cpu-devices", 2, "--output-dir", out],
     )
+    check_report(checked, "camvid", {"train": 3, "val": 2})
     assert summary(trained)["replicas"] == 2
     run(
         evaluate("--model", out / "model.keras", "--dataset", "camvid", "--data-dir", data)
@@ -194,13 +196,15 @@ def test_camvid_mirrored_over_two_cpu_devices_then_multi_scale_flip(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_folder_fit_and_evaluate(tmp_path, models):
+def test_folder_check_fit_and_evaluate(tmp_path, models):
     data = miniatures.folder(tmp_path / "data", num_classes=5)
     out = tmp_path / "run"
-    run(
+    checked, _ = run(
+        check_command("folder", data) + ["--num-classes", 5],
         fit("--dataset", "folder", "--num-classes", 5, "--data-dir", data, "--init", models(5))
-        + ["--output-dir", out]
+        + ["--output-dir", out],
     )
+    check_report(checked, "folder", {"all": 5})
     run(
         evaluate("--model", out / "model.keras", "--dataset", "folder", "--num-classes", 5)
         + ["--data-dir", data, "--output", tmp_path / "results.json"]
@@ -236,11 +240,15 @@ def test_tfds_prepare_then_fit(tmp_path, models, name):
     assert f"tfds:{name} prepared in" in prepared.stdout
     classes = {"ade20k": 150, "pascal_context": 60, "camvid": 11, "cityscapes": 19}[name]
     out = tmp_path / "run"
-    (trained,) = run(
+    trained, _ = run(
         fit("--dataset", f"tfds:{name}", "--data-dir", tfds_dir, "--init", models(classes))
-        + ["--output-dir", out]
+        + ["--output-dir", out],
+        evaluate("--model", models(classes), "--dataset", f"tfds:{name}", "--data-dir", tfds_dir)
+        + ["--window-size", 64, "--window-stride", 64, "--flip", "--limit", 1]
+        + ["--output", tmp_path / "results.json"],
     )
     assert "(3 training images)" in trained.stdout
+    assert results(tmp_path / "results.json", 1)["flip"]
     assert summary(trained)["iteration"] == 2 and (out / "model.keras").is_file()
 
 
