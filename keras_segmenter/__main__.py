@@ -20,7 +20,10 @@ COMMANDS = {
     "predict": ("keras_segmenter.predict", "segment photos: class maps and overlays"),
     "export": ("keras_segmenter.export", "SavedModel for TF Serving, ONNX, OpenVINO, LiteRT"),
     "convert": ("keras_segmenter.convert.__main__", "official or ImageNet weights to .keras"),
-    "data": ("keras_segmenter.data.__main__", "check a dataset, or write its TFDS copy"),
+    "data": (
+        "keras_segmenter.data.__main__",
+        "download or check a dataset, or write its TFDS copy",
+    ),
 }
 
 

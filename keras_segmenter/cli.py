@@ -16,6 +16,9 @@ calls `prepare_tensorflow()`.
   TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI/bf16 or
   AMX; on an AVX2 CPU its default Eigen kernels run Seg-S/16 inference at
   0.55x the speed (docs/benchmarks.md).
+- For `predict`, oneDNN's tensors in malloc'd memory
+  (`TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`) unless the user set it: its own pool
+  keeps freed memory, which put the command above 1.5 GB on a 3 MP photo.
 - TensorFlow's C++ INFO and WARNING lines hidden (`TF_CPP_MIN_LOG_LEVEL=2`)
   unless the user set the level; ERROR lines too (3) on a CPU without
   AVX-512 where oneDNN was turned on here: it logs one, harmless, for the
@@ -73,6 +76,23 @@ def is_command():
     return folder in (os.path.realpath(TRAINING_DIR), os.path.realpath(BENCHMARKS_DIR))
 
 
+def command_name():
+    """The command this process runs (`"predict"`, ...), or `None`.
+
+    From `python -m keras_segmenter.COMMAND`, `python -m keras_segmenter
+    COMMAND` (read in `sys.orig_argv`, since `sys.argv[0]` is only `"-m"`
+    while the package is imported) or `keras-segmenter COMMAND`.
+    """
+    argv = getattr(sys, "orig_argv", sys.argv)
+    if "-m" in argv[:-1]:
+        module, rest = argv[argv.index("-m") + 1], argv[argv.index("-m") + 2 :]
+        if module.startswith("keras_segmenter."):
+            return module.split(".")[1]
+        return rest[0] if module == "keras_segmenter" and rest else None
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return sys.argv[1] if script.startswith(CONSOLE_SCRIPT) and len(sys.argv) > 1 else None
+
+
 def prepare_tensorflow():
     """In an entry point: oneDNN kernels on, and TF's C++ log level honoured from the start.
 
@@ -83,6 +103,11 @@ def prepare_tensorflow():
         return
     onednn_by_us = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if command_name() == "predict":
+        # Memory before speed for the one-shot command (docs/benchmarks.md): oneDNN's pool
+        # keeps freed blocks and, depending on the order of frees, grew the command's peak
+        # on a 3 MP photo to 1.57-1.60 GB instead of 1.39; malloc returns them.
+        os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
     # Without AVX-512, oneDNN logs an ERROR line for the first bfloat16 transpose
     # ("supports DT_BFLOAT16 only on platforms with AVX-512") and runs TF's own
     # kernel: with the oneDNN we turned on, ERROR lines go too.

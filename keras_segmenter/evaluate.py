@@ -24,6 +24,7 @@ import os
 import sys
 
 from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.data.download import download_hint
 from keras_segmenter.files import atomic_write_text
 
 
@@ -112,7 +113,10 @@ def main(argv=None):
     if not args.model.endswith(".keras"):
         raise UserError(f"--model must be a .keras file. Received: --model={args.model}")
     if not os.path.isdir(args.data_dir):
-        raise UserError(f"--data-dir must be a folder. Received: --data-dir={args.data_dir}")
+        raise UserError(
+            f"--data-dir must be a folder{download_hint(args.dataset)}. "
+            f"Received: --data-dir={args.data_dir}"
+        )
     if args.output and os.path.isdir(args.output):
         raise UserError(
             f"--output {args.output} is a folder; expected the path of the JSON file to write"

@@ -14,8 +14,10 @@ with two signatures, both doing normalization and sliding-window inference
 
 - `serving_default`: `images`, uint8 `(batch, height, width, 3)`, any size.
 - `serving_bytes`: `image_bytes`, string `(batch,)` of encoded JPEG/PNG/GIF/BMP
-  (for REST clients, which send `{"b64": ...}`); the images of one request
-  must share their height and width.
+  (for REST clients, which send `{"b64": ...}`), decoded exactly as `predict`
+  reads the same files (Pillow's JPEG decoding, EXIF orientation applied; see
+  `keras_segmenter.image_decoding`); the images of one request must share
+  their height and width.
 
 Both return `segmentation`, int32 `(batch, height, width)` class indices at
 the input size, and with `--probabilities` also `probabilities`, float16
@@ -46,6 +48,7 @@ import tensorflow as tf
 
 from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
 from keras_segmenter.files import atomic_write
+from keras_segmenter.image_decoding import decode_image
 from keras_segmenter.inference import default_window, num_classes_of, segment_image
 from keras_segmenter.predict import load_model
 
@@ -180,11 +183,12 @@ def check_images(images):
 def decode_images(image_bytes, window_size, max_pixels):
     """Decodes a `(batch,)` string tensor of JPEG/PNG/GIF/BMP into uint8 `(batch, H, W, 3)`.
 
-    Grayscale and RGBA images become RGB (alpha dropped), 16-bit PNGs are
-    scaled to 8 bits, animated GIFs give their first frame. All images must
-    have the same height and width. EXIF orientation is not applied. Each
-    image's declared size (`declared_size`) is checked against `max_pixels`
-    (for the whole batch) before it is decoded.
+    Each image is decoded as `predict` reads the same file
+    (`image_decoding.decode_image`: Pillow's JPEG decoding, EXIF orientation
+    applied, any mode to RGB). All images must have the same height and
+    width, after orientation. Each image's declared size (`declared_size`)
+    is checked against `max_pixels` (for the whole batch) before it is
+    decoded.
     """
     valid = tf.logical_and(tf.equal(tf.rank(image_bytes), 1), tf.size(image_bytes) > 0)
     image_bytes = _checked(
@@ -204,8 +208,7 @@ def decode_images(image_bytes, window_size, max_pixels):
             max_pixels,
             "`image_bytes` whose headers declare images that",
         )
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        return tf.ensure_shape(image, (None, None, 3))
+        return decode_image(data)
 
     size = tf.shape(decode(image_bytes[0]))[:2]
 

@@ -27,6 +27,7 @@ import os
 import sys
 
 from keras_segmenter.cli import LOG_NOTE, UserError, fit_next_steps, reports_user_errors
+from keras_segmenter.data.download import download_hint
 from keras_segmenter.training.checkpoints import list_checkpoints
 from keras_segmenter.training.config import (
     CLASS_WEIGHTS,
@@ -188,7 +189,9 @@ def make_config(argv):
     except TypeError as e:  # a config value of the wrong type
         raise UserError(str(e)) from None
     if config.data_dir is None:
-        raise UserError(f"--data-dir is required for --dataset {config.dataset}")
+        raise UserError(
+            f"--data-dir is required for --dataset {config.dataset}{download_hint(config.dataset)}"
+        )
     if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
         raise UserError(
             f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "

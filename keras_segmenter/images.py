@@ -47,11 +47,12 @@ def to_rgb_array(image):
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path):
+def load_image(path, name=None):
     """Reads an image file as a uint8 RGB array, EXIF orientation applied.
 
     Args:
-        path: str or path-like.
+        path: str or path-like, or a seekable binary file object.
+        name: str, what error messages call the file. Defaults to `path`.
 
     Returns:
         uint8 array `(H, W, 3)`.
@@ -60,16 +61,15 @@ def load_image(path):
         ImageReadError: the file is missing, not an image, or truncated; the
             message names the file.
     """
+    name = os.fspath(path) if name is None else name
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             array = to_rgb_array(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"Cannot read image {os.fspath(path)!r}: {error}") from error
+        raise ImageReadError(f"Cannot read image {name!r}: {error}") from error
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageReadError(
-            f"Cannot read image {os.fspath(path)!r}: it has no pixels ({array.shape})"
-        )
+        raise ImageReadError(f"Cannot read image {name!r}: it has no pixels ({array.shape})")
     return array
 
 
@@ -98,6 +98,11 @@ def as_rgb_array(image):
 
 def save_class_map(path, class_map, num_classes):
     """Writes a class map as a PNG: mode "L" up to 256 classes, else 16-bit "I;16"."""
+    atomic_write(path, class_map_image(class_map, num_classes).save)
+
+
+def class_map_image(class_map, num_classes):
+    """A class map as a PIL image: mode "L" up to 256 classes, else 16-bit "I;16"."""
     class_map = np.asarray(class_map)
     if num_classes <= 256:
         image = Image.fromarray(class_map.astype(np.uint8))
@@ -107,7 +112,7 @@ def save_class_map(path, class_map, num_classes):
         raise ValueError(
             f"A PNG class map holds at most 65536 classes. Received: num_classes={num_classes}"
         )
-    atomic_write(path, image.save)
+    return image
 
 
 def find_images(inputs):

@@ -14,6 +14,9 @@ and mode: grayscale, RGBA, palette, 16-bit and CMYK images are converted to
 RGB and the EXIF orientation is applied. A file that cannot be read is named
 on stderr and skipped; the exit status is then 1.
 
+`--runner NAME [Beam pipeline options]` runs the same per-image step
+(`prediction_step`) as an Apache Beam pipeline (`keras_segmenter.beam`).
+
 From Python, on a file path, a PIL image or a uint8 RGB array:
 
     from keras_segmenter.predict import predict
@@ -30,6 +33,7 @@ Image reading and writing live in `keras_segmenter.images`, the graph in
 """
 
 import argparse
+import functools
 import pathlib
 import sys
 
@@ -40,9 +44,10 @@ from keras_segmenter.files import atomic_write
 from keras_segmenter.images import (
     ImageReadError,
     as_rgb_array,
+    class_map_image,
     find_images,
     load_image,
-    save_class_map,
+    save_class_map,  # noqa: F401  (re-exported: `keras_segmenter.predict.save_class_map`)
 )
 
 
@@ -156,7 +161,17 @@ def _parse_args(argv):
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--runner",
+        help="run as an Apache Beam pipeline on this runner (DirectRunner, FlinkRunner, "
+        "SparkRunner, PortableRunner, DataflowRunner); inputs are then file patterns or folders "
+        "on any Beam filesystem, and Beam pipeline options (--direct_num_workers=2, --project=...) "
+        "may follow. Needs pip install 'keras-segmenter[beam]'",
+    )
+    args, pipeline_args = parser.parse_known_args(argv)
+    if pipeline_args and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
+    args.pipeline_args = pipeline_args
     if args.whole and (args.window_size or args.window_stride):
         raise UserError("--whole runs without windows; leave out --window-size/--window-stride")
     if not 0.0 <= args.alpha <= 1.0:
@@ -186,19 +201,23 @@ def load_model(path):
         raise UserError(f"{path}: cannot load it as a .keras model ({reason})") from None
 
 
-@reports_user_errors
-def main(argv=None):
-    """Command-line entry point; returns the exit status (0 ok, 1 some images failed, 2 bad arguments)."""
-    args = _parse_args(argv)
+def prediction_step(model, args):
+    """The command's work on one image, alone or in a Beam pipeline (`keras_segmenter.beam`).
+
+    Args:
+        model: the loaded Segmenter.
+        args: the parsed command line (`--dataset`, the window flags,
+            `--probabilities`, `--alpha`).
+
+    Returns:
+        `step(image) -> {suffix: write}`: for a uint8 RGB image, the files
+        to write in order (`"_classes.png"`, `"_probabilities.npy"` with
+        `--probabilities`, `"_overlay.png"`), each as `write(target)` taking
+        a path or a binary file object.
+    """
     from keras_segmenter import visualization
     from keras_segmenter.inference import make_predictor, num_classes_of
 
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(
-            f"--out {args.out} is a file; expected an output folder (created if needed)"
-        )
-    model = load_model(args.model)
     num_classes = num_classes_of(model)
     class_names, palette = _class_info(num_classes, args.dataset)
     predictor = make_predictor(
@@ -209,6 +228,44 @@ def main(argv=None):
         args.batch_size,
         args.probabilities,
     )
+
+    def step(image):
+        outputs = predictor(image)
+        class_map = (outputs[0] if args.probabilities else outputs).numpy()
+        classes = class_map_image(class_map, num_classes)
+        files = {"_classes.png": functools.partial(classes.save, format="PNG")}
+        if args.probabilities:
+            probs = outputs[1].numpy()
+            files["_probabilities.npy"] = lambda target: np.save(target, probs)
+        blended = visualization.overlay(image, class_map, palette, args.alpha)
+        legend = visualization.present_classes(class_map)
+        drawn = visualization.draw_legend(blended, legend, class_names, palette)
+        files["_overlay.png"] = functools.partial(drawn.save, format="PNG")
+        return files
+
+    return step
+
+
+@reports_user_errors
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 1 some images failed, 2 bad arguments)."""
+    args = _parse_args(argv)
+    if args.runner:
+        try:
+            from keras_segmenter.beam import run_pipeline
+        except ModuleNotFoundError as error:
+            if error.name != "apache_beam":
+                raise
+            raise UserError(
+                f"--runner {args.runner} needs Apache Beam: pip install 'keras-segmenter[beam]'"
+            ) from None
+        return run_pipeline(args)
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {args.out} is a file; expected an output folder (created if needed)"
+        )
+    step = prediction_step(load_model(args.model), args)
 
     paths, errors = find_images(args.inputs)
     for message in errors:
@@ -222,20 +279,10 @@ def main(argv=None):
             print(f"error: {error}", file=sys.stderr)
             failed += 1
             continue
-        outputs = predictor(image)
-        class_map = (outputs[0] if args.probabilities else outputs).numpy()
         stem = _unique_stem(path, used)
-        classes_path = out / f"{stem}_classes.png"
-        overlay_path = out / f"{stem}_overlay.png"
-        save_class_map(classes_path, class_map, num_classes)
-        if args.probabilities:
-            probs = outputs[1].numpy()
-            atomic_write(out / f"{stem}_probabilities.npy", lambda tmp: np.save(tmp, probs))
-        blended = visualization.overlay(image, class_map, palette, args.alpha)
-        legend = visualization.present_classes(class_map)
-        drawn = visualization.draw_legend(blended, legend, class_names, palette)
-        atomic_write(overlay_path, drawn.save)
-        print(f"{path} -> {classes_path}, {overlay_path}")
+        for suffix, write in step(image).items():
+            atomic_write(out / f"{stem}{suffix}", write)
+        print(f"{path} -> {out / f'{stem}_classes.png'}, {out / f'{stem}_overlay.png'}")
         done += 1
     if failed:
         print(f"{failed} input(s) failed, {done} image(s) done", file=sys.stderr)

@@ -77,6 +77,23 @@ def test_the_console_script_counts_as_a_command(monkeypatch):
     assert not cli.is_command()
 
 
+def test_the_command_name_is_read_however_the_command_is_run(monkeypatch):
+    """predict's memory setting (TF_ONEDNN_USE_SYSTEM_ALLOCATOR) depends on it."""
+    script = os.path.join("venv", "bin", "keras-segmenter")
+    cases = [
+        (["python", "-m", "keras_segmenter.predict", "--model", "m.keras"], ["-m"], "predict"),
+        (["python", "-m", "keras_segmenter", "predict", "x.jpg"], ["-m"], "predict"),
+        (["python", "-m", "keras_segmenter.export", "--model", "m"], ["-m"], "export"),
+        (["python", script, "predict", "x.jpg"], [script, "predict", "x.jpg"], "predict"),
+        (["python", "-m", "pytest", "tests"], ["-m"], None),
+        (["python", "-m"], ["-m"], None),
+    ]
+    for orig_argv, argv, expected in cases:
+        monkeypatch.setattr(sys, "orig_argv", orig_argv)
+        monkeypatch.setattr(sys, "argv", argv)
+        assert cli.command_name() == expected, orig_argv
+
+
 def test_python_dash_m_runs_the_dispatcher():
     result = subprocess.run(
         [sys.executable, "-m", "keras_segmenter", "evaluate", "--help"],

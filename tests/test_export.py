@@ -17,11 +17,12 @@ from PIL import Image
 import keras_segmenter as ks
 from keras_segmenter import export
 from keras_segmenter.predict import load_image, predict
-from tests.testing import PHOTOS, tiny_model
+from tests.testing import ASSETS, PHOTOS, tiny_model
 
 DATA = PHOTOS
 CAMVID_JPG = DATA / "camvid_0016E5_07959.jpg"
 VOC_PNG = DATA / "voc_val_sample_1_160.png"
+ADE_JPG = ASSETS / "ADEChallengeData2016" / "images" / "validation" / "ADE_val_00000001.jpg"
 BIN = pathlib.Path(sys.executable).parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 WINDOW, STRIDE = 32, 24
@@ -138,17 +139,13 @@ def test_loads_and_runs_without_keras_segmenter_or_keras(model, exported, tmp_pa
         import numpy as np
         import tensorflow as tf
 
-        export_dir, image_path, jpeg_path, out = sys.argv[1:]
+        export_dir, image_path, out = sys.argv[1:]
         serving = tf.saved_model.load(export_dir)
         image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
         default = serving.signatures["serving_default"](images=tf.stack([image, image[::-1]]))
-        encoded = serving.signatures["serving_bytes"](
-            image_bytes=tf.stack([tf.io.read_file(jpeg_path)])
-        )
         np.savez(
             out,
             default=default["segmentation"].numpy(),
-            encoded=encoded["segmentation"].numpy(),
             probabilities=default["probabilities"].numpy(),
         )
         blocked = ("keras", "keras_segmenter")
@@ -157,9 +154,7 @@ def test_loads_and_runs_without_keras_segmenter_or_keras(model, exported, tmp_pa
         """
     )
     (tmp_path / "serve.py").write_text(script)
-    result = run(
-        sys.executable, tmp_path / "serve.py", exported, VOC_PNG, CAMVID_JPG, tmp_path / "out.npz"
-    )
+    result = run(sys.executable, tmp_path / "serve.py", exported, VOC_PNG, tmp_path / "out.npz")
     assert "modules: []" in result.stdout
     outputs = np.load(tmp_path / "out.npz")
     voc = load_image(VOC_PNG)
@@ -174,13 +169,59 @@ def test_loads_and_runs_without_keras_segmenter_or_keras(model, exported, tmp_pa
     np.testing.assert_allclose(
         outputs["probabilities"][0], expected_probabilities(model, voc), atol=FLOAT16_ATOL
     )
-    # The bytes signature decodes the JPEG with TensorFlow; PIL may decode a
-    # few pixel values differently, so compare with predict() on TF's pixels.
-    jpeg_pixels = tf.io.decode_jpeg(tf.io.read_file(str(CAMVID_JPG)), channels=3).numpy()
-    np.testing.assert_array_equal(
-        outputs["encoded"][0],
-        predict(model, jpeg_pixels, window_size=WINDOW, window_stride=STRIDE),
+
+
+@pytest.mark.slow
+def test_serving_bytes_gives_the_predict_commands_class_maps(exported, tmp_path):
+    """A REST client sending a file gets what `keras-segmenter predict` writes for it.
+
+    JPEGs in every EXIF orientation (Pillow's decoding, rotated as predict
+    rotates them), an ADE20K photo and a PNG, each sent alone to the
+    exported model loaded in a fresh process without keras_segmenter.
+    """
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    files = [VOC_PNG, ADE_JPG]
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        files.append(photos / f"camvid_{orientation}.jpg")
+        Image.open(CAMVID_JPG).save(files[-1], quality=90, exif=exif.tobytes())
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["keras_segmenter"] = None
+        import numpy as np
+        import tensorflow as tf
+
+        export_dir, out, *files = sys.argv[1:]
+        serving = tf.saved_model.load(export_dir).signatures["serving_bytes"]
+        maps = [
+            serving(image_bytes=tf.stack([tf.io.read_file(f)]))["segmentation"][0].numpy()
+            for f in files
+        ]
+        np.savez(out, *maps)
+        """
     )
+    (tmp_path / "serve.py").write_text(script)
+    run(sys.executable, tmp_path / "serve.py", exported, tmp_path / "out.npz", *files)
+    model_file = exported.parents[2] / "tiny.keras"
+    window = ("--window-size", WINDOW, "--window-stride", STRIDE)
+    run(
+        BIN / "keras-segmenter",
+        "predict",
+        "--model",
+        model_file,
+        "--out",
+        tmp_path / "out",
+        *window,
+        *files,
+    )
+    served = np.load(tmp_path / "out.npz")
+    for index, path in enumerate(files):
+        expected = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}_classes.png"))
+        np.testing.assert_array_equal(served[f"arr_{index}"], expected, err_msg=path.name)
+    assert served["arr_7"].shape == (240, 180)  # orientation 6, rotated
 
 
 @pytest.mark.slow

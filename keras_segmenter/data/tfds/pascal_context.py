@@ -18,4 +18,7 @@ class PascalContext(PairsBuilder):
     tools/dataset_converters/pascal_context.py, and place the resulting
     `VOCdevkit/` (VOC2010/JPEGImages, VOC2010/SegmentationClassContext,
     VOC2010/ImageSets/SegmentationContext/{train,val}.txt) in `manual_dir`.
+    `keras-segmenter data download pascal_context --data-dir DIR` makes
+    this `VOCdevkit/` in DIR (the masks from the official Segmenter's
+    `train.pth` and `val.pth`).
     """
