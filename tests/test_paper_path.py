@@ -3,7 +3,8 @@ run as a subprocess the way the README writes it, on a miniature of every datase
 README names (`tests/miniatures.py`), with a tiny model and two training iterations.
 
 One test per dataset layout runs its commands in a row (check the data, train, evaluate that
-model, predict), since each command pays TensorFlow's start-up.
+model, predict; those that do not wait for each other start together), since each command pays
+TensorFlow's start-up.
 """
 
 import json
