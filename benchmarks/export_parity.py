@@ -54,7 +54,7 @@ def main(argv=None):
 
     keras.utils.set_random_seed(0)
     if args.model:
-        from keras_segmenter.predict import load_model
+        from keras_segmenter.prediction import load_model
 
         model = load_model(args.model)
     else:

@@ -33,7 +33,8 @@ def _with_dtype(model, dtype):
     backbone_config = model.backbone.get_config()
     backbone_config["dtype"] = dtype
     config = model.get_config()
-    config.update(backbone=ks.ViTBackbone.from_config(backbone_config), dtype=dtype)
+    backbone = ks.ViTBackbone.from_config(backbone_config)
+    config.update(backbone=backbone, preprocessor=model.preprocessor, dtype=dtype)
     clone = ks.Segmenter(**config)
     clone.set_weights(model.get_weights())
     return clone
