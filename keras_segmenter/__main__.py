@@ -9,6 +9,7 @@ import importlib
 import sys
 
 from keras_segmenter.cli import CONSOLE_SCRIPT, LOG_NOTE
+from keras_segmenter.version import __version__
 
 # Command -> (module with `main(argv)`, what it does).
 COMMANDS = {
@@ -37,6 +38,7 @@ def _parser():
         epilog=LOG_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{CONSOLE_SCRIPT} {__version__}")
     parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of the commands")
     parser.add_argument("args", nargs="*", metavar="...", help="the command's own arguments")
     return parser
@@ -46,7 +48,7 @@ def main(argv=None):
     """Runs `COMMAND`'s `main` with the arguments after it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-"):
-        _parser().parse_args(argv)  # --help, or no command: argparse answers and exits
+        _parser().parse_args(argv)  # --help, --version or no command: argparse answers and exits
     command = _parser().parse_args(argv[:1]).command  # an unknown command exits with status 2
     status = importlib.import_module(COMMANDS[command][0]).main(argv[1:])
     # `evaluate` returns its results and `fit` nothing when they end well.

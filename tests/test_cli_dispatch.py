@@ -42,6 +42,16 @@ def test_help_lists_every_command_and_each_command_has_its_own(capsys):
     assert "usage: python -m keras_segmenter.predict" in out.out and "--model" in out.out
 
 
+def test_version_is_the_package_version(capsys):
+    import keras_segmenter
+
+    status, out = _exit_status(capsys, ["--version"])
+    assert status == 0 and out.out == f"keras-segmenter {keras_segmenter.__version__}\n"
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    assert setup["metadata"]["version"] == "attr: keras_segmenter.version.__version__"
+
+
 def test_an_unknown_or_missing_command_exits_with_status_2(capsys):
     status, out = _exit_status(capsys, ["train"])
     assert status == 2 and "invalid choice: 'train'" in out.err and not out.out
