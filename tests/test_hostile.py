@@ -113,7 +113,7 @@ def test_variant_sizes_are_checked_against_the_checkpoint_before_any_model_is_bu
     def never(*args, **kwargs):
         raise AssertionError("a model was built before the declared sizes were checked")
 
-    monkeypatch.setattr(official, "ViTBackbone", never)
+    monkeypatch.setattr(official, "build_model", never)
     run = tmp_path / "run"
     shutil.copytree(TINY, run)
     text = (run / "variant.yml").read_text()
