@@ -141,9 +141,10 @@ _DIE_WITH_PARENT = (
 )
 
 
-def spawn(script, args, tf_configs=(None,)):
+def spawn(script, args, tf_configs=(None,), env=None):
     """Starts the Python source `script` with `args` (JSON in `sys.argv[1]`), one process per
-    TF_CONFIG (None: no cluster). Returns the processes; `finish` waits for them.
+    TF_CONFIG (None: no cluster), `env` added to the environment (e.g. `KERAS_BACKEND`).
+    Returns the processes; `finish` waits for them.
 
     A killed test run takes them with it: a worker whose peer is gone would
     otherwise wait for it forever."""
@@ -151,7 +152,7 @@ def spawn(script, args, tf_configs=(None,)):
         subprocess.Popen(
             [sys.executable, "-c", _DIE_WITH_PARENT + script, json.dumps(args)],
             cwd=REPO,
-            env=python_env(**({"TF_CONFIG": config} if config else {})),
+            env=python_env(**(env or {}), **({"TF_CONFIG": config} if config else {})),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

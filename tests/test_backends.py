@@ -1,0 +1,107 @@
+"""The model on JAX and PyTorch: parity, a training step and `.keras` files across backends.
+
+Keras picks its backend once, at import (`KERAS_BACKEND`), so each backend
+runs `_SCRIPT` in a fresh process. There, the forward parity test of
+`tests/test_parity.py` runs on every official fixture, `model.fit` (the
+`compile()` defaults, with the fixture's schedule) repeats the official
+training steps of `tests/fixtures/train_steps` under the bounds of
+`tests/training/test_train_steps.py`, and a `.keras` file written by
+TensorFlow (this process) is read; the file the other backend writes is read
+back here. The same tests, the same bounds, other kernels.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests.testing import FIXTURES, FLOORS, finish, max_difference, result, spawn
+
+_SCRIPT = """
+import json, sys
+args = json.loads(sys.argv[1])
+import keras
+assert keras.config.backend() == args["backend"], keras.config.backend()
+from tests.test_backends import check_this_backend
+check_this_backend(args["out"])
+print("RESULT " + json.dumps(keras.config.backend()), flush=True)
+"""
+
+# Saved on one backend, read on another: ours against ours (tests/testing.py).
+SAVED_ATOL = max_difference(FLOORS["tiny_mask"]["logits"], "ours", "ours")
+
+
+def _saved_case():
+    """An image that needs padding (50x70, patch 16): the resize and crop run."""
+    return np.load(FIXTURES / "tiny_mask" / "cases.npz")["50x70/input"].transpose(0, 2, 3, 1)
+
+
+def _save_with_logits(model, out):
+    """`<out>/<backend>.keras` and the logits it gave on `_saved_case()` before saving."""
+    backend = keras.config.backend()
+    model.save(os.path.join(out, f"{backend}.keras"))
+    np.save(os.path.join(out, f"{backend}.npy"), keras.ops.convert_to_numpy(model(_saved_case())))
+
+
+def _load_and_compare(out, backend):
+    loaded = keras.saving.load_model(os.path.join(out, f"{backend}.keras"))
+    logits = keras.ops.convert_to_numpy(loaded(_saved_case()))
+    np.testing.assert_allclose(
+        logits, np.load(os.path.join(out, f"{backend}.npy")), atol=SAVED_ATOL, rtol=0
+    )
+
+
+def fit_official_steps(out):
+    """`model.fit` from the fixture's initial weights, one fixture batch per epoch.
+
+    `compile()` keeps its default loss and metric; the optimizer is the
+    default's (`make_optimizer`) with the fixture's `iter_max` and rate.
+    Writes `<out>/result.npz` as `train_fixture_steps` does and returns its path.
+    """
+    from tests.training.test_train_steps import (
+        _batches,
+        _fixture,
+        _official_schedule_optimizer,
+        _ported,
+    )
+
+    arrays, fixture = _fixture()
+    images, labels = _batches(arrays, fixture)
+    model = _ported(arrays, fixture, "init/")
+    model.compile(optimizer=_official_schedule_optimizer(fixture))
+    # One batch an epoch: each epoch's loss is that step's loss, not a running mean.
+    batches = (batch for batch in zip(images, labels))
+    history = model.fit(batches, epochs=fixture["steps"], steps_per_epoch=1, verbose=0)
+    path = os.path.join(out, "result.npz")
+    weights = {f"weight{i}": keras.ops.convert_to_numpy(w) for i, w in enumerate(model.weights)}
+    np.savez(path, losses=np.array(history.history["loss"]), **weights)
+    return path
+
+
+def check_this_backend(out):
+    """What `_SCRIPT` runs: every check raises on failure."""
+    from keras_segmenter.convert import load_official
+    from tests import test_parity
+    from tests.training.test_train_steps import _check_fp32
+
+    for fixture in test_parity.OFFICIAL:
+        model = load_official(FIXTURES / fixture)
+        test_parity.test_logits_match_the_official_model((fixture, model))
+        if fixture == "tiny_mask":
+            _load_and_compare(out, "tensorflow")
+            _save_with_logits(model, out)
+    _check_fp32(fit_official_steps(out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_parity_training_and_saved_files_on_another_backend(backend, tmp_path):
+    from keras_segmenter.convert import load_official
+
+    assert keras.config.backend() == "tensorflow"
+    _save_with_logits(load_official(FIXTURES / "tiny_mask"), str(tmp_path))
+    args = {"backend": backend, "out": str(tmp_path)}
+    (proc,) = finish(spawn(_SCRIPT, args, env={"KERAS_BACKEND": backend}), timeout=400)
+    assert result(proc) == backend
+    _load_and_compare(str(tmp_path), backend)
