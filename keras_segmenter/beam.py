@@ -87,13 +87,13 @@ class SegmenterModelHandler(ModelHandler):
         return prediction_step(_read_model(self._args.model), self._args)
 
     def run_inference(self, batch, model, inference_args=None):  # noqa: ARG002 (Beam API)
-        return [_predict_file(path, model) for path in batch]
+        return [_predict_file(path, model, self._args.max_pixels) for path in batch]
 
 
-def _predict_file(path, step):
+def _predict_file(path, step, max_pixels):
     try:
         with FileSystems.open(path, compression_type=_RAW) as file:
-            image = load_image(file, name=path)
+            image = load_image(file, name=path, max_pixels=max_pixels)
     except (ImageReadError, OSError) as error:
         return str(error).splitlines()[0] if str(error) else type(error).__name__
     files = {}

@@ -263,8 +263,20 @@ def user_error_message(error):
         message = str(error)
     else:
         tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(error, tf.errors.ResourceExhaustedError):
+            shape = re.search(r"tensor with shape\[([\d,]+)\]", error.message)
+            return (
+                "out of memory"
+                + (f" for a tensor of shape [{shape.group(1)}]" if shape else "")
+                + ": use a smaller --window-size or --window-batch-size, or smaller images"
+            )
         if tf is None or not isinstance(
-            error, (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
+            error,
+            (
+                tf.errors.InvalidArgumentError,
+                tf.errors.NotFoundError,
+                tf.errors.PermissionDeniedError,
+            ),
         ):
             return None
         found = _ASSERTION.search(error.message)

@@ -66,6 +66,11 @@ def parse_args(argv):
     p.add_argument("--no-object-sizes", action="store_true", help="skip mIoU by object size")
     p.add_argument("--num-classes", type=int, help="for --dataset folder (default: the model's)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse files whose header declares more pixels, before decoding (default 50000000)",
+    )
     p.add_argument("--output", help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -117,6 +122,24 @@ def main(argv=None):
             f"--data-dir must be a folder{download_hint(args.dataset)}. "
             f"Received: --data-dir={args.data_dir}"
         )
+    for flag in (
+        "window_size",
+        "window_stride",
+        "window_batch_size",
+        "num_classes",
+        "limit",
+        "max_pixels",
+    ):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(
+                f"--{flag.replace('_', '-')} must be a positive integer. Received: {value}"
+            )
+    if args.num_classes is not None and args.dataset != "folder":
+        raise UserError(
+            f"--num-classes is for --dataset folder; {args.dataset} has its own classes. "
+            f"Received: --num-classes {args.num_classes}"
+        )
     if args.output and os.path.isdir(args.output):
         raise UserError(
             f"--output {args.output} is a folder; expected the path of the JSON file to write"
@@ -140,7 +163,12 @@ def main(argv=None):
         )
     normalization = getattr(model, "normalization", "vit")
     dataset = eval_dataset(
-        args.dataset, args.data_dir, split=args.split, normalization=normalization, **info_kwargs
+        args.dataset,
+        args.data_dir,
+        split=args.split,
+        normalization=normalization,
+        max_pixels=args.max_pixels,
+        **info_kwargs,
     )
 
     results = evaluate(

@@ -119,7 +119,8 @@ def declared_size(data):
     (VP8/VP8L/VP8X) header bytes, and JPEG with `tf.image.extract_jpeg_shape`,
     so that a small file declaring a huge image is refused before decoding.
     """
-    head = tf.io.decode_raw(tf.strings.substr(tf.strings.join([data, "\0" * 32]), 0, 32), tf.uint8)
+    padded = tf.strings.join([data, "\0" * 32])  # so that every substr below is in range
+    head = tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8)
     b = tf.cast(head, tf.int64)
 
     def number(start, count, big_endian=False):
@@ -129,10 +130,10 @@ def declared_size(data):
             value = value * 256 + b[start + i]
         return value
 
-    prefix = lambda n: tf.strings.substr(data, 0, n)  # noqa: E731
+    prefix = lambda n: tf.strings.substr(padded, 0, n)  # noqa: E731
     bmp_height = number(22, 4)
     bmp_height = tf.abs(tf.where(bmp_height >= 2**31, bmp_height - 2**32, bmp_height))
-    webp = tf.strings.substr(data, 12, 4)
+    webp = tf.strings.substr(padded, 12, 4)
     vp8l = number(21, 4)
     known = [
         (tf.equal(prefix(8), b"\x89PNG\r\n\x1a\n"), (number(20, 4, True), number(16, 4, True))),
@@ -195,6 +196,11 @@ def decode_images(image_bytes, window_size, max_pixels):
         image_bytes,
         valid,
         "`image_bytes` must be a string tensor (batch,) of at least one encoded JPEG/PNG image.",
+    )
+    image_bytes = _checked(
+        image_bytes,
+        tf.reduce_all(tf.strings.length(image_bytes) > 0),
+        "`image_bytes` holds an empty string; each element must be an encoded JPEG/PNG image.",
     )
 
     def decode(data):
@@ -317,9 +323,11 @@ class SegmenterServingModule(tf.Module):
         self.batch_size = batch_size
         if max_pixels is None:
             max_pixels = default_max_pixels(self.num_classes, probabilities)
-        if not isinstance(max_pixels, int) or max_pixels < 1:
+        if not isinstance(max_pixels, int) or max_pixels < window_size**2:
             raise ValueError(
-                f"`max_pixels` must be a positive int. Received: max_pixels={max_pixels!r}"
+                f"`max_pixels` (--max-pixels) must be an int of at least one {window_size}x"
+                f"{window_size} window, {window_size**2} pixels (smaller images are upscaled to "
+                f"the window), or every request is refused. Received: max_pixels={max_pixels!r}"
             )
         self.max_pixels = max_pixels
         # The tf.Variable behind each Keras variable (see the class docstring).
@@ -460,12 +468,13 @@ def main(argv=None):
             raise UserError(
                 f"--out {args.out}: --format {args.format} writes a {SUFFIXES[args.format]} file"
             )
-        window_options = (args.window_size, args.window_stride)
-        if window_options != (None, None):
-            raise UserError(
-                f"--window-size/--window-stride: --format {args.format} exports one pass of the "
-                "model; the window is chosen at run time (keras_segmenter.runtime.segment)"
-            )
+        for flag in ("window_size", "window_stride", "batch_size", "max_pixels"):
+            if getattr(args, flag) is not None:
+                raise UserError(
+                    f"--{flag.replace('_', '-')}: only for --format saved_model; --format "
+                    f"{args.format} exports one pass of the model, the window is chosen at run "
+                    "time (keras_segmenter.runtime.segment)"
+                )
         if args.image_size is not None and args.image_size < 1:
             raise UserError(f"--image-size {args.image_size}: expected a positive int")
     elif args.image_size is not None:
@@ -476,8 +485,16 @@ def main(argv=None):
             f"--out {args.out} does not end in a number",
             file=sys.stderr,
         )
+    parent = os.path.abspath(args.out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        what = "not a folder" if not os.path.isdir(parent) else "a folder you cannot write to"
+        raise UserError(f"--out {args.out}: {parent} is {what}")
     try:
         model = load_model(args.model)
+    except UserError:
+        raise
     except Exception as error:  # Keras raises many types for a bad file.
         raise UserError(f"--model {args.model}: cannot load the model: {error}") from None
     if args.format != "saved_model":

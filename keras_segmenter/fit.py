@@ -118,6 +118,11 @@ def parse_args(argv):
         "--window-size", type=int, help="sliding-window validation window (default: dataset's)"
     )
     p.add_argument("--window-stride", type=int)
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse data files whose header declares more pixels, before decoding (default 50000000)",
+    )
     p.add_argument("--dropout", type=float)
     p.add_argument("--drop-path-rate", type=float)
     p.add_argument("--decoder-dropout", type=float)
@@ -234,7 +239,11 @@ def main(argv=None):
     if dry_run:
         return
     from keras_segmenter.files import is_disk_full
-    from keras_segmenter.training.strategies import make_strategy
+    from keras_segmenter.training.lock import lock_output_dir
+    from keras_segmenter.training.strategies import make_strategy, worker_info
+
+    if config.strategy != "multi_worker" or worker_info()[0] == 0:  # only the chief writes
+        lock_output_dir(config.output_dir)  # held until the process exits
 
     strategy = make_strategy(config.strategy)  # first: multi-worker must precede any TF op
     from keras_segmenter.training import loop, run
@@ -249,11 +258,11 @@ def main(argv=None):
         # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError.
         if not is_disk_full(e):
             raise
-        print(
-            f"{PROG}: error: {str(e).splitlines()[0]}; the last checkpoint is intact: free some space, then "
-            f"continue with --output-dir {config.output_dir} --resume",
-            file=sys.stderr,
-        )
+        if list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
+            then = f"the last checkpoint is intact: free some space, then continue with --output-dir {config.output_dir} --resume"
+        else:
+            then = "no checkpoint was written yet: free some space, then run the same command again"
+        print(f"{PROG}: error: {str(e).splitlines()[0]}; {then}", file=sys.stderr)
         raise SystemExit(1)
     if summary.get("model"):
         print(f"\nModel:       {summary['model']}")

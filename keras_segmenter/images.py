@@ -11,6 +11,7 @@ TensorFlow here.
 
 import os
 import pathlib
+import stat
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -18,6 +19,19 @@ from PIL import Image, ImageOps
 from keras_segmenter.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Images larger than this are refused from their header, before decoding: 50 MP
+# covers a 48 MP phone photo; `predict --max-pixels` raises it.
+MAX_PIXELS = 50_000_000
+
+
+# What a path that is not a regular file is, for messages.
+FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 class ImageReadError(ValueError):
@@ -47,30 +61,65 @@ def to_rgb_array(image):
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path, name=None):
+def load_image(path, name=None, max_pixels=MAX_PIXELS):
     """Reads an image file as a uint8 RGB array, EXIF orientation applied.
 
     Args:
         path: str or path-like, or a seekable binary file object.
         name: str, what error messages call the file. Defaults to `path`.
+        max_pixels: int, refuse an image whose header declares more pixels
+            (height x width), before it is decoded. Defaults to `MAX_PIXELS`.
 
     Returns:
         uint8 array `(H, W, 3)`.
 
     Raises:
-        ImageReadError: the file is missing, not an image, or truncated; the
-            message names the file.
+        ImageReadError: the file is missing, not a regular file, not an
+            image, truncated or larger than `max_pixels`; the message names
+            the file.
     """
     name = os.fspath(path) if name is None else name
+    kind = non_regular_kind(path) if isinstance(path, (str, os.PathLike)) else None
+    if kind:
+        raise ImageReadError(f"{name} is {kind}, not an image file")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, checked below, replaces Pillow's
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    f"{name}: its header declares {width}x{height} = "
+                    f"{width * height} pixels, more than the limit of {max_pixels} "
+                    "(--max-pixels); raise it to read this image"
+                )
             image = ImageOps.exif_transpose(image)
             array = to_rgb_array(image)
+    except ImageReadError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"Cannot read image {name!r}: {error}") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(f"Cannot read image {name!r}: it has no pixels ({array.shape})")
     return array
+
+
+def non_regular_kind(path):
+    """What `path` is when it exists but is not a regular file ("a FIFO (named pipe)",
+    "a character device", "a broken symlink", ...); None for a regular file or nothing.
+
+    Reading a FIFO or a device (`/dev/zero`) named like an image would block or
+    never end, so readers of data refuse or skip what this names.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symlink" if os.path.islink(path) else None
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
 
 
 def as_rgb_array(image):
@@ -129,14 +178,18 @@ def find_images(inputs):
     for name in inputs:
         path = pathlib.Path(name)
         if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = [p for p in named if not non_regular_kind(p)]
+            errors += [
+                f"{p} is {non_regular_kind(p)}, not an image file" for p in named if p not in found
+            ]
             if not found:
                 errors.append(f"{name}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
+        elif non_regular_kind(path):
+            errors.append(f"{name} is {non_regular_kind(path)}, not an image file")
         else:
             errors.append(f"{name}: no such file or folder")
     return paths, errors

@@ -42,6 +42,7 @@ import numpy as np
 from keras_segmenter.cli import LOG_NOTE, UserError, check_file, reports_user_errors
 from keras_segmenter.files import atomic_write
 from keras_segmenter.images import (
+    MAX_PIXELS,
     ImageReadError,
     as_rgb_array,
     class_map_image,
@@ -162,6 +163,13 @@ def _parse_args(argv):
         "--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)"
     )
     parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse images whose header declares more pixels (height x width), before "
+        f"decoding them (default {MAX_PIXELS})",
+    )
+    parser.add_argument(
         "--runner",
         help="run as an Apache Beam pipeline on this runner (DirectRunner, FlinkRunner, "
         "SparkRunner, PortableRunner, DataflowRunner); inputs are then file patterns or folders "
@@ -172,6 +180,8 @@ def _parse_args(argv):
     if pipeline_args and not args.runner:
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
     args.pipeline_args = pipeline_args
+    if args.max_pixels < 1:
+        raise UserError(f"--max-pixels must be a positive integer. Received: {args.max_pixels}")
     if args.whole and (args.window_size or args.window_stride):
         raise UserError("--whole runs without windows; leave out --window-size/--window-stride")
     if not 0.0 <= args.alpha <= 1.0:
@@ -186,19 +196,32 @@ def load_model(path):
     compile of a model whose `compile()` is custom only earns a warning.
 
     Raises:
-        UserError: `path` is missing, a folder, or not a loadable `.keras`
-            model; the message names the file.
+        UserError: `path` is missing, a folder, not a `.keras` archive
+            (truncated, another kind of file), not loadable, or a model that
+            is not a `Segmenter`; the message names the file.
     """
+    import zipfile
+
     import keras
 
-    import keras_segmenter  # noqa: F401  (registers the custom layers)
+    from keras_segmenter.models.segmenter import Segmenter
 
     check_file(path, "a .keras model file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path} is not a .keras model: not a zip archive (truncated, or another kind of file)"
+        )
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a bad file.
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise UserError(f"{path}: cannot load it as a .keras model ({reason})") from None
+    if not isinstance(model, Segmenter):
+        raise UserError(
+            f"{path} holds a {type(model).__name__}, not a Segmenter; expected a model saved by "
+            "fit, convert or `Segmenter.save`"
+        )
+    return model
 
 
 def prediction_step(model, args):
@@ -274,7 +297,7 @@ def main(argv=None):
     failed, done, used = len(errors), 0, set()
     for path in paths:
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=args.max_pixels)
         except ImageReadError as error:
             print(f"error: {error}", file=sys.stderr)
             failed += 1

@@ -79,7 +79,7 @@ def test_predict_names_an_out_file_and_a_file_that_is_not_a_model(model_path, tm
     )
     not_model = tmp_path / "photo.keras"
     not_model.write_bytes(IMAGE.read_bytes())
-    assert f"{not_model}: cannot load it as a .keras model" in predict_error(
+    assert f"{not_model} is not a .keras model: not a zip archive" in predict_error(
         capsys, "--model", not_model, IMAGE, "--out", tmp_path / "o"
     )
     broken = tmp_path / "broken.keras"  # a .keras zip whose config.json is not JSON

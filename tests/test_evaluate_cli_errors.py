@@ -91,7 +91,7 @@ def test_user_mistakes_end_in_one_line_and_status_2(model_path, tmp_path, capsys
         capsys, "--model", tmp_path / "dir.keras", "--dataset", "camvid", *data
     )
     (tmp_path / "text.keras").write_text("not a model")
-    assert "text.keras: cannot load it as a .keras model" in error_of(
+    assert "text.keras is not a .keras model: not a zip archive" in error_of(
         capsys, "--model", tmp_path / "text.keras", "--dataset", "camvid", *data
     )
     assert "Unknown dataset" in run("--dataset", "camvidd", *data)

@@ -69,10 +69,10 @@ def main(argv=None):
         "--num-classes", type=int, help="classes of the new decoder (ImageNet sources)"
     )
     parser.add_argument(
-        "--decoder", choices=DECODERS, default="mask", help="new decoder type (ImageNet sources)"
+        "--decoder", choices=DECODERS, help="new decoder type (ImageNet sources; default mask)"
     )
     parser.add_argument(
-        "--image-size", type=int, default=512, help="training crop for ImageNet sources"
+        "--image-size", type=int, help="training crop for ImageNet sources (default 512)"
     )
     args = parser.parse_args(argv)
     if not args.out.endswith(".keras"):
@@ -84,7 +84,22 @@ def main(argv=None):
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise UserError(f"--out {args.out}: folder {folder} does not exist")
-    kind, model = convert(args.source, args.num_classes, args.decoder, args.image_size)
+    options = ("num_classes", "decoder", "image_size")
+    if detect_format(args.source) == "official":
+        for flag in options:
+            if getattr(args, flag) is not None:
+                raise UserError(
+                    f"--{flag.replace('_', '-')} is for ImageNet sources; {args.source} is an "
+                    "official run, converted whole with its own classes, decoder and crop"
+                )
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be a positive integer. Received: {args.num_classes}")
+    kind, model = convert(
+        args.source,
+        args.num_classes,
+        args.decoder or "mask",
+        512 if args.image_size is None else args.image_size,
+    )
     atomic_write(args.out, model.save)
     backbone = model.backbone
     print(f"source:        {args.source} ({kind})")

@@ -52,15 +52,109 @@ def _is_size(value):
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_count, value))
 
 
-def segmenter_from_variant(variant, source="variant.yml", dtype=None):
-    """Builds the (untrained) Segmenter that an official `variant.yml` describes.
+def _is_rate(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
+def _optional(mapping, key, default, where, valid, expected):
+    """`mapping.get(key, default)`, checked like `_require` when present."""
+    return _require(mapping, key, where, valid, expected) if key in mapping else default
+
+
+def _dim(state, key, dim, rank, checkpoint):
+    """Dimension `dim` of the rank-`rank` tensor `state[key]`, or an error naming the key."""
+    shape = getattr(state.get(key), "shape", None)
+    if shape is None or len(shape) != rank:
+        raise CheckpointError(
+            f"{checkpoint}: expected a tensor `{key}` of rank {rank}. Received: shape {shape}"
+        )
+    return int(shape[dim])
+
+
+def _count_blocks(state, prefix):
+    count = 0
+    while f"{prefix}{count}.norm1.weight" in state:
+        count += 1
+    return count
+
+
+def check_declared_sizes(sizes, state, variant_path, checkpoint):
+    """Compares the sizes `variant.yml` declares with the checkpoint's tensors.
+
+    Run before the model is built, so that a variant declaring a huge model
+    beside a small checkpoint allocates nothing: every size that decides
+    the model's memory (width, depth, heads, patch, grid, classes, decoder
+    depth) must be the checkpoint's own.
+
+    Args:
+        sizes: the dict of `declared_sizes`.
+        state: the checkpoint's flat `{key: array}`.
+    """
+    patch, (height, width) = sizes["patch_size"], sizes["image_size"]
+    embed = "encoder.patch_embed.proj.weight"
+    prefix_tokens = 2 if "encoder.dist_token" in state else 1
+    checks = [  # (declared key, declared value, value in the checkpoint, where it was read)
+        ("d_model", sizes["d_model"], _dim(state, embed, 0, 4, checkpoint), f"`{embed}` dim 0"),
+        ("patch_size", patch, _dim(state, embed, 3, 4, checkpoint), f"`{embed}` dim 3"),
+        ("n_layers", sizes["n_layers"], _count_blocks(state, "encoder.blocks."), "encoder blocks"),
+        (
+            "image_size",
+            (height // patch) * (width // patch) + prefix_tokens,
+            _dim(state, "encoder.pos_embed", 1, 3, checkpoint),
+            "`encoder.pos_embed` positions",
+        ),
+    ]
+    if sizes["decoder"] == "linear":
+        checks.append(
+            (
+                "n_cls",
+                sizes["n_cls"],
+                _dim(state, "decoder.head.weight", 0, 2, checkpoint),
+                "`decoder.head.weight` dim 0",
+            )
+        )
+    else:
+        checks += [
+            (
+                "n_cls",
+                sizes["n_cls"],
+                _dim(state, "decoder.cls_emb", 1, 3, checkpoint),
+                "`decoder.cls_emb` dim 1",
+            ),
+            (
+                "decoder.n_layers",
+                sizes["decoder_layers"],
+                _count_blocks(state, "decoder.blocks."),
+                "decoder blocks",
+            ),
+        ]
+    for key, declared, found, where in checks:
+        if declared != found:
+            shown = sizes["image_size"] if key == "image_size" else declared
+            raise CheckpointError(
+                f"{variant_path}: net_kwargs.{key} {shown!r} does not fit {checkpoint}, "
+                f"whose {where} is {found} (expected {declared})"
+            )
+    if sizes["d_model"] % sizes["n_heads"]:
+        raise CheckpointError(
+            f"{variant_path}: net_kwargs.n_heads {sizes['n_heads']} does not divide "
+            f"d_model {sizes['d_model']}"
+        )
+
+
+def declared_sizes(variant, source="variant.yml"):
+    """The sizes an official `variant.yml` declares, each checked for its type.
 
     What the yaml leaves out is derived as the official factory does: MLP
     width 4 d, decoder width = encoder width, decoder heads = d // 64.
+
+    Returns:
+        A dict of `d_model`, `n_layers`, `n_heads`, `patch_size`,
+        `image_size`, `n_cls`, `decoder` ("mask" or "linear"),
+        `decoder_layers`, `distilled`, `normalization` and the dropout rates.
     """
     net = variant["net_kwargs"]
     where = f"{source}: net_kwargs"
-    width = _require(net, "d_model", where)
     decoder = _require(net, "decoder", where, lambda v: isinstance(v, dict), "a mapping")
     name = _require(decoder, "name", f"{where}.decoder", lambda v: isinstance(v, str), "a string")
     decoders = {"mask_transformer": "mask", "linear": "linear"}
@@ -68,37 +162,75 @@ def segmenter_from_variant(variant, source="variant.yml", dtype=None):
         raise CheckpointError(
             f"{where}.decoder.name is {name!r}; expected one of {sorted(decoders)}"
         )
-    normalization = net.get("normalization") or variant.get("dataset_kwargs", {}).get(
-        "normalization", "vit"
+    dataset = variant.get("dataset_kwargs") or {}
+    normalization = net.get("normalization") or (
+        dataset.get("normalization", "vit") if isinstance(dataset, dict) else "vit"
     )
-    backbone = ViTBackbone(
+    if not isinstance(normalization, str):
+        raise CheckpointError(
+            f"{where}.normalization: expected a string. Received: {normalization!r}"
+        )
+    rate, number = "a number in [0, 1)", "a positive int"
+    on_decoder = "n_cls" in decoder
+    return dict(
+        d_model=_require(net, "d_model", where),
+        n_layers=_require(net, "n_layers", where),
+        n_heads=_require(net, "n_heads", where),
         patch_size=_require(net, "patch_size", where),
-        hidden_dim=width,
-        num_layers=_require(net, "n_layers", where),
-        num_heads=_require(net, "n_heads", where),
-        mlp_dim=4 * width,
         image_size=tuple(
             _require(net, "image_size", where, _is_size, "(height, width) positive ints")
         ),
-        distilled=bool(net.get("distilled", False)),
-        dropout=net.get("dropout", 0.0),
-        drop_path_rate=net.get("drop_path_rate", 0.1),
+        n_cls=_require(
+            decoder if on_decoder else net, "n_cls", where + (".decoder" if on_decoder else "")
+        ),
+        decoder=decoders[name],
+        decoder_layers=_optional(decoder, "n_layers", 2, f"{where}.decoder", _is_count, number),
+        decoder_dropout=_optional(decoder, "dropout", 0.1, f"{where}.decoder", _is_rate, rate),
+        decoder_drop_path_rate=_optional(
+            decoder, "drop_path_rate", 0.0, f"{where}.decoder", _is_rate, rate
+        ),
+        distilled=_optional(
+            net, "distilled", False, where, lambda v: isinstance(v, bool), "true or false"
+        ),
+        dropout=_optional(net, "dropout", 0.0, where, _is_rate, rate),
+        drop_path_rate=_optional(net, "drop_path_rate", 0.1, where, _is_rate, rate),
         normalization=normalization,
+    )
+
+
+def segmenter_from_variant(variant, source="variant.yml", dtype=None):
+    """Builds the (untrained) Segmenter that an official `variant.yml` describes.
+
+    See `declared_sizes` for what is read and derived.
+    """
+    sizes = declared_sizes(variant, source)
+    return _build(sizes, dtype)
+
+
+def _build(sizes, dtype):
+    width = sizes["d_model"]
+    backbone = ViTBackbone(
+        patch_size=sizes["patch_size"],
+        hidden_dim=width,
+        num_layers=sizes["n_layers"],
+        num_heads=sizes["n_heads"],
+        mlp_dim=4 * width,
+        image_size=sizes["image_size"],
+        distilled=sizes["distilled"],
+        dropout=sizes["dropout"],
+        drop_path_rate=sizes["drop_path_rate"],
+        normalization=sizes["normalization"],
         dtype=dtype,
         name="backbone",
     )
     kwargs = {}
-    if decoders[name] == "mask":
+    if sizes["decoder"] == "mask":
         kwargs = dict(
-            decoder_num_layers=decoder.get("n_layers", 2),
-            decoder_dropout=decoder.get("dropout", 0.1),
-            decoder_drop_path_rate=decoder.get("drop_path_rate", 0.0),
+            decoder_num_layers=sizes["decoder_layers"],
+            decoder_dropout=sizes["decoder_dropout"],
+            decoder_drop_path_rate=sizes["decoder_drop_path_rate"],
         )
-    if "n_cls" in decoder:
-        num_classes = _require(decoder, "n_cls", f"{where}.decoder")
-    else:
-        num_classes = _require(net, "n_cls", where)
-    return Segmenter(backbone, num_classes, decoder=decoders[name], dtype=dtype, **kwargs)
+    return Segmenter(backbone, sizes["n_cls"], decoder=sizes["decoder"], dtype=dtype, **kwargs)
 
 
 def load_official(path, dtype=None):
@@ -119,11 +251,13 @@ def load_official(path, dtype=None):
     variant_path = os.path.join(folder, "variant.yml")
     for needed in (checkpoint, variant_path):
         check_file(needed, "an official run's checkpoint.pth and variant.yml", CheckpointError)
-    model = segmenter_from_variant(read_variant(variant_path), variant_path, dtype=dtype)
+    sizes = declared_sizes(read_variant(variant_path), variant_path)
     state = read_torch_checkpoint(checkpoint)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{checkpoint}: expected a state dict or a dict with key `model`")
+    check_declared_sizes(sizes, state, variant_path, checkpoint)  # before anything is built
+    model = _build(sizes, dtype)
     port_segmenter(model, StateDict(state, checkpoint))
     return model

@@ -10,7 +10,11 @@ The pickle's tensor metadata is untrusted too: unpickling only records each
 tensor's storage, offset, size and stride. Each storage's declared element
 count is checked against its file's byte size, and each tensor's extent
 against its storage, before any array view is made, so a crafted file can
-neither read past a storage nor crash the reader.
+neither read past a storage nor crash the reader. An object the pickle
+refers to many times (its memo makes a graph, not a tree) is resolved once
+and shared, an object that contains itself is refused, and the arrays made
+may hold at most twice the bytes of the storages they come from, so that a small
+pickle cannot expand into a large structure.
 """
 
 import collections
@@ -33,6 +37,11 @@ STORAGE_DTYPES = {
     "ByteStorage": "u1",
     "BoolStorage": "?",
 }
+# data.pkl describes the tensors (about 100 bytes each); their values are in storages.
+MAX_PICKLE_BYTES = 64 * 2**20
+# Tensors may view their storages (a slice, a transpose) but, together, hold at most
+# this many times the storages' bytes, plus the slack: the copies made are bounded.
+VIEW_FACTOR, VIEW_SLACK = 2, 16 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -114,16 +123,32 @@ class _Arrays:
     def __init__(self, archive, root, path):
         self.archive, self.root, self.path = archive, root, path
         self.storages = {}
+        self.resolved = {}  # id(pickled object) -> its resolved value, made once
+        self.resolving = set()  # ids of the containers being resolved, to find cycles
+        self.storage_bytes = self.array_bytes = 0
 
     def resolve(self, value, key=""):
+        if not isinstance(value, (_Tensor, dict, list, tuple)):
+            return value
+        if id(value) in self.resolved:  # shared by reference in the pickle: resolved once
+            return self.resolved[id(value)]
+        if id(value) in self.resolving:
+            raise CheckpointError(
+                f"{self.path}: `{key}` contains itself; expected a tree of tensors"
+            )
+        self.resolving.add(id(value))
         if isinstance(value, _Tensor):
-            return self.tensor(value, key)
-        join = lambda k: f"{key}.{k}" if key else str(k)  # noqa: E731
-        if isinstance(value, dict):
-            return type(value)((k, self.resolve(v, join(k))) for k, v in value.items())
-        if isinstance(value, (list, tuple)):
-            return type(value)(self.resolve(v, join(i)) for i, v in enumerate(value))
-        return value
+            result = self.tensor(value, key)
+        else:
+            join = lambda k: f"{key}.{k}" if key else str(k)  # noqa: E731
+            if isinstance(value, dict):
+                items = ((k, self.resolve(v, join(k))) for k, v in value.items())
+            else:
+                items = (self.resolve(v, join(i)) for i, v in enumerate(value))
+            result = type(value)(items)
+        self.resolving.discard(id(value))
+        self.resolved[id(value)] = result
+        return result
 
     def storage(self, ref, where):
         storage_type = ref.storage_type
@@ -160,6 +185,7 @@ class _Arrays:
             if storage_type.name == "BFloat16Storage":
                 array = (array.astype(np.uint32) << 16).view(np.float32)
             self.storages[cache_key] = array
+            self.storage_bytes += array.nbytes
         return self.storages[cache_key]
 
     def tensor(self, tensor, key):
@@ -187,6 +213,13 @@ class _Arrays:
                 f"{where}: size {tuple(size)}, stride {tuple(stride)}, offset {offset} "
                 f"need {count} elements up to index {last}, larger than its storage of "
                 f"{len(storage)} elements"
+            )
+        self.array_bytes += count * storage.itemsize
+        if self.array_bytes > VIEW_FACTOR * self.storage_bytes + VIEW_SLACK:
+            raise CheckpointError(
+                f"{where}: the tensors read so far hold {self.array_bytes} bytes, more than "
+                f"{VIEW_FACTOR} x the {self.storage_bytes} bytes of their storages: a checkpoint "
+                "holds its tensors' values, not many views of the same values"
             )
         item = storage.itemsize
         view = np.lib.stride_tricks.as_strided(
@@ -223,6 +256,12 @@ def read_torch_checkpoint(path):
         if not pickles:
             raise CheckpointError(f"{path}: no `data.pkl` inside: not a torch checkpoint")
         root = pickles[0][: -len("data.pkl")]
+        pickle_size = archive.getinfo(pickles[0]).file_size  # zipfile reads no more than this
+        if pickle_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{path}: `{pickles[0]}` is {pickle_size} bytes; a checkpoint's pickle only "
+                f"describes its tensors and holds at most {MAX_PICKLE_BYTES} bytes"
+            )
         try:
             with archive.open(pickles[0]) as file:
                 state = _RestrictedUnpickler(file, path).load()

@@ -1,12 +1,14 @@
 """`tf.data` training and evaluation pipelines (graph mode, no Python)."""
 
+import functools
 import random
 
 import tensorflow as tf
 
 from keras_segmenter.data import augment
 from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
-from keras_segmenter.data.sources import usable_scan
+from keras_segmenter.data.sources import usable_scan, warn_unpaired
+from keras_segmenter.images import MAX_PIXELS
 from keras_segmenter.layers.normalization import check_normalization, normalize_images
 
 _CHECK_HINT = "; run `python -m keras_segmenter.data check` for a full report"
@@ -69,23 +71,58 @@ def _png_kind(bit_depth, colour_type):
     return tf.strings.join([tf.strings.as_string(tf.cast(bit_depth, tf.int32)), "-bit ", name])
 
 
-def load_pair(image_path, mask_path, label_table):
+def load_pair(image_path, mask_path, label_table, max_pixels=MAX_PIXELS):
     """Reads and checks one pair; fatal problems raise naming the file.
 
     Args:
         image_path: string scalar tensor.
         mask_path: string scalar tensor.
         label_table: int32 tensor (256,), raw value -> label or -1.
+        max_pixels: int, refuse a file whose header declares more pixels
+            (height x width), before it is decoded. Defaults to
+            `keras_segmenter.images.MAX_PIXELS`.
 
     Returns:
         `(image, raw_mask)`: uint8 (H, W, 3) and uint8 (H, W).
     """
     return decode_pair(
-        tf.io.read_file(image_path), tf.io.read_file(mask_path), image_path, mask_path, label_table
+        tf.io.read_file(image_path),
+        tf.io.read_file(mask_path),
+        image_path,
+        mask_path,
+        label_table,
+        max_pixels,
     )
 
 
-def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
+def _within(contents, path, max_pixels):
+    """A check that the header of `contents` declares at most `max_pixels` pixels."""
+    from keras_segmenter.export import declared_size  # the header reader of serving_bytes
+
+    height, width = declared_size(contents)
+    return _require(
+        height * width <= max_pixels,
+        path,
+        " declares ",
+        tf.strings.as_string(width),
+        "x",
+        tf.strings.as_string(height),
+        f" (width x height) pixels, more than the limit of {max_pixels} (--max-pixels); raise it to read it",
+    )
+
+
+# The headers `tf.io.decode_image` decodes: JPEG, PNG, GIF, BMP, WebP (RIFF).
+_IMAGE_MAGICS = (b"\xff\xd8", _PNG_MAGIC, b"GIF8", b"BM", b"RIFF")
+
+
+def _known_image(contents):
+    """True when `contents` starts like an image `tf.io.decode_image` reads."""
+    return tf.reduce_any(
+        [tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in _IMAGE_MAGICS]
+    )
+
+
+def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table, max_pixels=MAX_PIXELS):
     """`load_pair` on file contents; the paths only name files in errors."""
     header = tf.io.decode_raw(tf.strings.substr(mask_bytes, 0, 26, unit="BYTE"), tf.uint8)
     header = tf.pad(header, [[0, tf.maximum(26 - tf.size(header), 0)]])
@@ -97,7 +134,15 @@ def decode_pair(image_bytes, mask_bytes, image_path, mask_path, label_table):
         _require(
             _not_truncated(mask_bytes), "Truncated or empty mask file: ", mask_path, _CHECK_HINT
         ),
+        _require(
+            _known_image(image_bytes),
+            "Not an image file (no JPEG, PNG, GIF, BMP or WebP header): ",
+            image_path,
+            _CHECK_HINT,
+        ),
         _require(is_png, "Mask is not a PNG file: ", mask_path, _CHECK_HINT),
+        _within(image_bytes, image_path, max_pixels),
+        _within(mask_bytes, mask_path, max_pixels),
         # IHDR: byte 24 = bit depth, byte 25 = colour type (0 = grayscale).
         _require(
             tf.logical_and(tf.equal(header[24], 8), tf.equal(header[25], 0)),
@@ -151,6 +196,7 @@ def _split_kwargs(kwargs):
 def _resolve(name, data_dir, split, kwargs):
     """`(info, pairs, load)`: `load(*pair, label_table)` reads one pair."""
     info_kwargs, source_kwargs = _split_kwargs(kwargs)
+    max_pixels = source_kwargs.pop("max_pixels", None) or MAX_PIXELS
     if str(name).startswith(TFDS_PREFIX):
         from keras_segmenter.data.tfds import read
 
@@ -158,6 +204,7 @@ def _resolve(name, data_dir, split, kwargs):
         load = decode_pair
     else:
         result = usable_scan(name, data_dir, split, **source_kwargs)
+        warn_unpaired(result, name, split)
         label_ids = result.label_ids
         images = [p[0] for p in result.pairs]
         masks = [p[1] for p in result.pairs]
@@ -166,7 +213,7 @@ def _resolve(name, data_dir, split, kwargs):
     if label_ids:
         info_kwargs["label_ids"] = True
     info = get_dataset_info(name, **info_kwargs)
-    return info, pairs, load
+    return info, pairs, functools.partial(load, max_pixels=max_pixels)
 
 
 def _as_pair(size, name):
@@ -223,7 +270,9 @@ def train_dataset(
             resume a run). Defaults to 0.
         **dataset_kwargs: dataset options (`num_classes`, `ignore_index`,
             `class_names`, `base_size`, ... for `folder`; `manual_dir` for
-            `ade20k`; `split_file`, ...).
+            `ade20k`; `split_file`, ...), and `max_pixels`: files whose
+            header declares more pixels are refused before decoding
+            (default `keras_segmenter.images.MAX_PIXELS`).
 
     Returns:
         A `tf.data.Dataset` of `(images, masks)`: float32

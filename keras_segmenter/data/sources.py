@@ -6,6 +6,7 @@ import os
 
 from keras_segmenter.data.archives import extract
 from keras_segmenter.data.download import DOWNLOADS, download_hint
+from keras_segmenter.images import non_regular_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_EXTENSIONS = (".png",)
@@ -52,6 +53,17 @@ class _Files(dict):
         self.duplicates, self.others = {}, {}
 
 
+def require_regular_file(path):
+    """Raises `ValueError` naming `path` and what it is unless it is a regular file
+    (`images.non_regular_kind`): a FIFO named like an image would hang the reader."""
+    kind = non_regular_kind(path)
+    if kind:
+        raise ValueError(
+            f"{path} is {kind}, not a regular file; a dataset folder holds image and mask "
+            "files only: move it out"
+        )
+
+
 def _files_by_stem(folder, extensions, suffix=""):
     """The files of `folder` (symlinked subfolders followed) keyed by relative stem."""
     found = _Files()
@@ -78,7 +90,9 @@ def _files_by_stem(folder, extensions, suffix=""):
             path = os.path.join(dirpath, filename)
             if ext.lower() not in extensions:
                 found.others.setdefault(key, path)
-            elif key in found:
+                continue
+            require_regular_file(path)
+            if key in found:
                 found.duplicates.setdefault(key, [found[key]]).append(path)
             else:
                 found[key] = path
@@ -294,6 +308,24 @@ def usable_scan(name, data_dir, split="train", **kwargs):
             f"without image){download_hint(name)}."
         )
     return result
+
+
+def warn_unpaired(result, name, split):
+    """Logs the images without a mask and masks without an image a `Scan` leaves out."""
+    for lonely, what in (
+        (result.images_without_mask, "image(s) without a mask"),
+        (result.masks_without_image, "mask(s) without an image"),
+    ):
+        if lonely:
+            logging.warning(
+                "Dataset %r, split %r: skipping %d %s, e.g. %s (`python -m keras_segmenter.data "
+                "check` lists them).",
+                name,
+                split,
+                len(lonely),
+                what,
+                lonely[0],
+            )
 
 
 def list_pairs(name, data_dir, split="train", **kwargs):

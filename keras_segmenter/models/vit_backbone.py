@@ -1,3 +1,5 @@
+import numbers
+
 import keras
 
 from keras_segmenter.layers.dropout import Dropout
@@ -7,6 +9,10 @@ from keras_segmenter.layers.position_embedding import PositionEmbedding
 from keras_segmenter.layers.prefix_tokens import PrefixTokens
 from keras_segmenter.layers.transformer_block import transformer_blocks
 from keras_segmenter.models.config_model import ConfigModel
+
+
+def _is_count(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -54,7 +60,25 @@ class ViTBackbone(ConfigModel):
         dtype=None,
         **kwargs,
     ):
-        image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        for name, value in (("patch_size", patch_size), ("hidden_dim", hidden_dim)) + (
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("mlp_dim", mlp_dim),
+        ):
+            if not _is_count(value):
+                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+        if _is_count(image_size):
+            image_size = (image_size, image_size)
+        if not (
+            isinstance(image_size, (tuple, list))
+            and len(image_size) == 2
+            and all(map(_is_count, image_size))
+        ):
+            raise ValueError(
+                "`image_size` must be a positive int or (height, width) positive ints. "
+                f"Received: image_size={image_size!r}"
+            )
+        image_size = tuple(int(side) for side in image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
             raise ValueError(
                 "`image_size` must be a multiple of `patch_size`. "

@@ -62,6 +62,32 @@ SAMPLE_DEFAULTS = dict(
 )
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _dataset_crop(config):
+    from keras_segmenter.data import get_dataset_info
+
+    kwargs = {"num_classes": config.num_classes} if config.dataset == "folder" else {}
+    crop = get_dataset_info(config.dataset.removeprefix("tfds:"), **kwargs).crop_size
+    return min(crop) if isinstance(crop, (tuple, list)) else crop
+
+
+def _check_output_dir(path):
+    """--output-dir is a folder or can become one: neither it nor a parent is a file."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        what = "is a file" if folder == os.path.abspath(path) else f"is inside {folder}, a file"
+        raise ValueError(f"--output-dir {path} {what}; expected a folder (created if needed)")
+
+
 def is_bundled_sample(dataset, data_dir):
     """True when the run trains on the CamVid sample shipped with the package."""
     if dataset != "camvid":
@@ -113,6 +139,7 @@ class RunConfig:
     preview_images: int = 3
     window_size: int = None  # sliding-window validation, None: dataset's
     window_stride: int = None
+    max_pixels: int = None  # refuse larger data files (None: keras_segmenter.images.MAX_PIXELS)
 
     def resolve(self):
         """Fills the per-dataset defaults and checks every field.
@@ -149,27 +176,51 @@ class RunConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
         for flag in ("iterations", "batch_size", "keep_checkpoints"):
-            if not isinstance(getattr(self, flag), int) or getattr(self, flag) < 1:
+            if not _is_int(getattr(self, flag)) or getattr(self, flag) < 1:
                 raise ValueError(
                     f"--{flag.replace('_', '-')} must be a positive integer. "
                     f"Received: {getattr(self, flag)!r}"
                 )
+        for flag in ("lr", "end_lr", "weight_decay", "poly_power", "momentum"):
+            value = getattr(self, flag)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} must be a finite number >= 0. Received: {value!r}"
+                )
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive. Received: {self.lr}")
-        if not 0 <= self.end_lr <= self.lr:
+        if not self.end_lr <= self.lr:
             raise ValueError(
                 f"--end-lr must be between 0 and --lr ({self.lr:g}). Received: {self.end_lr}"
             )
-        if self.crop_size is not None and self.crop_size < 1:
-            raise ValueError(f"--crop-size must be positive. Received: {self.crop_size}")
+        for flag in ("dropout", "drop_path_rate", "decoder_dropout"):
+            value = getattr(self, flag)
+            if not _is_number(value) or not 0 <= value < 1:
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} must be a rate in [0, 1). Received: {value!r}"
+                )
+        for flag in (
+            "crop_size",
+            "val_images",
+            "window_size",
+            "window_stride",
+            "num_classes",
+            "max_pixels",
+        ):
+            value = getattr(self, flag)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} must be a positive integer (or left out). "
+                    f"Received: {value!r}"
+                )
         if self.backbone_weights and self.init:
             raise ValueError("Pass --backbone-weights or --init, not both.")
         for flag in ("backbone_weights", "init", "data_dir"):
             path = getattr(self, flag)
             if path and not os.path.exists(path):
                 raise ValueError(f"--{flag.replace('_', '-')}: no such file or folder: {path}")
-        if self.dataset == "folder" and not self.num_classes:
-            raise ValueError("--dataset folder needs --num-classes.")
+        self._check_classes()
+        self._check_model()
         if self.checkpoint_every is None:
             # About 20 checkpoints a run, dividing the run evenly.
             self.checkpoint_every = math.gcd(self.iterations, max(1, self.iterations // 20))
@@ -190,7 +241,52 @@ class RunConfig:
             )
         if self.output_dir is None:
             self.output_dir = os.path.join("runs", f"{self.dataset.replace(':', '_')}_{self.model}")
+        _check_output_dir(self.output_dir)
         return self
+
+    def _check_classes(self):
+        """--num-classes and --ignore-index: only `folder` reads them, and never a class id."""
+        from keras_segmenter.data import get_dataset_info
+
+        if self.dataset != "folder":
+            if self.num_classes is not None:
+                raise ValueError(
+                    f"--num-classes is for --dataset folder; {self.dataset} has its own classes. "
+                    f"Received: --num-classes {self.num_classes}"
+                )
+            own = get_dataset_info(self.dataset.removeprefix("tfds:")).ignore_index
+            if self.ignore_index != own:
+                raise ValueError(
+                    f"--ignore-index is for --dataset folder; {self.dataset} ignores {own}. "
+                    f"Received: --ignore-index {self.ignore_index}"
+                )
+            return
+        if self.num_classes is None:
+            raise ValueError("--dataset folder needs --num-classes.")
+        if not _is_int(self.ignore_index) or not self.num_classes <= self.ignore_index <= 255:
+            raise ValueError(
+                f"--ignore-index must be a mask value in [--num-classes, 255] = "
+                f"[{self.num_classes}, 255], not one of the class ids 0..{self.num_classes - 1}. "
+                f"Received: --ignore-index {self.ignore_index}"
+            )
+
+    def _check_model(self):
+        """--model is a preset whose patch divides --crop-size (the dataset's crop if left out)."""
+        if self.init:
+            return  # the model and its patch are the --init file's
+        from keras_segmenter.models.presets import BACKBONE_PRESETS, MODEL_PRESETS
+
+        if self.model not in MODEL_PRESETS:
+            raise ValueError(
+                f"--model must be one of {sorted(MODEL_PRESETS)}. Received: {self.model!r}"
+            )
+        patch = BACKBONE_PRESETS[MODEL_PRESETS[self.model]["backbone"]]["patch_size"]
+        crop = self.crop_size or _dataset_crop(self)
+        if crop % patch:
+            raise ValueError(
+                f"--crop-size must be a multiple of the {patch}-pixel patch of {self.model}. "
+                f"Received: {crop}" + ("" if self.crop_size else f" (the {self.dataset} default)")
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -44,7 +44,9 @@ def build_model(config, num_classes):
     dtype = None if config.precision == "float32" else config.precision
     if config.init:
         if config.init.endswith(".keras"):
-            model = keras.saving.load_model(config.init, compile=False)
+            from keras_segmenter.predict import load_model
+
+            model = load_model(config.init)
             if dtype is not None:
                 model = _with_dtype(model, dtype)
         else:
@@ -121,9 +123,10 @@ def dataset_info(config):
 
 
 def _data_kwargs(config):
+    kwargs = dict(max_pixels=config.max_pixels)
     if config.dataset == "folder":
-        return dict(num_classes=config.num_classes, ignore_index=config.ignore_index)
-    return {}
+        kwargs.update(num_classes=config.num_classes, ignore_index=config.ignore_index)
+    return kwargs
 
 
 def validation_window(config, info):
@@ -301,10 +304,14 @@ def train(
         )
     info = info or dataset_info(config)
     num_classes = info.num_classes
-    checkpoint_dir = prepare_output_dir(config, info)
+    if config.crop_size is None:
+        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
 
     with strategy.scope():
         model = build_model(config, num_classes)
+        checkpoint_dir = prepare_output_dir(
+            config
+        )  # after the model: a refused --init writes nothing
         model.compile(
             optimizer=make_optimizer(config),
             loss=make_loss(config, info),
