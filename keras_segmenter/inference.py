@@ -7,7 +7,8 @@ overlap, and the averaged logits are resized back to the image size. The
 functions here follow the official `segm.model.utils.inference` step by step
 (same anchors, same upscaling of small images, softmax after the resize) and
 are written with TensorFlow ops only, so they run inside a `tf.function` for
-images of any height and width.
+images of any height and width. A model on the JAX or PyTorch backend runs on
+its own backend, called from those TensorFlow loops (`model_logits`).
 
 Also here: the window rule (`default_window`) and the graphs built on
 `segment` (`segment_image`, `make_predictor`: uint8 RGB in, as `predict`
@@ -17,7 +18,11 @@ and the SavedModel export run it). Evaluating over a dataset is
 
 import weakref
 
+import keras
+import numpy as np
 import tensorflow as tf
+
+from keras_segmenter.layers.backend import TENSORFLOW
 
 OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -57,6 +62,25 @@ def _as_single_image(image):
             f"Expected an image `(H, W, 3)`. Received: image.shape={tuple(image.shape)}"
         )
     return tf.cast(image, tf.float32)
+
+
+def model_logits(model, images):
+    """float32 logits of a batch of normalized `images` (a TensorFlow tensor).
+
+    Off TensorFlow the model runs on its backend through `tf.numpy_function`
+    (`predict_on_batch`: compiled once a shape on JAX, no autograd on PyTorch),
+    so the TensorFlow windowing works for every backend; such a graph does
+    not export.
+    """
+    if TENSORFLOW:
+        return tf.cast(model(images, training=False), tf.float32)
+
+    def run(batch):
+        return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)), np.float32)
+
+    logits = tf.numpy_function(run, [images], tf.float32, stateful=False)
+    logits.set_shape(images.shape[:-1].concatenate([model.output_shape[-1]]))
+    return logits
 
 
 def window_anchors(size, window_size, window_stride):
@@ -363,7 +387,7 @@ def _band_stepper(model, view, out_size, window_size, window_stride, batch_size,
             # freed, and never live beside the window logits.
             with tf.control_dependencies([total]):
                 windows = tf.gather_nd(view, batch[:, None, None, :] + window_pixels[None])
-            logits = tf.cast(model(windows, training=False), tf.float32)
+            logits = model_logits(model, windows)
 
             def add(i, total):  # one at a time, like the official loop
                 return i + 1, _add_window(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)
@@ -1010,7 +1034,7 @@ def segment_image(
             batch_size=batch_size,
             probabilities=dtype,
         )
-    probs = tf.nn.softmax(tf.cast(model(normalized[None], training=False)[0], tf.float32), axis=-1)
+    probs = tf.nn.softmax(model_logits(model, normalized[None])[0], axis=-1)
     classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
     return classes, (tf.cast(probs, dtype) if probabilities else None)
 

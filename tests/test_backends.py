@@ -1,13 +1,14 @@
 """The model on JAX and PyTorch: parity, a training step and `.keras` files across backends.
 
 Keras picks its backend once, at import (`KERAS_BACKEND`), so each backend
-runs `_SCRIPT` in a fresh process. There, the forward parity test of
-`tests/test_parity.py` runs on every official fixture, `model.fit` (the
-`compile()` defaults, with the fixture's schedule) repeats the official
-training steps of `tests/fixtures/train_steps` under the bounds of
-`tests/training/test_train_steps.py`, and a `.keras` file written by
-TensorFlow (this process) is read; the file the other backend writes is read
-back here. The same tests, the same bounds, other kernels.
+runs `_SCRIPT` in a fresh process. There run: the forward parity test of
+`tests/test_parity.py` on every official fixture and its ImageNet encoder
+tests; the sliding-window test of `tests/test_inference.py`; `model.fit`
+(the `compile()` defaults, with the fixture's schedule) over the official
+training steps of `tests/fixtures/train_steps`, under the bounds of
+`tests/training/test_train_steps.py`; and the reading of a `.keras` file
+that TensorFlow (this process) wrote, while this process reads back the file
+the other backend writes. The same tests, the same bounds, other kernels.
 """
 
 import os
@@ -82,15 +83,20 @@ def fit_official_steps(out):
 def check_this_backend(out):
     """What `_SCRIPT` runs: every check raises on failure."""
     from keras_segmenter.convert import load_official
-    from tests import test_parity
+    from tests import test_inference, test_parity
     from tests.training.test_train_steps import _check_fp32
 
     for fixture in test_parity.OFFICIAL:
         model = load_official(FIXTURES / fixture)
         test_parity.test_logits_match_the_official_model((fixture, model))
         if fixture == "tiny_mask":
+            for case in test_inference.CASES:
+                test_inference.test_sliding_window_matches_official(model, case)
             _load_and_compare(out, "tensorflow")
             _save_with_logits(model, out)
+    for source in ("timm_vit", "augreg_vit/tiny.npz"):  # position embeddings resized at load
+        test_parity.test_imagenet_encoders_match_the_official_segmenter_encoder(source)
+        test_parity.test_imagenet_position_embedding_is_resampled_like_the_official_loader(source)
     _check_fp32(fit_official_steps(out))
 
 

@@ -80,7 +80,7 @@ def test_imagenet_encoders_match_the_official_segmenter_encoder(source):
     backbone = backbone_from_imagenet_vit(FIXTURES / source, image_size=64)
     floor = FLOORS["segmenter_encoder_from_augreg"]
     for case in ["64x64", "48x80"]:
-        tokens = np.asarray(backbone(nhwc(features[f"input_{case}"])))
+        tokens = keras.ops.convert_to_numpy(backbone(nhwc(features[f"input_{case}"])))
         expected = features[f"segmenter_features_{case}"]  # the official encoder in float32
         assert np.abs(tokens - expected).max() <= max_difference(floor, "ours", "torch_fp32"), case
 
