@@ -12,12 +12,24 @@ the other backend writes. The same tests, the same bounds, other kernels.
 """
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
-from tests.testing import FIXTURES, FLOORS, finish, max_difference, result, spawn
+from tests.testing import (
+    FIXTURES,
+    FLOORS,
+    REPO,
+    finish,
+    fit_command,
+    max_difference,
+    python_env,
+    result,
+    spawn,
+)
 
 _SCRIPT = """
 import json, sys
@@ -111,3 +123,20 @@ def test_parity_training_and_saved_files_on_another_backend(backend, tmp_path):
     (proc,) = finish(spawn(_SCRIPT, args, env={"KERAS_BACKEND": backend}), timeout=400)
     assert result(proc) == backend
     _load_and_compare(str(tmp_path), backend)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [fit_command("--help"), [sys.executable, "-m", "keras_segmenter.predict", "--help"]],
+    ids=["fit.py", "-m keras_segmenter.predict"],
+)
+def test_commands_refuse_another_backend_in_one_line(command):
+    done = subprocess.run(
+        command, env=python_env(KERAS_BACKEND="jax"), capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: KERAS_BACKEND=jax: the commands run on TensorFlow (tf.data, tf.distribute, "
+        "the exports); unset it. The model itself runs on jax from Python (README, Models: "
+        "Backends)"
+    ]
