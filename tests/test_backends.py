@@ -8,7 +8,8 @@ tests; the sliding-window test of `tests/test_inference.py`; `model.fit`
 training steps of `tests/fixtures/train_steps`, under the bounds of
 `tests/training/test_train_steps.py`; and the reading of a `.keras` file
 that TensorFlow (this process) wrote, while this process reads back the file
-the other backend writes. The same tests, the same bounds, other kernels.
+the other backend writes; on PyTorch also the README's example. The same
+tests, the same bounds, other kernels.
 """
 
 import os
@@ -92,6 +93,12 @@ def fit_official_steps(out):
     return path
 
 
+def readme_snippet():
+    """The Python block of the README's "Backends" section."""
+    section = (REPO / "README.md").read_text().split("\n### Backends\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def check_this_backend(out):
     """What `_SCRIPT` runs: every check raises on failure."""
     from keras_segmenter.convert import load_official
@@ -110,6 +117,10 @@ def check_this_backend(out):
         test_parity.test_imagenet_encoders_match_the_official_segmenter_encoder(source)
         test_parity.test_imagenet_position_embedding_is_resampled_like_the_official_loader(source)
     _check_fp32(fit_official_steps(out))
+    if keras.config.backend() == "torch":  # the README's example, as written (JAX: 25 s more)
+        os.chdir(out)
+        exec(readme_snippet(), {})
+        assert os.path.exists("model.keras")
 
 
 @pytest.mark.slow
