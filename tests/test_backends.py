@@ -3,9 +3,10 @@
 Keras picks its backend once, at import (`KERAS_BACKEND`), so each backend
 runs `_SCRIPT` in a fresh process. There run: the forward parity test of
 `tests/test_parity.py` on every official fixture and its ImageNet encoder
-tests; the sliding-window test of `tests/test_inference.py`; `model.fit`
-(the `compile()` defaults, with the fixture's schedule) over the official
-training steps of `tests/fixtures/train_steps`, under the bounds of
+tests; the sliding-window test of `tests/test_inference.py`; the attention
+maps test of `tests/convert/test_convert.py`; `model.fit` (the `compile()`
+defaults, with the fixture's schedule) over the official training steps of
+`tests/fixtures/train_steps`, under the bounds of
 `tests/training/test_train_steps.py`; and the reading of a `.keras` file
 that TensorFlow (this process) wrote, while this process reads back the file
 the other backend writes; on PyTorch also the README's example. The same
@@ -103,6 +104,7 @@ def check_this_backend(out):
     """What `_SCRIPT` runs: every check raises on failure."""
     from keras_segmenter.convert import load_official
     from tests import test_inference, test_parity
+    from tests.convert import test_convert
     from tests.training.test_train_steps import _check_fp32
 
     for fixture in test_parity.OFFICIAL:
@@ -113,6 +115,7 @@ def check_this_backend(out):
                 test_inference.test_sliding_window_matches_official(model, case)
             _load_and_compare(out, "tensorflow")
             _save_with_logits(model, out)
+    test_convert.test_attention_maps_for_visualisation()
     for source in ("timm_vit", "augreg_vit/tiny.npz"):  # position embeddings resized at load
         test_parity.test_imagenet_encoders_match_the_official_segmenter_encoder(source)
         test_parity.test_imagenet_position_embedding_is_resampled_like_the_official_loader(source)
