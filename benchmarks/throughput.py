@@ -63,6 +63,7 @@ PRECISIONS = {
 
 def runtime_function(args, reference, folder):
     """`(class map function of a uint8 batch, timed model or None)` for `args.runtime`."""
+    import keras
     import tensorflow as tf
     from models import build_model
 
@@ -73,7 +74,7 @@ def runtime_function(args, reference, folder):
         if args.precision != "float32":
             model = build_model(args.model, args.num_classes, args.size, args.precision)
             model.set_weights(reference.get_weights())
-        if args.backend != "tensorflow":
+        if keras.config.backend() != "tensorflow":
             return backend_class_map(model), model
         normalize = ImageNormalization(getattr(model, "normalization", "vit"))
         forward = tf.function(
