@@ -5,6 +5,7 @@
         --model seg_b16_mask --backbone-weights ~/weights/B_16-i21k.npz
     python training/fit.py --output-dir runs/ade20k_b16 --resume     # continue a killed run
     python training/fit.py ... --dry-run         # print the resolved recipe and exit
+    python training/fit.py ... --strategy mirrored --cpu-devices 2   # MirroredStrategy, no GPU
     TF_CONFIG=... python training/fit.py --strategy multi_worker ...  # one process per machine
 
 `python -m keras_segmenter.fit` and `keras-segmenter fit` are the same command.
@@ -91,6 +92,12 @@ def parse_args(argv):
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument(
         "--strategy", choices=STRATEGIES, help="default: mirrored with >1 GPU, else one_device"
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        help="with --strategy mirrored on a machine without GPU: split the CPU into N logical "
+        "devices, one replica each (to try data parallelism on a CPU)",
     )
     p.add_argument("--output-dir")
     p.add_argument(
@@ -199,10 +206,10 @@ def make_config(argv):
 
 
 def _training_images(config):
-    from keras_segmenter.data.sources import list_pairs
+    from keras_segmenter.data import count_pairs
 
     try:
-        return len(list_pairs(config.dataset, config.data_dir, "train"))
+        return count_pairs(config.dataset, config.data_dir, "train")
     except (OSError, ValueError) as e:
         raise UserError(f"--data-dir {config.data_dir}: {e}") from None
 
@@ -245,7 +252,8 @@ def main(argv=None):
     if config.strategy != "multi_worker" or worker_info()[0] == 0:  # only the chief writes
         lock_output_dir(config.output_dir)  # held until the process exits
 
-    strategy = make_strategy(config.strategy)  # first: multi-worker must precede any TF op
+    # First: a multi-worker cluster and logical CPUs must be set up before any TF op.
+    strategy = make_strategy(config.strategy, config.cpu_devices)
     from keras_segmenter.training import loop, run
 
     try:
@@ -254,6 +262,7 @@ def main(argv=None):
         else:
             model, summary = run.train(config, strategy=strategy)
             summary["weights_sha256"] = loop.weights_digest(model)
+        summary["replicas"] = strategy.num_replicas_in_sync
     except OSError as e:
         # DiskFullError from our writes; Keras' CSV/TensorBoard writers raise plain OSError.
         if not is_disk_full(e):

@@ -368,6 +368,9 @@ def object_size_confusion(
         )
     buckets = object_size_buckets(y_true, ignore_index, thresholds, connectivity)
     valid = (buckets >= 0) & (y_true >= 0) & (y_true < num_classes)
-    index = (buckets[valid] * num_classes + y_true[valid]) * num_classes + y_pred[valid]
+    # Flat index in int64 (the int8 buckets times K would overflow from K = 64 on).
+    index = np.ravel_multi_index(
+        (buckets[valid], y_true[valid], y_pred[valid]), (3, num_classes, num_classes)
+    )
     counts = np.bincount(index, minlength=3 * num_classes * num_classes)
     return counts.reshape(3, num_classes, num_classes)

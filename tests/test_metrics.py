@@ -236,3 +236,20 @@ def test_object_size_buckets_and_confusion():
     np.testing.assert_array_equal(matrices[1], [[0, 0, 0], [0, 1600, 0], [0, 0, 3000]])
     np.testing.assert_array_equal(matrices.sum(0), confusion_matrix(labels, preds, 3).numpy())
     assert summarize_confusion(matrices[0])["mIoU"] == 0.25  # class 0 IoU 0, class 1 0.5
+
+
+@pytest.mark.parametrize("num_classes", [100, 150])
+def test_object_size_confusion_for_many_classes(num_classes):
+    # The int8 bucket map times 64 or more classes overflowed: 150 classes raised
+    # OverflowError, 100 silently counted large objects in the wrong cells.
+    labels = np.full((120, 120), num_classes - 1, "int32")  # 14,400 - 200 px: large
+    labels[0:10, 0:10] = 140 % num_classes  # 100 px: small
+    labels[60:70, 0:10] = 255  # ignored
+    preds = np.zeros_like(labels)
+    matrices = object_size_confusion(labels, preds, num_classes)
+    assert matrices.shape == (3, num_classes, num_classes)
+    assert matrices[0, 140 % num_classes, 0] == 100
+    assert matrices[2, num_classes - 1, 0] == 120 * 120 - 200
+    np.testing.assert_array_equal(
+        matrices.sum(0), confusion_matrix(labels, preds, num_classes).numpy()
+    )

@@ -4,9 +4,11 @@
 helpers from here (`from tests.testing import FIXTURES, tiny_model`).
 """
 
+import ctypes
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -36,9 +38,17 @@ def max_difference(floor, a, b):
 
 
 def tiny_model(
-    num_classes=5, seed=0, num_layers=2, decoder="mask", dropout=None, distilled=False, dtype=None
+    num_classes=5,
+    seed=0,
+    num_layers=2,
+    decoder="mask",
+    dropout=None,
+    distilled=False,
+    dtype=None,
+    image_size=32,
 ):
-    """A Segmenter small enough for any test: 8-pixel patches, width 16, 2 heads, 32x32 images.
+    """A Segmenter small enough for any test: 8-pixel patches, width 16, 2 heads, 32x32 images
+    (`image_size`: the training crop, and so the default sliding window).
 
     `seed` seeds Keras first (None: it is not seeded). `dropout` sets the
     backbone's drop path and the decoder's dropout (None: the defaults).
@@ -56,7 +66,7 @@ def tiny_model(
         num_layers=num_layers,
         num_heads=2,
         mlp_dim=32,
-        image_size=32,
+        image_size=image_size,
         distilled=distilled,
         dtype=dtype,
         **rates,
@@ -159,6 +169,29 @@ def spawn(script, args, tf_configs=(None,), env=None):
         )
         for config in tf_configs
     ]
+
+
+def _die_with_parent():
+    """In a child, before it runs: the kernel kills it when the test process dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def start(command, tf_config=None):
+    """Starts a command line as the README writes it, in the checkout, with the commands' own
+    TensorFlow log settings (and `TF_CONFIG` when given); it dies with the test process."""
+    env = {k: v for k, v in python_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if tf_config:
+        env["TF_CONFIG"] = tf_config
+    return subprocess.Popen(
+        [str(word) for word in command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent,
+    )
 
 
 def finish(procs, timeout=600):

@@ -216,6 +216,23 @@ def _resolve(name, data_dir, split, kwargs):
     return info, pairs, functools.partial(load, max_pixels=max_pixels)
 
 
+def count_pairs(name, data_dir, split="train", **dataset_kwargs):
+    """The number of `(image, mask)` pairs of a split, without running a TF op.
+
+    Args:
+        name: str, dataset name, or `"tfds:NAME"` (see `train_dataset`).
+        data_dir: str, dataset root, or the TFDS data folder.
+        split: str. Defaults to `"train"`.
+        **dataset_kwargs: dataset options, as for `train_dataset`.
+    """
+    _, source_kwargs = _split_kwargs(dataset_kwargs)
+    if str(name).startswith(TFDS_PREFIX):
+        from keras_segmenter.data.tfds.reader import num_examples
+
+        return num_examples(name[len(TFDS_PREFIX) :], split, data_dir)
+    return len(usable_scan(name, data_dir, split, **source_kwargs).pairs)
+
+
 def _as_pair(size, name):
     if isinstance(size, int):
         size = (size, size)

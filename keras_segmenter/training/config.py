@@ -126,6 +126,7 @@ class RunConfig:
     decoder_dropout: float = 0.1
     precision: str = "float32"
     strategy: str = "auto"
+    cpu_devices: int = None  # mirrored without GPU: logical CPU devices (replicas)
     output_dir: str = None
     resume: bool = False
     seed: int = 0
@@ -175,6 +176,15 @@ class RunConfig:
             )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
+        if self.cpu_devices is not None and (
+            self.strategy != "mirrored"
+            or not isinstance(self.cpu_devices, int)
+            or self.cpu_devices < 1
+        ):
+            raise ValueError(
+                "--cpu-devices must be a positive integer, with --strategy mirrored. "
+                f"Received: cpu_devices={self.cpu_devices!r}, strategy={self.strategy!r}"
+            )
         for flag in ("iterations", "batch_size", "keep_checkpoints"):
             if not _is_int(getattr(self, flag)) or getattr(self, flag) < 1:
                 raise ValueError(

@@ -296,7 +296,7 @@ def train(
     """
     config.resolve()
     seed_everything(config)
-    strategy = strategy or make_strategy(config.strategy)
+    strategy = strategy or make_strategy(config.strategy, config.cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(

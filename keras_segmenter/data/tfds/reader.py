@@ -76,6 +76,36 @@ def prepare(name, manual_dir, data_dir=None):
     return prepared
 
 
+def _prepared(name, split, data_dir):
+    """`(builder, TFDS split)` of a prepared dataset; errors name what to run or pass."""
+    source = builder(name, data_dir)
+    key = canonical_name(name)
+    if not source.is_prepared():
+        raise FileNotFoundError(
+            f"tfds:{key} is not prepared in {source.data_dir}: run "
+            f"`python -m keras_segmenter.data tfds --dataset {key} "
+            f"--manual-dir DIR --data-dir {data_dir or 'DIR'}` first."
+        )
+    tfds_split = _SPLITS.get(split, split)
+    if tfds_split not in source.info.splits:
+        raise ValueError(
+            f"tfds:{key} has splits {sorted(source.info.splits)}. Received: split={split!r}"
+        )
+    return source, tfds_split
+
+
+def num_examples(name, split, data_dir=None):
+    """The number of examples of a prepared split, from TFDS' metadata (runs no TF op).
+
+    Args:
+        name: str, one of `DATASETS`.
+        split: str, `"train"`, `"val"` (TFDS `"validation"`), ...
+        data_dir: str or None, TFDS data folder (None: TFDS' default).
+    """
+    source, tfds_split = _prepared(name, split, data_dir)
+    return source.info.splits[tfds_split].num_examples
+
+
 def read(name, split, data_dir=None, **unexpected):
     """The encoded pairs of a prepared split, in their stored order.
 
@@ -94,20 +124,9 @@ def read(name, split, data_dir=None, **unexpected):
             f"tfds:{name} reads prepared TFRecords and takes no layout "
             f"options. Received: {sorted(unexpected)}"
         )
-    source = builder(name, data_dir)
+    source, tfds_split = _prepared(name, split, data_dir)
     key = canonical_name(name)
     _, image_key, mask_key, image_name, mask_name, label_ids = _SOURCES[key]
-    if not source.is_prepared():
-        raise FileNotFoundError(
-            f"tfds:{key} is not prepared in {source.data_dir}: run "
-            f"`python -m keras_segmenter.data tfds --dataset {key} "
-            f"--manual-dir DIR --data-dir {data_dir or 'DIR'}` first."
-        )
-    tfds_split = _SPLITS.get(split, split)
-    if tfds_split not in source.info.splits:
-        raise ValueError(
-            f"tfds:{key} has splits {sorted(source.info.splits)}. Received: split={split!r}"
-        )
     skip = tfds.decode.SkipDecoding()
     ds = source.as_dataset(
         split=tfds_split, shuffle_files=False, decoders={image_key: skip, mask_key: skip}
