@@ -57,4 +57,15 @@ def machine_info():
         "gpus": gpus,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "backend": backend_version(),
     }
+
+
+def backend_version():
+    """Keras' backend and its version, e.g. `"torch 2.13.0+cpu"`."""
+    import importlib
+
+    import keras
+
+    name = keras.config.backend()
+    return f"{name} {importlib.import_module(name).__version__}"

@@ -1,7 +1,35 @@
 """The models the benchmarks build: the paper's presets, and `tiny` for CI."""
 
 import argparse
+import os
 import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def set_backend_from_argv(argv=None):
+    """Sets `KERAS_BACKEND` from `--backend NAME` in `argv` (default `sys.argv`).
+
+    Keras reads the variable once, when it is first imported, so a script
+    calls this before importing Keras or `keras_segmenter`; its parser then
+    declares `--backend` (`add_backend_flag`) to document and check it.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        name = argv[i + 1] if arg == "--backend" and i + 1 < len(argv) else None
+        name = arg.partition("=")[2] if arg.startswith("--backend=") else name
+        if name in BACKENDS:
+            os.environ["KERAS_BACKEND"] = name
+
+
+def add_backend_flag(parser):
+    """Declares `--backend`, which `set_backend_from_argv` applied before Keras was imported."""
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        choices=BACKENDS,
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
 
 
 def forward_parser(description):
@@ -44,3 +72,14 @@ def build_model(name, num_classes, image_size, dtype=None):
         dtype=dtype,
     )
     return ks.Segmenter(backbone, num_classes, decoder="mask", dtype=dtype)
+
+
+def check_backend(parser, args):
+    """Exits with status 2 when Keras runs another backend than `--backend` asked for."""
+    import keras
+
+    if keras.config.backend() != args.backend:
+        parser.error(
+            f"--backend {args.backend}: Keras was imported with {keras.config.backend()} "
+            "before the flag was read; set KERAS_BACKEND instead"
+        )

@@ -1,7 +1,8 @@
 """Inference throughput of a Segmenter (images/s), as one JSON line.
 
     python benchmarks/throughput.py --model seg_s16_mask --size 512 --batch 4 \\
-        [--precision float32|mixed_bfloat16|mixed_float16] [--xla] [--runs 5] --json
+        [--precision float32|mixed_bfloat16|mixed_float16] [--xla] [--runs 5] \\
+        [--backend tensorflow|jax|torch] --json
     python benchmarks/throughput.py --runtime openvino [--precision mixed_bfloat16] \\
         --model seg_s16_mask --json
 
@@ -15,6 +16,8 @@ after two warm-up calls.
 - `keras` (default): a compiled `tf.function` of the Keras model, in
   `--precision`, optionally with XLA; normalization, the full-resolution
   logits and their argmax are in the graph (no copy of the logits to NumPy).
+  With `--backend jax`, the same in one `jax.jit`; with `--backend torch`,
+  eager PyTorch without autograd.
 - `saved_model`: `keras_segmenter.export.export_saved_model`, loaded with
   `tf.saved_model.load`, its `serving_default` signature (one window per
   image: the window is `--size`).
@@ -37,10 +40,13 @@ import sys
 import tempfile
 import time
 
-import keras_segmenter  # noqa: F401  first: TensorFlow set up as the commands do it
-from keras_segmenter.runtime import PRECISIONS as FILE_PRECISIONS
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import set_backend_from_argv  # noqa: E402
+
+set_backend_from_argv()  # before Keras is imported
+
+import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
+from keras_segmenter.runtime import PRECISIONS as FILE_PRECISIONS  # noqa: E402
 
 RUNTIMES = ("keras", "saved_model", "onnx", "openvino", "litert")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
@@ -57,6 +63,7 @@ PRECISIONS = {
 
 def runtime_function(args, reference, folder):
     """`(class map function of a uint8 batch, timed model or None)` for `args.runtime`."""
+    import keras
     import tensorflow as tf
     from models import build_model
 
@@ -67,6 +74,8 @@ def runtime_function(args, reference, folder):
         if args.precision != "float32":
             model = build_model(args.model, args.num_classes, args.size, args.precision)
             model.set_weights(reference.get_weights())
+        if keras.config.backend() != "tensorflow":
+            return backend_class_map(model), model
         normalize = ImageNormalization(getattr(model, "normalization", "vit"))
         forward = tf.function(
             lambda x: tf.argmax(model(normalize(x), training=False), axis=-1, output_type=tf.int32),
@@ -93,10 +102,41 @@ def runtime_function(args, reference, folder):
     return lambda images: exported(images)["segmentation"], None
 
 
+def backend_class_map(model):
+    """The class map function of a model on JAX (normalization, logits and argmax in
+    one `jax.jit` of `stateless_call`) or PyTorch (eager, without autograd)."""
+    import keras
+    import numpy as np
+
+    from keras_segmenter.layers.normalization import ImageNormalization
+
+    normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+    if keras.config.backend() == "jax":
+        import jax
+
+        def class_map(trainable, non_trainable, images):
+            logits, _ = model.stateless_call(trainable, non_trainable, normalize(images))
+            return keras.ops.argmax(logits, axis=-1)
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        compiled = jax.jit(class_map)
+        return lambda images: np.asarray(compiled(trainable, non_trainable, images))
+    import torch
+
+    def run(images):
+        with torch.no_grad():
+            logits = model(normalize(images), training=False)
+            return keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
+
+    return run
+
+
 def main():
-    from models import forward_parser
+    from models import add_backend_flag, check_backend, forward_parser
 
     parser = forward_parser(__doc__.split("\n\n")[0])
+    add_backend_flag(parser)
     parser.add_argument("--runtime", default="keras", choices=RUNTIMES)
     parser.add_argument(
         "--precision",
@@ -111,6 +151,12 @@ def main():
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
+    check_backend(parser, args)
+    if args.backend != "tensorflow" and (args.runtime != "keras" or args.xla):
+        parser.error(
+            "--backend jax|torch runs --runtime keras without --xla (the exports and XLA "
+            f"are TensorFlow's; JAX always compiles with XLA). Received: --backend {args.backend}"
+        )
     if args.runtime != "keras" and args.xla:
         parser.error(f"--xla applies to --runtime keras only (received --runtime {args.runtime})")
     if args.precision not in PRECISIONS.get(args.runtime, (args.precision,)):
@@ -151,6 +197,7 @@ def main():
     result = {
         "benchmark": "inference_throughput",
         "runtime": args.runtime,
+        "backend": args.backend,
         "model": args.model,
         "size": args.size,
         "batch": args.batch,
@@ -173,6 +220,10 @@ def main():
 
 def _reference_map(reference, images):
     """The float32 Keras model's class map of `images`."""
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        return backend_class_map(reference)(images)
     import tensorflow as tf
 
     from keras_segmenter.layers.normalization import ImageNormalization

@@ -1,7 +1,7 @@
 """Training throughput of a Segmenter: images/s per replica.
 
     python benchmarks/train_throughput.py --model seg_s16_mask --crop 512 --batch 2 \\
-        --precision mixed_bfloat16 --json
+        --precision mixed_bfloat16 [--backend tensorflow|jax|torch] --json
 
 One training step is the `model.fit` step of `training/fit.py` (forward,
 `SegmentationCrossEntropy`, backward, SGD Nesterov with the poly schedule)
@@ -18,6 +18,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import add_backend_flag, check_backend, set_backend_from_argv  # noqa: E402
+
+set_backend_from_argv()  # before Keras is imported
 
 import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
 
@@ -60,7 +63,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    add_backend_flag(p)
     args = p.parse_args(argv)
+    check_backend(p, args)
 
     from machine import machine_info
 
@@ -74,6 +79,7 @@ def main(argv=None):
     median = statistics.median(times)
     result = {
         "benchmark": "train_throughput",
+        "backend": args.backend,
         "model": args.model,
         "crop": args.crop,
         "batch_per_replica": args.batch,

@@ -1,4 +1,4 @@
-"""Segmenter (Strudel et al., ICCV 2021) in Keras 3 on TensorFlow."""
+"""Segmenter (Strudel et al., ICCV 2021) in Keras 3: the model on TensorFlow, JAX and PyTorch."""
 
 # First, before TensorFlow is imported: the command-line entry points set it up (keras_segmenter.cli).
 from keras_segmenter import (

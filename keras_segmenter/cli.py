@@ -30,6 +30,10 @@ calls `prepare_tensorflow()`.
   is captured while TensorFlow is imported and only the lines the level lets
   through (and anything not a log line) are written back.
 
+The commands need the TensorFlow backend: with another `KERAS_BACKEND` they
+stop at once, with one line (`refuse_other_backends`); the benchmarks take
+`--backend`.
+
 A user's mistake ends as one line on stderr and exit status 2. A missing or
 empty data folder, an unknown dataset, a file that is not a model, a
 checkpoint that does not fit, labels out of range: the code that finds the
@@ -49,6 +53,7 @@ import sys
 import tempfile
 
 CONSOLE_SCRIPT = "keras-segmenter"
+USER_ERROR_STATUS = 2
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_DIR = os.path.join(_ROOT, "training")
 BENCHMARKS_DIR = os.path.join(_ROOT, "benchmarks")
@@ -148,6 +153,23 @@ def _has_avx512():
         return True
 
 
+def refuse_other_backends():
+    """In a command (not a benchmark, which takes `--backend`): exit 2 with one line when
+    `KERAS_BACKEND` names another backend than TensorFlow, which the commands need."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    script = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    benchmark = os.path.dirname(script) == os.path.realpath(BENCHMARKS_DIR)
+    if backend != "tensorflow" and is_command() and not benchmark:
+        print(
+            f"error: KERAS_BACKEND={backend}: the commands run on TensorFlow (tf.data, "
+            f"tf.distribute, the exports); unset it. The model itself runs on {backend} "
+            "from Python (README, Models: Backends)",
+            file=sys.stderr,
+        )
+        raise SystemExit(USER_ERROR_STATUS)
+
+
+refuse_other_backends()
 prepare_tensorflow()
 
 
@@ -162,8 +184,6 @@ def command(*words):
     """A shell command line to copy: this Python, then `words` (quoted where needed)."""
     return shlex.join([shown(sys.executable), *map(str, words)])
 
-
-USER_ERROR_STATUS = 2
 
 # `tf.debugging.Assert` failures: the data pipeline's checks of the user's files.
 _ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\[\[|\s*$)", re.DOTALL)

@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_segmenter.layers.backend import TENSORFLOW
+
 
 @tf.custom_gradient
 def _pixel_cross_entropy(labels, logits):
@@ -27,6 +29,8 @@ def _pixel_cross_entropy(labels, logits):
 
 def _sum_over_replicas(value):
     """Sums `value` over the replicas when called inside `strategy.run`."""
+    if not TENSORFLOW:  # tf.distribute only
+        return value
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
@@ -84,7 +88,11 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         logits = ops.cast(y_pred, "float32")
         valid = ops.not_equal(labels, self.ignore_index)
         safe_labels = ops.where(valid, labels, ops.zeros_like(labels))
-        per_pixel = _pixel_cross_entropy(safe_labels, logits)
+        if TENSORFLOW:
+            per_pixel = _pixel_cross_entropy(safe_labels, logits)
+        else:
+            label_logits = ops.take_along_axis(logits, safe_labels[..., None], axis=-1)[..., 0]
+            per_pixel = ops.logsumexp(logits, axis=-1) - label_logits
         valid = ops.cast(valid, "float32")
         if self.class_weights is not None:
             valid = valid * ops.take(ops.convert_to_tensor(self.class_weights), safe_labels)

@@ -10,6 +10,9 @@ the NaN-ignoring means, aAcc is the fraction of valid pixels predicted right.
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
+
+from keras_segmenter.layers.backend import TENSORFLOW
 
 # COCO's object-area limits (pixels), applied to ground truth at its original
 # resolution: ADE20K images (short side about 512) are close to COCO's in size.
@@ -71,6 +74,29 @@ def confusion_matrix(y_true, y_pred, num_classes, ignore_index=255, sample_weigh
         dtype=tf.int64 if weights is None else tf.float64,
     )
     return tf.reshape(counts, (num_classes, num_classes))
+
+
+def _count_dtype():
+    """float64, or float32 on JAX without `jax_enable_x64` (exact counts to 2**24 a cell)."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        return "float64" if jax.config.jax_enable_x64 else "float32"
+    return "float64"
+
+
+def _confusion_in_keras_ops(y_true, y_pred, num_classes, ignore_index, sample_weight):
+    """`confusion_matrix` for the JAX and PyTorch backends (traceable: no boolean
+    masks, no assertions): summed weights in `_count_dtype()`."""
+    y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    y_pred = ops.reshape(ops.cast(y_pred, "int32"), (-1,))
+    valid = (y_true != ignore_index) & (y_true >= 0) & (y_true < num_classes)
+    weights = ops.cast(valid, _count_dtype())
+    if sample_weight is not None:
+        weights = weights * ops.reshape(ops.cast(sample_weight, weights.dtype), (-1,))
+    index = ops.where(valid, y_true * num_classes + y_pred, 0)
+    counts = ops.segment_sum(weights, index, num_segments=num_classes * num_classes)
+    return ops.reshape(counts, (num_classes, num_classes))
 
 
 def summarize_confusion(confusion, class_names=None):
@@ -151,7 +177,7 @@ class MeanIoU(keras.metrics.Metric):
         self.confusion = self.add_variable(
             shape=(num_classes, num_classes),
             initializer="zeros",
-            dtype="float64",
+            dtype=_count_dtype(),
             aggregation="sum",
             name="confusion",
         )
@@ -165,6 +191,8 @@ class MeanIoU(keras.metrics.Metric):
                 taken) or class ids `(B, H, W)` / `(B, H, W, 1)`.
             sample_weight: optional weights broadcastable to `(B, H, W)`.
         """
+        if not TENSORFLOW:
+            return self._update_state_in_keras_ops(y_true, y_pred, sample_weight)
         y_true = tf.convert_to_tensor(y_true)
         y_pred = tf.convert_to_tensor(y_pred)
         if y_true.shape.rank is not None and y_true.shape.rank >= 1 and y_true.shape[-1] == 1:
@@ -182,7 +210,33 @@ class MeanIoU(keras.metrics.Metric):
         batch = confusion_matrix(y_true, y_pred, self.num_classes, self.ignore_index, sample_weight)
         self.confusion.assign_add(tf.cast(batch, tf.float64))
 
+    def _update_state_in_keras_ops(self, y_true, y_pred, sample_weight):
+        y_true, y_pred = ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)
+        if len(y_true.shape) >= 1 and y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, -1)
+        if len(y_pred.shape) == len(y_true.shape) + 1:
+            if y_pred.shape[-1] == 1 and self.num_classes > 1:
+                y_pred = ops.squeeze(y_pred, -1)
+            else:
+                y_pred = ops.argmax(y_pred, axis=-1)
+        if sample_weight is not None:
+            sample_weight = ops.convert_to_tensor(sample_weight)
+            if len(sample_weight.shape) == len(y_true.shape) + 1 and sample_weight.shape[-1] == 1:
+                sample_weight = ops.squeeze(sample_weight, -1)
+            sample_weight = ops.broadcast_to(sample_weight, ops.shape(y_true))
+        batch = _confusion_in_keras_ops(
+            y_true, y_pred, self.num_classes, self.ignore_index, sample_weight
+        )
+        self.confusion.assign_add(ops.cast(batch, self.confusion.dtype))
+
     def result(self):
+        if not TENSORFLOW:
+            confusion = ops.convert_to_tensor(self.confusion)
+            true_positive = ops.diagonal(confusion)
+            union = ops.sum(confusion, 0) + ops.sum(confusion, 1) - true_positive
+            present = union > 0
+            iou = ops.where(present, true_positive / ops.where(present, union, 1.0), 0.0)
+            return ops.cast(ops.sum(iou) / ops.sum(ops.cast(present, iou.dtype)), self.dtype)
         confusion = tf.convert_to_tensor(self.confusion)
         true_positive = tf.linalg.diag_part(confusion)
         union = tf.reduce_sum(confusion, 0) + tf.reduce_sum(confusion, 1) - true_positive
@@ -196,7 +250,7 @@ class MeanIoU(keras.metrics.Metric):
         return summarize_confusion(keras.ops.convert_to_numpy(self.confusion), class_names)
 
     def reset_state(self):
-        self.confusion.assign(tf.zeros_like(self.confusion))
+        self.confusion.assign(ops.zeros(self.confusion.shape, self.confusion.dtype))
 
     def get_config(self):
         return {

@@ -15,7 +15,7 @@ import pytest
 from tests.testing import REPO
 
 CAMVID = REPO / "keras_segmenter" / "data" / "sample" / "camvid"
-MACHINE_KEYS = {"cpu", "cpu_cores", "cpu_flags", "onednn", "gpus", "tensorflow", "keras"}
+MACHINE_KEYS = {"cpu", "cpu_cores", "cpu_flags", "onednn", "gpus", "tensorflow", "keras", "backend"}
 TINY = ("--model", "tiny", "--num-classes", "3")
 RUNTIMES = ["keras", "saved_model", "onnx", "openvino", "litert"]
 ONE_RUN = ("--runs", "1")
@@ -32,6 +32,10 @@ COMMANDS = {
     + (*ONE_RUN, "--steps", "1", "--runtime", "openvino", "--precision", "mixed_bfloat16"),
     "train_throughput": ("train_throughput.py", *TINY, "--crop", "32", "--batch", "1")
     + ("--warmup", "1", "--steps", "1"),
+    "throughput jax": ("throughput.py", *TINY, "--size", "32", "--batch", "2", *ONE_RUN)
+    + ("--steps", "1", "--precision", "mixed_bfloat16", "--backend", "jax"),
+    "train_throughput torch": ("train_throughput.py", *TINY, "--crop", "32", "--batch", "1")
+    + ("--warmup", "1", "--steps", "1", "--backend", "torch"),
     "eval_throughput": ("eval_throughput.py", *TINY, "--height", "32", "--width", "48")
     + ("--window", "32", "--stride", "16", *ONE_RUN, "--images", "1"),
     "data_throughput": ("data_throughput.py", "--dataset", "camvid", "--data-dir", str(CAMVID))
@@ -120,7 +124,18 @@ def test_throughput_rejects_precision_for_exported_runtimes():
 def test_train_throughput(printed):
     out = printed["train_throughput"].result()
     assert out["benchmark"] == "train_throughput" and out["images_per_second_per_replica"] > 0
+    assert out["backend"] == "tensorflow"
     check_machine(out["machine"])
+
+
+def test_throughput_and_train_throughput_on_other_backends(printed):
+    inference = printed["throughput jax"].result()
+    assert (inference["backend"], inference["precision"]) == ("jax", "mixed_bfloat16")
+    assert inference["images_per_sec"] > 0 and 0.9 <= inference["class_map_agreement"] <= 1
+    assert inference["machine"]["backend"].startswith("jax ")
+    training = printed["train_throughput torch"].result()
+    assert training["backend"] == "torch" and training["images_per_second_per_replica"] > 0
+    assert training["machine"]["backend"].startswith("torch ")
 
 
 def test_eval_throughput(printed):

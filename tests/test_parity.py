@@ -3,6 +3,7 @@
 Every bound is `max_difference` of the error model stated in tests/testing.py.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -31,7 +32,7 @@ def test_logits_match_the_official_model(official):
     arrays, names = cases(fixture)
     floor = FLOORS[fixture]["logits"]
     for case in names:
-        logits = np.asarray(model(nhwc(arrays[f"{case}/input"])))
+        logits = keras.ops.convert_to_numpy(model(nhwc(arrays[f"{case}/input"])))
         expected = nhwc(arrays[f"{case}/logits"])
         assert logits.shape == expected.shape
         assert np.abs(logits - expected).max() <= max_difference(floor, "ours", "torch_fp32"), case
@@ -79,7 +80,7 @@ def test_imagenet_encoders_match_the_official_segmenter_encoder(source):
     backbone = backbone_from_imagenet_vit(FIXTURES / source, image_size=64)
     floor = FLOORS["segmenter_encoder_from_augreg"]
     for case in ["64x64", "48x80"]:
-        tokens = np.asarray(backbone(nhwc(features[f"input_{case}"])))
+        tokens = keras.ops.convert_to_numpy(backbone(nhwc(features[f"input_{case}"])))
         expected = features[f"segmenter_features_{case}"]  # the official encoder in float32
         assert np.abs(tokens - expected).max() <= max_difference(floor, "ours", "torch_fp32"), case
 

@@ -4,7 +4,9 @@
 helpers from here (`from tests.testing import FIXTURES, tiny_model`).
 """
 
+import contextlib
 import ctypes
+import http.server
 import json
 import os
 import pathlib
@@ -12,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"  # outputs of the official code, see the README there
@@ -151,9 +154,10 @@ _DIE_WITH_PARENT = (
 )
 
 
-def spawn(script, args, tf_configs=(None,)):
+def spawn(script, args, tf_configs=(None,), env=None):
     """Starts the Python source `script` with `args` (JSON in `sys.argv[1]`), one process per
-    TF_CONFIG (None: no cluster). Returns the processes; `finish` waits for them.
+    TF_CONFIG (None: no cluster), `env` added to the environment (e.g. `KERAS_BACKEND`).
+    Returns the processes; `finish` waits for them.
 
     A killed test run takes them with it: a worker whose peer is gone would
     otherwise wait for it forever."""
@@ -161,7 +165,7 @@ def spawn(script, args, tf_configs=(None,)):
         subprocess.Popen(
             [sys.executable, "-c", _DIE_WITH_PARENT + script, json.dumps(args)],
             cwd=REPO,
-            env=python_env(**({"TF_CONFIG": config} if config else {})),
+            env=python_env(**(env or {}), **({"TF_CONFIG": config} if config else {})),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -213,3 +217,18 @@ def result(proc):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no result; rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+@contextlib.contextmanager
+def loopback_server(handler, poll_interval=0.5):
+    """Serves `handler` (an `http.server` request handler class or factory) on 127.0.0.1 in a
+    thread; yields the base URL. No test touches the network."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

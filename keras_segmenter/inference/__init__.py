@@ -7,7 +7,8 @@ overlap, and the averaged logits are resized back to the image size. The
 code follows the official `segm.model.utils.inference` step by step (same
 anchors, same upscaling of small images, softmax after the resize) and is
 written with TensorFlow ops only, so it runs inside a `tf.function` for
-images of any height and width.
+images of any height and width. A model on the JAX or PyTorch backend runs on
+its own backend, called from those TensorFlow loops (`model_call.model_logits`).
 
 - `segment` (`segment.py`): the one entry point, one normalized image to its
   class map (and probabilities); `make_segment_function` traces it.
@@ -22,6 +23,7 @@ images of any height and width.
 Evaluating over a dataset is `keras_segmenter.evaluation`.
 """
 
+from keras_segmenter.inference.model_call import model_logits
 from keras_segmenter.inference.predictor import make_predictor, segment_image
 from keras_segmenter.inference.segment import (
     make_inference_function,

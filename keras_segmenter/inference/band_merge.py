@@ -3,6 +3,7 @@ finished blocks go (`Pieces`, `Strip`)."""
 
 import tensorflow as tf
 
+from keras_segmenter.inference.model_call import model_logits
 from keras_segmenter.inference.tensor_ops import (
     add_block,
     add_window,
@@ -232,7 +233,7 @@ class BandMerge:
         # freed, and never live beside the window logits.
         with tf.control_dependencies([total]):
             windows = tf.gather_nd(self.view, batch[:, None, None, :] + self.window_pixels[None])
-        logits = tf.cast(self.model(windows, training=False), tf.float32)
+        logits = model_logits(self.model, windows)
 
         def add(i, total):  # one at a time, like the official loop
             return i + 1, add_window(total, logits[i], batch[i, 0] - top, batch[i, 1] - left)

@@ -5,6 +5,7 @@ import weakref
 
 import tensorflow as tf
 
+from keras_segmenter.inference.model_call import model_logits
 from keras_segmenter.inference.segment import segment
 from keras_segmenter.inference.windows import check_window, default_window
 
@@ -61,7 +62,7 @@ def segment_image(
             batch_size=batch_size,
             probabilities=dtype,
         )
-    probs = tf.nn.softmax(tf.cast(model(normalized[None], training=False)[0], tf.float32), axis=-1)
+    probs = tf.nn.softmax(model_logits(model, normalized[None])[0], axis=-1)
     classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
     return classes, (tf.cast(probs, dtype) if probabilities else None)
 

@@ -1,5 +1,8 @@
 import keras
 import tensorflow as tf
+from keras import ops
+
+from keras_segmenter.layers.backend import TENSORFLOW
 
 # Each 32-bit random number gives two decisions of 16 bits.
 _LEVELS = 2**16
@@ -52,15 +55,21 @@ class Dropout(keras.layers.Layer):
             self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=False):
-        scale = self.scale(tf.shape(inputs), inputs.dtype, training)
+        shape = tf.shape(inputs) if TENSORFLOW else ops.shape(inputs)
+        scale = self.scale(shape, inputs.dtype, training)
         return inputs if scale is None else inputs * scale
 
     def scale(self, shape, dtype, training=False):
         """What `call` multiplies its input by: per element 0 or `1 / (1 - rate)`
         (rounded to `dtype`, as Keras' dropout does), a tensor of `shape`; None
-        at inference or rate 0."""
+        at inference or rate 0. Off TensorFlow the 16-bit decisions are
+        `keras.random.randint` draws, one per element."""
         if not training or self.rate == 0.0:
             return None
+        if not TENSORFLOW:
+            bits = keras.random.randint(shape, 0, _LEVELS, seed=self.seed_generator)
+            keep = bits >= round(self.rate * _LEVELS)
+            return ops.cast(keep, dtype) * ops.cast(1.0 / (1.0 - self.rate), dtype)
         # SeedGenerator keeps an int64 state; the stateless ops take int32 seeds.
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
         keep = _keep_mask(shape, seed, self.rate)

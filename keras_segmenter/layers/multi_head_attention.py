@@ -2,6 +2,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_segmenter.layers.backend import TENSORFLOW
 from keras_segmenter.layers.dropout import Dropout
 
 
@@ -24,6 +25,9 @@ def attention_softmax(query, key):
     """`softmax(query @ key^T)` over the keys: the attention weights."""
     # An explicit transpose: with tf.matmul(transpose_b=True) the OpenVINO export's logits are wrong.
     scores = ops.matmul(query, ops.swapaxes(key, -1, -2))
+    if not TENSORFLOW:
+        wide = keras.backend.standardize_dtype(scores.dtype) == "float16"
+        return ops.softmax(ops.cast(scores, "float32") if wide else scores, axis=-1)
     if scores.dtype == tf.float16:
         # float16 has too little range for the softmax sums; bfloat16 has
         # float32's range, so its softmax runs in bfloat16 (12% faster per
@@ -44,8 +48,12 @@ def softmax_attention(query, key, value, dropout=None):
     least float32), equal to the `sum(d_weights * weights)` over the keys that
     TensorFlow's softmax gradient computes. Summed over `head_dim` instead of
     `tokens` terms, it saves two of that gradient's four passes over the
-    `tokens^2` weights.
+    `tokens^2` weights. (Off TensorFlow: the forward pass, differentiated by
+    the backend.)
     """
+    if not TENSORFLOW:
+        weights = ops.cast(attention_softmax(query, key), value.dtype)
+        return ops.matmul(weights if dropout is None else weights * dropout, value)
 
     @tf.custom_gradient
     def attend(query, key, value):
@@ -131,9 +139,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         query, key, value = self._heads(inputs)
-        dropout = self.attention_dropout.scale(
-            tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0), value.dtype, training
-        )
+        if TENSORFLOW:
+            shape = tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0)
+        else:
+            shape = tuple(ops.shape(query)[:-1]) + tuple(ops.shape(key)[-2:-1])
+        dropout = self.attention_dropout.scale(shape, value.dtype, training)
         outputs = softmax_attention(query * self.head_dim**-0.5, key, value, dropout)
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
         outputs = ops.transpose(outputs, (0, 2, 1, 3))  # (B, N, heads, head_dim)

@@ -2,6 +2,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_segmenter.layers.backend import TENSORFLOW
+
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
 class PadToMultiple(keras.layers.Layer):
@@ -59,8 +61,16 @@ class ResizeAndCrop(keras.layers.Layer):
 
     def call(self, logits, padded_images, images):
         padded, size = ops.shape(padded_images), ops.shape(images)
-        # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
-        logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
+        if TENSORFLOW:
+            # `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
+            logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
+        else:  # JAX and PyTorch trace with static sizes; in float32, as `tf.image.resize`
+            logits = ops.image.resize(
+                ops.cast(logits, "float32"),
+                (padded[1], padded[2]),
+                interpolation="bilinear",
+                antialias=False,
+            )
         if None not in images.shape[1:3] and logits.shape[1:3] == images.shape[1:3]:
             return logits  # nothing padded: no crop (its gradient would copy the whole map)
         return logits[:, : size[1], : size[2], :]

@@ -2,6 +2,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_segmenter.layers.backend import TENSORFLOW
+
 
 def resize_position_embedding(embedding, old_grid, new_grid, num_prefix_tokens):
     """Resamples a ViT position embedding to another patch grid.
@@ -25,8 +27,14 @@ def resize_position_embedding(embedding, old_grid, new_grid, num_prefix_tokens):
     dim = embedding.shape[-1]
     prefix = embedding[:, :num_prefix_tokens]
     grid = ops.reshape(embedding[:, num_prefix_tokens:], (1, old_grid[0], old_grid[1], dim))
-    # tf: `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
-    grid = tf.image.resize(grid, tf.stack(new_grid), method="bilinear", antialias=False)
+    if TENSORFLOW:
+        # `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
+        grid = tf.image.resize(grid, tf.stack(new_grid), method="bilinear", antialias=False)
+    else:
+        # JAX and PyTorch trace with static sizes. PyTorch's is F.interpolate itself; JAX's
+        # drops the taps outside the grid and renormalises, which equals clamping the source
+        # coordinate: within 3e-7 of F.interpolate, up and down (24 -> 5), in float32.
+        grid = ops.image.resize(grid, new_grid, interpolation="bilinear", antialias=False)
     grid = ops.reshape(ops.cast(grid, embedding.dtype), (1, -1, dim))
     return ops.concatenate([prefix, grid], axis=1)
 

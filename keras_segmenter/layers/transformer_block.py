@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_segmenter.layers.backend import TENSORFLOW
 from keras_segmenter.layers.drop_path import DropPath
 from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.multi_head_attention import MultiHeadSelfAttention, dense_rows
@@ -91,8 +92,10 @@ class TransformerBlock(keras.layers.Layer):
         if self.compute_dtype == "float32":
             # Exact GELU, which TensorFlow's graph optimizer fuses into fc1's product.
             x = ops.gelu(x, approximate=False)
-        else:
+        elif TENSORFLOW:
             x = gelu_in_float32(x)
+        else:
+            x = ops.cast(ops.gelu(ops.cast(x, "float32"), approximate=False), x.dtype)
         x = self.mlp_dropout(x, training=training)
         return ops.reshape(self.mlp_dropout(self.fc2(x), training=training), shape)
 

@@ -1,4 +1,4 @@
-import numpy as np
+import keras
 
 from keras_segmenter.models.segmenter import Segmenter
 
@@ -30,7 +30,7 @@ def encoder_attention_maps(model, images, layers=None):
     maps = {}
     for i, block in enumerate(backbone.blocks):
         if i in wanted:
-            maps[i] = np.asarray(block.attn.attention_weights(block.norm1(tokens)))
+            maps[i] = keras.ops.convert_to_numpy(block.attn.attention_weights(block.norm1(tokens)))
         if i >= max(wanted):
             break
         tokens = block(tokens)

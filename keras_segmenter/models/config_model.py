@@ -12,6 +12,15 @@ class ConfigModel(keras.Model):
     before calling the constructor.
     """
 
+    def __setattr__(self, name, value):
+        # On PyTorch a keras.Model is a torch Module, which refuses sub-layers
+        # before `Module.__init__` (it creates `_modules`): the subclasses create
+        # their layers before `super().__init__`, and the functional graph tracks them.
+        if keras.config.backend() == "torch" and "_modules" not in vars(self):
+            if not isinstance(getattr(type(self), name, None), property):
+                return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
     def get_config(self):
         return {
             "name": self.name,

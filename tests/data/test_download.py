@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 
 import numpy as np
@@ -26,7 +25,7 @@ from keras_segmenter.data import archives, download, pickled_masks
 from keras_segmenter.data.__main__ import main as data_main
 from keras_segmenter.data.check import check_dataset
 from keras_segmenter.data.download import DOWNLOADS
-from tests.testing import fit_command, python_env
+from tests.testing import fit_command, loopback_server, python_env
 
 ADE_ZIP = "ADEChallengeData2016.zip"
 
@@ -119,15 +118,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(files, **options):
     handler = type("Handler", (_Handler,), {"files": files, "requests": [], "cut": {}, **options})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_server(handler, poll_interval=0.05) as url:
+        yield url, handler
 
 
 def run(*args):

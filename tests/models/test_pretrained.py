@@ -10,7 +10,6 @@ import http.server
 import os
 import pathlib
 import shutil
-import threading
 
 import keras
 import numpy as np
@@ -21,7 +20,7 @@ import keras_segmenter as ks
 from keras_segmenter.convert import CheckpointError, backbone_from_imagenet_vit, load_official
 from keras_segmenter.models import pretrained
 from keras_segmenter.optimizers import TorchSGD
-from tests.testing import FIXTURES, REPO, tiny_model
+from tests.testing import FIXTURES, REPO, loopback_server, tiny_model
 
 TINY = FIXTURES / "tiny_mask"
 README = REPO / "README.md"
@@ -51,17 +50,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(root):
     handler = type("Handler", (_Handler,), {"requests": [], "truncate": False})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_server(functools.partial(handler, directory=str(root))) as url:
+        yield url, handler
 
 
 @pytest.fixture

@@ -1,0 +1,156 @@
+"""The model on JAX and PyTorch: parity, a training step and `.keras` files across backends.
+
+Keras picks its backend once, at import (`KERAS_BACKEND`), so each backend
+runs `_SCRIPT` in a fresh process. There run: the forward parity test of
+`tests/test_parity.py` on every official fixture and its ImageNet encoder
+tests; the sliding-window test of `tests/test_inference.py`; the attention
+maps test of `tests/convert/test_convert.py`; `model.fit` (the `compile()`
+defaults, with the fixture's schedule) over the official training steps of
+`tests/fixtures/train_steps`, under the bounds of
+`tests/training/test_train_steps.py`; and the reading of a `.keras` file
+that TensorFlow (this process) wrote, while this process reads back the file
+the other backend writes; on PyTorch also the README's example. The same
+tests, the same bounds, other kernels.
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tests.testing import (
+    FIXTURES,
+    FLOORS,
+    REPO,
+    finish,
+    fit_command,
+    max_difference,
+    python_env,
+    result,
+    spawn,
+)
+
+_SCRIPT = """
+import json, sys
+args = json.loads(sys.argv[1])
+import keras
+assert keras.config.backend() == args["backend"], keras.config.backend()
+from tests.test_backends import check_this_backend
+check_this_backend(args["out"])
+print("RESULT " + json.dumps(keras.config.backend()), flush=True)
+"""
+
+# Saved on one backend, read on another: ours against ours (tests/testing.py).
+SAVED_ATOL = max_difference(FLOORS["tiny_mask"]["logits"], "ours", "ours")
+
+
+def _saved_case():
+    """An image that needs padding (50x70, patch 16): the resize and crop run."""
+    return np.load(FIXTURES / "tiny_mask" / "cases.npz")["50x70/input"].transpose(0, 2, 3, 1)
+
+
+def _save_with_logits(model, out):
+    """`<out>/<backend>.keras` and the logits it gave on `_saved_case()` before saving."""
+    backend = keras.config.backend()
+    model.save(os.path.join(out, f"{backend}.keras"))
+    np.save(os.path.join(out, f"{backend}.npy"), keras.ops.convert_to_numpy(model(_saved_case())))
+
+
+def _load_and_compare(out, backend):
+    loaded = keras.saving.load_model(os.path.join(out, f"{backend}.keras"))
+    logits = keras.ops.convert_to_numpy(loaded(_saved_case()))
+    np.testing.assert_allclose(
+        logits, np.load(os.path.join(out, f"{backend}.npy")), atol=SAVED_ATOL, rtol=0
+    )
+
+
+def fit_official_steps(out):
+    """`model.fit` from the fixture's initial weights, one fixture batch per epoch.
+
+    `compile()` keeps its default loss and metric; the optimizer is the
+    default's (`make_optimizer`) with the fixture's `iter_max` and rate.
+    Writes `<out>/result.npz` as `train_fixture_steps` does and returns its path.
+    """
+    from tests.training.test_train_steps import (
+        _batches,
+        _fixture,
+        _official_schedule_optimizer,
+        _ported,
+    )
+
+    arrays, fixture = _fixture()
+    images, labels = _batches(arrays, fixture)
+    model = _ported(arrays, fixture, "init/")
+    model.compile(optimizer=_official_schedule_optimizer(fixture))
+    # One batch an epoch: each epoch's loss is that step's loss, not a running mean.
+    batches = (batch for batch in zip(images, labels))
+    history = model.fit(batches, epochs=fixture["steps"], steps_per_epoch=1, verbose=0)
+    path = os.path.join(out, "result.npz")
+    weights = {f"weight{i}": keras.ops.convert_to_numpy(w) for i, w in enumerate(model.weights)}
+    np.savez(path, losses=np.array(history.history["loss"]), **weights)
+    return path
+
+
+def readme_snippet():
+    """The Python block of the README's "Backends" section."""
+    section = (REPO / "README.md").read_text().split("\n### Backends\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def check_this_backend(out):
+    """What `_SCRIPT` runs: every check raises on failure."""
+    from keras_segmenter.convert import load_official
+    from tests import test_inference, test_parity
+    from tests.convert import test_convert
+    from tests.training.test_train_steps import _check_fp32
+
+    for fixture in test_parity.OFFICIAL:
+        model = load_official(FIXTURES / fixture)
+        test_parity.test_logits_match_the_official_model((fixture, model))
+        if fixture == "tiny_mask":
+            for case in test_inference.CASES:
+                test_inference.test_sliding_window_matches_official(model, case)
+            _load_and_compare(out, "tensorflow")
+            _save_with_logits(model, out)
+    test_convert.test_attention_maps_for_visualisation()
+    for source in ("timm_vit", "augreg_vit/tiny.npz"):  # position embeddings resized at load
+        test_parity.test_imagenet_encoders_match_the_official_segmenter_encoder(source)
+        test_parity.test_imagenet_position_embedding_is_resampled_like_the_official_loader(source)
+    _check_fp32(fit_official_steps(out))
+    if keras.config.backend() == "torch":  # the README's example, as written (JAX: 25 s more)
+        os.chdir(out)
+        exec(readme_snippet(), {})
+        assert os.path.exists("model.keras")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_parity_training_and_saved_files_on_another_backend(backend, tmp_path):
+    from keras_segmenter.convert import load_official
+
+    assert keras.config.backend() == "tensorflow"
+    _save_with_logits(load_official(FIXTURES / "tiny_mask"), str(tmp_path))
+    args = {"backend": backend, "out": str(tmp_path)}
+    (proc,) = finish(spawn(_SCRIPT, args, env={"KERAS_BACKEND": backend}), timeout=400)
+    assert result(proc) == backend
+    _load_and_compare(str(tmp_path), backend)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [fit_command("--help"), [sys.executable, "-m", "keras_segmenter.predict", "--help"]],
+    ids=["fit.py", "-m keras_segmenter.predict"],
+)
+def test_commands_refuse_another_backend_in_one_line(command):
+    done = subprocess.run(
+        command, env=python_env(KERAS_BACKEND="jax"), capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: KERAS_BACKEND=jax: the commands run on TensorFlow (tf.data, tf.distribute, "
+        "the exports); unset it. The model itself runs on jax from Python (README, Models: "
+        "Backends)"
+    ]
