@@ -1,5 +1,8 @@
-"""Training pieces shared by `training/fit.py`: schedule, loss, run config,
-strategies, callbacks, checkpoints and a distributed custom training loop."""
+"""Training pieces shared by `training/fit.py`: run config, strategies,
+callbacks, checkpoints and a distributed custom training loop. The loss, the
+optimizer and the schedule live beside the model (`keras_segmenter.losses`,
+`.optimizers`, `.schedules`: `Segmenter.compile()` uses them without importing
+this package) and are re-exported here."""
 
 from keras_segmenter.losses import SegmentationCrossEntropy
 from keras_segmenter.schedules import poly_learning_rate, poly_schedule
