@@ -49,12 +49,14 @@ def tiny_model(
     distilled=False,
     dtype=None,
     image_size=32,
+    normalization=None,
 ):
     """A Segmenter small enough for any test: 8-pixel patches, width 16, 2 heads, 32x32 images
     (`image_size`: the training crop, and so the default sliding window).
 
     `seed` seeds Keras first (None: it is not seeded). `dropout` sets the
-    backbone's drop path and the decoder's dropout (None: the defaults).
+    backbone's drop path and the decoder's dropout (None: the defaults);
+    `normalization` the backbone's input normalization (None: its default).
     """
     import keras
 
@@ -63,6 +65,8 @@ def tiny_model(
     if seed is not None:
         keras.utils.set_random_seed(seed)
     rates = {} if dropout is None else {"drop_path_rate": dropout}
+    if normalization is not None:
+        rates["normalization"] = normalization
     backbone = ks.ViTBackbone(
         patch_size=8,
         hidden_dim=16,

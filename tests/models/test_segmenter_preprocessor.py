@@ -19,17 +19,7 @@ def pixels(shape, seed=0):
 
 @pytest.mark.parametrize("normalization", ["vit", "deit"])
 def test_predict_on_uint8_and_float_pixels_gives_the_normalized_paths_scores(normalization):
-    keras.utils.set_random_seed(0)
-    backbone = ks.ViTBackbone(
-        patch_size=8,
-        hidden_dim=16,
-        num_layers=2,
-        num_heads=2,
-        mlp_dim=32,
-        image_size=32,
-        normalization=normalization,
-    )
-    model = ks.Segmenter(backbone, num_classes=5)
+    model = tiny_model(num_classes=5, normalization=normalization)
     images = pixels((3, 30, 41, 3))
     normalized = normalize_images(images, normalization)
     scores = model.predict(images, batch_size=3, verbose=0)
