@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --model seg_s16_mask --size 512 --batch 4 \\
         [--precision float32|mixed_bfloat16|mixed_float16] [--xla] [--runs 5] \\
-        [--backend tensorflow|jax|torch] --json
+        [--backend tensorflow|jax|torch [--torch-compile]] --json
     python benchmarks/throughput.py --runtime openvino [--precision mixed_bfloat16] \\
         --model seg_s16_mask --json
 
@@ -17,7 +17,9 @@ after two warm-up calls.
   `--precision`, optionally with XLA; normalization, the full-resolution
   logits and their argmax are in the graph (no copy of the logits to NumPy).
   With `--backend jax`, the same in one `jax.jit`; with `--backend torch`,
-  eager PyTorch without autograd.
+  eager PyTorch without autograd, or with `--torch-compile` the same
+  compiled by Inductor with frozen weights
+  (`keras_segmenter.inference.torch_compile`; compiled in the warm-up).
 - `saved_model`: `keras_segmenter.export.export_saved_model`, loaded with
   `tf.saved_model.load`, its `serving_default` signature (one window per
   image: the window is `--size`).
@@ -75,7 +77,7 @@ def runtime_function(args, reference, folder):
             model = build_model(args.model, args.num_classes, args.size, args.precision)
             model.set_weights(reference.get_weights())
         if keras.config.backend() != "tensorflow":
-            return backend_class_map(model), model
+            return backend_class_map(model, args.torch_compile), model
         normalize = ImageNormalization(getattr(model, "normalization", "vit"))
         forward = tf.function(
             lambda x: tf.argmax(model(normalize(x), training=False), axis=-1, output_type=tf.int32),
@@ -102,9 +104,10 @@ def runtime_function(args, reference, folder):
     return lambda images: exported(images)["segmentation"], None
 
 
-def backend_class_map(model):
+def backend_class_map(model, torch_compile=False):
     """The class map function of a model on JAX (normalization, logits and argmax in
-    one `jax.jit` of `stateless_call`) or PyTorch (eager, without autograd)."""
+    one `jax.jit` of `stateless_call`) or PyTorch (eager, without autograd, or
+    with `torch_compile` one `CompiledFunction` of them)."""
     import keras
     import numpy as np
 
@@ -123,6 +126,14 @@ def backend_class_map(model):
         compiled = jax.jit(class_map)
         return lambda images: np.asarray(compiled(trainable, non_trainable, images))
     import torch
+
+    if torch_compile:
+        from keras_segmenter.inference.torch_compile import CompiledFunction
+
+        compiled = CompiledFunction(
+            lambda x: keras.ops.argmax(model(normalize(x), training=False), axis=-1), model
+        )
+        return lambda images: keras.ops.convert_to_numpy(compiled(images))
 
     def run(images):
         with torch.no_grad():
@@ -149,9 +160,16 @@ def main():
     parser.add_argument(
         "--xla", action="store_true", help="keras runtime only: compile with XLA (jit_compile=True)"
     )
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="--backend torch only: run the forward pass compiled by Inductor",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     check_backend(parser, args)
+    if args.torch_compile and args.backend != "torch":
+        parser.error(f"--torch-compile needs --backend torch (received --backend {args.backend})")
     if args.backend != "tensorflow" and (args.runtime != "keras" or args.xla):
         parser.error(
             "--backend jax|torch runs --runtime keras without --xla (the exports and XLA "
@@ -203,6 +221,7 @@ def main():
         "batch": args.batch,
         "precision": args.precision,
         "xla": args.xla,
+        "torch_compile": args.torch_compile,
         "images_per_sec": round(statistics.median(rates), 3),
         "runs_images_per_sec": [round(r, 3) for r in rates],
         "class_map_agreement": agreement,

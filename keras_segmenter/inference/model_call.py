@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.inference.torch_compile import compiled_forward
 from keras_segmenter.layers.backend import TENSORFLOW
 
 # Off TensorFlow, per Segmenter: a plain functional model over the same layers and weights,
@@ -18,13 +19,13 @@ def model_logits(model, images):
     """float32 logits of a batch of normalized `images` (a TensorFlow tensor).
 
     Off TensorFlow the model runs on its backend through `tf.numpy_function`
-    (`predict_on_batch`: compiled once a shape on JAX, no autograd on PyTorch),
-    so the TensorFlow windowing works for every backend; such a graph does
-    not export.
+    (`predict_on_batch`: compiled once a shape on JAX, no autograd on PyTorch;
+    Inductor's graph after `torch_compile.compile_for_torch(model)`), so the
+    TensorFlow windowing works for every backend; such a graph does not export.
     """
     if TENSORFLOW:
         return tf.cast(model(images, training=False), tf.float32)
-    forward = _forward(model)
+    forward = compiled_forward(model) or _forward(model)
 
     def run(batch):
         return np.asarray(keras.ops.convert_to_numpy(forward.predict_on_batch(batch)), np.float32)

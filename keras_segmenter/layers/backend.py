@@ -4,10 +4,14 @@ On the TensorFlow backend the layers run hand-written TensorFlow where it is
 faster than `keras.ops` (the attention's and the 16-bit GELU's written-out
 gradients, 16-bit Philox dropout draws) or where `keras.ops` cannot go
 (`tf.image.resize` to a size known only when the graph runs). On JAX and
-PyTorch they run the same math in `keras.ops`. The parity tests hold both
+PyTorch they run the same math in `keras.ops`; on PyTorch the attention
+without dropout is `keras.ops.dot_product_attention`, torch's fused
+scaled_dot_product_attention (flash attention on CPU; JAX's is the same
+products and softmax as written out, so JAX keeps them). The parity tests hold both
 forms to the official logits (tests/test_backends.py runs them per backend).
 """
 
 import keras
 
 TENSORFLOW = keras.config.backend() == "tensorflow"
+TORCH = keras.config.backend() == "torch"

@@ -2,7 +2,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_segmenter.layers.backend import TENSORFLOW
+from keras_segmenter.layers.backend import TENSORFLOW, TORCH
 from keras_segmenter.layers.dropout import Dropout
 
 
@@ -128,25 +128,34 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.proj.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
-    def _heads(self, inputs):
-        # (B, N, D) -> three (B, heads, N, head_dim) tensors.
+    def _qkv(self, inputs):
+        # (B, N, D) -> (B, N, 3, heads, head_dim).
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
         qkv = self.qkv(dense_rows(inputs, self.hidden_dim, self.compute_dtype))
-        qkv = ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
+        return ops.reshape(qkv, (batch, tokens, 3, self.num_heads, self.head_dim))
+
+    def _heads(self, inputs):
+        # (B, N, D) -> three (B, heads, N, head_dim) tensors.
         # unstack, not qkv[0], qkv[1], qkv[2]: the gradient of an index is a zero-filled
         # full-size tensor per slice (StridedSliceGrad), that of unstack one stack.
-        return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        return ops.unstack(ops.transpose(self._qkv(inputs), (2, 0, 3, 1, 4)), 3, axis=0)
 
     def call(self, inputs, training=False):
-        query, key, value = self._heads(inputs)
-        if TENSORFLOW:
-            shape = tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0)
+        if TORCH and not (training and self.dropout):
+            # torch's fused scaled_dot_product_attention (flash attention on
+            # CPU) on (B, N, heads, head_dim) heads; it has no dropout.
+            query, key, value = ops.unstack(self._qkv(inputs), 3, axis=2)
+            outputs = ops.dot_product_attention(query, key, value, scale=self.head_dim**-0.5)
         else:
-            shape = tuple(ops.shape(query)[:-1]) + tuple(ops.shape(key)[-2:-1])
-        dropout = self.attention_dropout.scale(shape, value.dtype, training)
-        outputs = softmax_attention(query * self.head_dim**-0.5, key, value, dropout)
+            query, key, value = self._heads(inputs)
+            if TENSORFLOW:
+                shape = tf.concat([tf.shape(query)[:-1], tf.shape(key)[-2:-1]], 0)
+            else:
+                shape = tuple(ops.shape(query)[:-1]) + tuple(ops.shape(key)[-2:-1])
+            dropout = self.attention_dropout.scale(shape, value.dtype, training)
+            outputs = softmax_attention(query * self.head_dim**-0.5, key, value, dropout)
+            outputs = ops.transpose(outputs, (0, 2, 1, 3))  # (B, N, heads, head_dim)
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        outputs = ops.transpose(outputs, (0, 2, 1, 3))  # (B, N, heads, head_dim)
         outputs = self.proj(dense_rows(outputs, self.hidden_dim, self.compute_dtype))
         outputs = ops.reshape(outputs, (batch, tokens, self.hidden_dim))
         return self.output_dropout(outputs, training=training)

@@ -1,0 +1,86 @@
+"""The model's forward pass on the PyTorch backend, compiled by Inductor for inference.
+
+`torch.compile` cannot trace a Keras layer's `__call__` (its argument binding,
+`inspect.Signature.bind`, breaks the graph at every layer, and the
+per-layer graphs hit Dynamo's recompile limit: Seg-S/16-mask bf16 ran at a
+fifth of eager Keras). So the function is first recorded as one graph of
+torch operations (`make_fx`: it runs once, and every Keras step in Python
+is gone from the record), and that graph is compiled by Inductor with
+frozen weights (`freezing`: the weights are constants, their bfloat16
+casts are folded and oneDNN gets them pre-packed; without it the compiled
+bf16 graph ran at a fifth of the frozen one). Inference only: no gradients.
+
+The weights are read when a graph is compiled. Each call compares the
+weights' PyTorch version counters (bumped by every assignment:
+`set_weights`, `load_weights`, an optimizer step) with those at compile
+time and compiles again when they moved; a new input shape or dtype also
+compiles a graph of its own (seconds to a minute on 2 cores for Seg-S/16).
+"""
+
+import weakref
+
+import keras
+
+# Per model: its compiled forward (`compile_for_torch`), which `model_call.model_logits` runs.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+class CompiledFunction:
+    """`function` of torch tensors, compiled per input shape and weights version.
+
+    Args:
+        function: callable of torch tensors to torch tensors that reads the
+            weights of `model`, e.g. `lambda x: model(x, training=False)`.
+        model: the Keras model (PyTorch backend) whose weights it reads.
+    """
+
+    def __init__(self, function, model):
+        self.function = function
+        self.model = model
+        self.graphs = {}
+
+    def __call__(self, *args):
+        import torch
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        args = tuple(torch.as_tensor(keras.ops.convert_to_numpy(a)) for a in args)
+        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        version = [(id(v.value), v.value._version) for v in self.model.weights]
+        graph = self.graphs.get(key)
+        with torch.no_grad():
+            if graph is None or graph[0] != version:
+                traced = make_fx(self.function)(*args)
+                graph = (version, torch.compile(traced, dynamic=False, options={"freezing": True}))
+                self.graphs[key] = graph
+            return graph[1](*args)
+
+    def predict_on_batch(self, batch):
+        """The float32 logits of a batch, as `keras.Model.predict_on_batch` gives them."""
+        return self(batch)
+
+
+def compile_for_torch(model):
+    """Runs `model`'s inference on the PyTorch backend compiled (returns `model`).
+
+    After it, `keras_segmenter.inference` (sliding windows, `segment`,
+    `predict`'s Python API) calls the model through a `CompiledFunction` of
+    its float32 logits: one compile per window batch shape, then the
+    compiled graph (Seg-S/16-mask, bfloat16, on an AMX Xeon: about 3x eager
+    Keras; docs/benchmarks.md). Raises `ValueError` on another backend.
+    """
+    if keras.config.backend() != "torch":
+        raise ValueError(
+            "compile_for_torch needs the PyTorch backend (KERAS_BACKEND=torch). "
+            f"Received: {keras.config.backend()}"
+        )
+
+    def logits(images):
+        return keras.ops.cast(model(images, training=False), "float32")
+
+    _COMPILED[model] = CompiledFunction(logits, model)
+    return model
+
+
+def compiled_forward(model):
+    """The `CompiledFunction` that `compile_for_torch` made for `model`, or None."""
+    return _COMPILED.get(model)
