@@ -3,7 +3,7 @@
 `torch.compile` cannot trace a Keras layer's `__call__` (its argument binding,
 `inspect.Signature.bind`, breaks the graph at every layer, and the
 per-layer graphs hit Dynamo's recompile limit: Seg-S/16-mask bf16 ran at a
-fifth of eager Keras). So the function is first recorded as one graph of
+third of eager Keras). So the function is first recorded as one graph of
 torch operations (`make_fx`: it runs once, and every Keras step in Python
 is gone from the record), and that graph is compiled by Inductor with
 frozen weights (`freezing`: the weights are constants, their bfloat16
@@ -69,7 +69,7 @@ def compile_for_torch(model):
     After it, `keras_segmenter.inference` (sliding windows, `segment`,
     `predict`'s Python API) calls the model through a `CompiledFunction` of
     its float32 logits: one compile per window batch shape, then the
-    compiled graph (Seg-S/16-mask, bfloat16, on an AMX Xeon: about 3x eager
+    compiled graph (Seg-S/16-mask, bfloat16, on an AMX Xeon: about 2.5x eager
     Keras; docs/benchmarks.md). Raises `ValueError` on another backend.
     """
     if keras.config.backend() != "torch":
