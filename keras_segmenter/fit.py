@@ -8,7 +8,7 @@
     python training/fit.py ... --strategy mirrored --cpu-devices 2   # MirroredStrategy, no GPU
     TF_CONFIG=... python training/fit.py --strategy multi_worker ...  # one process per machine
 
-`python -m keras_segmenter.fit` and `keras-segmenter fit` are the same command.
+`keras-segmenter fit` and `python -m keras_segmenter.fit` are the same command.
 
 Defaults depend only on what is trained: the bundled CamVid sample (no
 --data-dir) gets a short demo recipe, a real dataset the paper's (see
@@ -27,10 +27,11 @@ import os
 import sys
 
 from keras_segmenter.cli import (
-    LOG_NOTE,
     TRAINING_DIR,
     UserError,
     command,
+    command_parser,
+    command_prog,
     reports_user_errors,
     shown,
 )
@@ -47,18 +48,16 @@ from keras_segmenter.training.config import (
     is_bundled_sample,
 )
 
-PROG = "fit.py"  # how errors start, whichever way the command runs
+PROG = command_prog("fit")  # how errors start, whichever way the command runs
 
 # Flags that cannot change what a resumed run computes.
 RESUME_FLAGS = ("output_dir", "resume", "keep_checkpoints", "dry_run")
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__,
-        epilog=LOG_NOTE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser():
+    """The command line of `keras-segmenter fit`."""
+    p = command_parser(
+        "fit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", help="a config.json of an earlier run; flags override it")
     p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS))
@@ -143,7 +142,7 @@ def parse_args(argv):
     p.add_argument(
         "--dry-run", action="store_true", default=None, help="print the resolved recipe and exit"
     )
-    return p.parse_args(argv)
+    return p
 
 
 def _flag(key):
@@ -246,7 +245,7 @@ def fit_next_steps(config, model_path):
 @reports_user_errors(prog=PROG)
 def make_config(argv):
     """The resolved `RunConfig` of the command line, and whether it is a dry run."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.resume:
             config = _resume_config(args)
@@ -314,11 +313,11 @@ def describe(config):
 
 @reports_user_errors(prog=PROG)
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    config, dry_run = make_config(argv)
+    """Command-line entry point; returns the exit status (0 ok, 1 disk full, 2 bad arguments)."""
+    config, dry_run = make_config(sys.argv[1:] if argv is None else argv)
     print(describe(config), flush=True)
     if dry_run:
-        return
+        return 0
     from keras_segmenter.files import is_disk_full
     from keras_segmenter.training.lock import lock_output_dir
     from keras_segmenter.training.strategies import make_strategy, worker_info
@@ -346,7 +345,7 @@ def main(argv=None):
         else:
             then = "no checkpoint was written yet: free some space, then run the same command again"
         print(f"{PROG}: error: {str(e).splitlines()[0]}; {then}", file=sys.stderr)
-        raise SystemExit(1)
+        return 1
     if summary.get("model"):
         print(f"\nModel:       {summary['model']}")
         print(f"Config:      {os.path.join(config.output_dir, 'config.json')}")
@@ -356,7 +355,8 @@ def main(argv=None):
             print(f"  val mIoU @ {iteration:>7d}: {miou:.4f}")
         print("\n".join(fit_next_steps(config, summary["model"])))
     print("SUMMARY " + json.dumps(summary), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,11 +10,10 @@ SOURCE is one of:
     decoder for `--num-classes` classes is added, ready for fine-tuning.
 """
 
-import argparse
 import os
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.cli import UserError, command_parser, command_prog, reports_user_errors
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
@@ -54,13 +53,12 @@ def convert(source, num_classes=None, decoder="mask", image_size=512):
     return kind, Segmenter(backbone, num_classes, decoder=decoder)
 
 
-@reports_user_errors
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_segmenter.convert",
-        epilog=LOG_NOTE,
-        description=__doc__.split("\n\n")[0],
-    )
+PROG = command_prog("convert")
+
+
+def build_parser():
+    """The command line of `keras-segmenter convert`."""
+    parser = command_parser("convert", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "source", help="official run folder / checkpoint.pth, timm safetensors or AugReg npz"
     )
@@ -74,7 +72,13 @@ def main(argv=None):
     parser.add_argument(
         "--image-size", type=int, help="training crop for ImageNet sources (default 512)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+@reports_user_errors(prog=PROG)
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
     if not args.out.endswith(".keras"):
         raise UserError(f"--out must end in .keras. Received: --out={args.out}")
     if os.path.isdir(args.out):
