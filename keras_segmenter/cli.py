@@ -39,13 +39,18 @@ stop at once, with one line (`refuse_other_backends`); the benchmarks take
 
 A user's mistake ends as one line on stderr and exit status 2. A missing or
 empty data folder, an unknown dataset, a file that is not a model, a
-checkpoint that does not fit, labels out of range: the code that finds the
-mistake raises `ValueError` (or `OSError` for the file system), with a
-message that names the file, flag or key and what was expected. A command's
-`main` is wrapped with `reports_user_errors`, which prints that message as
-one line, `keras-segmenter COMMAND: error: <message>` (as argparse writes a
-bad flag's), with no traceback, and exits with status 2 (as argparse does
-for a bad flag). Anything else is a bug and keeps its traceback.
+checkpoint that does not fit, a bad flag or config key: the code that finds
+the mistake raises `UserError` (a `ValueError`; `CheckpointError`,
+`ImageReadError` and `PresetError` are kinds of it), with a message that
+names the file, flag or key and what was expected. A command's `main` is
+wrapped with `reports_user_errors`, which prints that message as one line,
+`keras-segmenter COMMAND: error: <message>` (as argparse writes a bad
+flag's), with no traceback, and exits with status 2. So do the file
+system's answers about a path (`FileNotFoundError`, `PermissionError`,
+`IsADirectoryError`, `NotADirectoryError`, `FileExistsError`), a full disk
+(`files.DiskFullError`), the data pipeline's checks of the user's files
+(`tf.debugging.Assert`) and running out of memory. Anything else, a plain
+`ValueError` or `OSError` included, is a bug and keeps its traceback.
 """
 
 import argparse
@@ -209,7 +214,21 @@ _ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\[\[|\s*$)", re.DOTAL
 
 
 class UserError(ValueError):
-    """A mistake in what was passed to a command; the message says what was expected."""
+    """A mistake in what the user passed or set up (flags, files, folders, settings).
+
+    The message names the flag, file or key and says what was expected; the
+    commands print it as one line, without a traceback.
+    """
+
+
+# The file system's answers about a path the user named: one line, like a `UserError`.
+_PATH_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
 
 
 def check_file(path, expected, error=UserError):
@@ -231,7 +250,9 @@ def check_file(path, expected, error=UserError):
 
 def user_error_message(error):
     """The one-line message of an exception that is the user's mistake, else None."""
-    if isinstance(error, (ValueError, OSError)):
+    from keras_segmenter.files import DiskFullError
+
+    if isinstance(error, (UserError, DiskFullError) + _PATH_ERRORS):
         message = str(error)
     else:
         tf = sys.modules.get("tensorflow")

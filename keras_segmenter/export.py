@@ -282,7 +282,7 @@ class SegmenterServingModule(tf.Module):
         if max_pixels is None:
             max_pixels = default_max_pixels(self.num_classes, probabilities)
         if not isinstance(max_pixels, int) or max_pixels < window_size**2:
-            raise ValueError(
+            raise UserError(
                 f"`max_pixels` (--max-pixels) must be an int of at least one {window_size}x"
                 f"{window_size} window, {window_size**2} pixels (smaller images are upscaled to "
                 f"the window), or every request is refused. Received: max_pixels={max_pixels!r}"

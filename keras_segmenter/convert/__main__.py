@@ -46,7 +46,7 @@ def convert(source, num_classes=None, decoder="mask", image_size=512):
     if kind == "official":
         return kind, load_official(source)
     if num_classes is None:
-        raise ValueError(
+        raise UserError(
             f"{source} holds only an ImageNet encoder: pass `--num-classes` for the new decoder"
         )
     backbone = backbone_from_imagenet_vit(source, image_size=image_size)

@@ -5,6 +5,7 @@ import random
 
 import tensorflow as tf
 
+from keras_segmenter.cli import UserError
 from keras_segmenter.data import augment
 from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
 from keras_segmenter.data.sources import usable_scan, warn_unpaired
@@ -241,7 +242,7 @@ def _as_pair(size, name):
         or len(size) != 2
         or not all(isinstance(s, int) and s > 0 for s in size)
     ):
-        raise ValueError(
+        raise UserError(
             f"`{name}` must be a positive int or (height, width). Received: {name}={size!r}"
         )
     return tuple(size)
@@ -296,9 +297,7 @@ def train_dataset(
         (batch, crop_h, crop_w, 3) and int32 (batch, crop_h, crop_w).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
-        )
+        raise UserError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     check_normalization(normalization)
     info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
     crop = _as_pair(info.crop_size if crop_size is None else crop_size, "crop_size")

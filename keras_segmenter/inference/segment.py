@@ -3,6 +3,7 @@ normalized image, its shorthands, and the traced factory."""
 
 import tensorflow as tf
 
+from keras_segmenter.cli import UserError
 from keras_segmenter.inference.band_merge import BandMerge, Strip
 from keras_segmenter.inference.views import ViewsMerge, stream
 from keras_segmenter.inference.windows import (
@@ -85,7 +86,7 @@ def segment(
     check_window(window_size, window_stride, batch_size)
     batch_size = windows_per_call(window_size, num_classes, batch_size)
     if not scales or any(not (isinstance(s, (int, float)) and s > 0) for s in scales):
-        raise ValueError(f"`scales` must be positive numbers. Received: scales={scales!r}")
+        raise UserError(f"`scales` must be positive numbers. Received: scales={scales!r}")
     image = as_single_image(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     size = tf.stack([height, width])
@@ -195,7 +196,7 @@ def sliding_window_inference(
     TensorShape([20, 70, 4])
     """
     if num_classes is not None and num_classes != num_classes_of(model):
-        raise ValueError(
+        raise UserError(
             f"`num_classes` differs from the model's {num_classes_of(model)}. "
             f"Received: num_classes={num_classes}"
         )

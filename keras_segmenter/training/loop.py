@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.cli import UserError
 from keras_segmenter.metrics import confusion_matrix, summarize_confusion
 from keras_segmenter.progress import fit_verbosity
 from keras_segmenter.training import callbacks as cb
@@ -60,7 +61,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     num_classes, ignore_index = info.num_classes, info.ignore_index
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(
+        raise UserError(
             f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
         )
     checkpoint_dir = os.path.join(config.output_dir, "checkpoints")

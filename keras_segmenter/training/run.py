@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import keras_segmenter as ks
 from keras_segmenter import optimizers
+from keras_segmenter.cli import UserError
 from keras_segmenter.files import atomic_write, remove_temporary_files
 from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.losses import SegmentationCrossEntropy, median_frequency_weights
@@ -55,13 +56,13 @@ def build_model(config, num_classes):
 
             model = load_official(config.init, dtype=dtype)
         if getattr(model, "num_classes", num_classes) != num_classes:
-            raise ValueError(
+            raise UserError(
                 f"--init {config.init}: the model has {model.num_classes} classes, "
                 f"--dataset {config.dataset} has {num_classes}."
             )
         return model
     if config.model not in ks.MODEL_PRESETS:
-        raise ValueError(
+        raise UserError(
             f"--model must be one of {sorted(ks.MODEL_PRESETS)}. Received: {config.model!r}"
         )
     model = ks.build_segmenter(
@@ -254,7 +255,7 @@ def prepare_output_dir(config, info=None):
         config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
     checkpoints = os.path.join(config.output_dir, "checkpoints")
     if not config.resume and list_checkpoints(checkpoints):
-        raise ValueError(
+        raise UserError(
             f"--output-dir {config.output_dir} already holds checkpoints; pass --resume to "
             "continue that run, or choose another --output-dir."
         )
@@ -290,7 +291,7 @@ def train(
     strategy = strategy or make_strategy(config.strategy, config.cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(
+        raise UserError(
             f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
         )
     info = info or dataset_info(config)
