@@ -175,10 +175,12 @@ def _resume_config(args):
     return config
 
 
-def fit_next_steps(config, model_path):
-    """What to do with the model `training/fit.py` just wrote, as lines to print."""
+def fit_next_steps(config, model_path, photo=None):
+    """What to do with the model `training/fit.py` just wrote, as lines to print.
+
+    `photo`: a validation image to suggest segmenting, if there is one.
+    """
     from keras_segmenter.data import SAMPLE_DIR
-    from keras_segmenter.data.sources import list_pairs
 
     model = shown(model_path)
     data = (
@@ -191,10 +193,6 @@ def fit_next_steps(config, model_path):
     )
     fit = shown(os.path.join(TRAINING_DIR, "fit.py"))
     lines = ["", "Next:"]
-    try:
-        photo = list_pairs(config.dataset, config.data_dir, "val")[0][0]
-    except (OSError, ValueError):
-        photo = None
     if photo is not None:
         out = shown(os.path.join(config.output_dir, "predictions"))
         overlay = os.path.join(out, os.path.splitext(os.path.basename(photo))[0] + "_overlay.png")
@@ -270,29 +268,25 @@ def make_config(argv):
         raise UserError(
             f"--data-dir is required for --dataset {config.dataset}{download_hint(config.dataset)}"
         )
-    if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
-        raise UserError(
-            f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
-            "it, or choose another --output-dir."
-        )
     return config, bool(args.dry_run)
 
 
-def _training_images(config):
-    from keras_segmenter.data import count_pairs
+def open_data(config):
+    """The run's train and val splits, scanned once (`run.open_data`); a mistake names --data-dir."""
+    from keras_segmenter.training.run import open_data
 
     try:
-        return count_pairs(config.dataset, config.data_dir, "train")
-    except (OSError, ValueError) as e:
+        return open_data(config)
+    except (UserError, FileNotFoundError, NotADirectoryError) as e:
         raise UserError(f"--data-dir {config.data_dir}: {e}") from None
 
 
-def describe(config):
+def describe(config, data):
     """The resolved recipe, a few lines for the top of the log."""
-    images = _training_images(config)
+    images = data.train.size
     source = "the bundled sample" if is_bundled_sample(config.dataset, config.data_dir) else "data"
     crops = config.iterations * config.batch_size
-    crop = f"{config.crop_size}x{config.crop_size}" if config.crop_size else "the dataset's crop"
+    crop = f"{config.crop_size}x{config.crop_size}"
     decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
     if config.class_weights != "none":
         decay += f", {config.class_weights.replace('_', '-')} class weights"
@@ -315,7 +309,8 @@ def describe(config):
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 disk full, 2 bad arguments)."""
     config, dry_run = make_config(sys.argv[1:] if argv is None else argv)
-    print(describe(config), flush=True)
+    data = open_data(config)  # no TF op yet: the strategy below must come first
+    print(describe(config, data), flush=True)
     if dry_run:
         return 0
     from keras_segmenter.files import is_disk_full
@@ -331,9 +326,9 @@ def main(argv=None):
 
     try:
         if config.strategy == "multi_worker":
-            model, summary = loop.train_custom_loop(config, strategy)
+            model, summary = loop.train_custom_loop(config, strategy, data)
         else:
-            model, summary = run.train(config, strategy=strategy)
+            model, summary = run.train(config, strategy=strategy, data=data)
             summary["weights_sha256"] = loop.weights_digest(model)
         summary["replicas"] = strategy.num_replicas_in_sync
     except OSError as e:
@@ -353,7 +348,8 @@ def main(argv=None):
         print(f"TensorBoard: tensorboard --logdir {os.path.join(config.output_dir, 'logs')}")
         for iteration, miou in summary["validation"]:
             print(f"  val mIoU @ {iteration:>7d}: {miou:.4f}")
-        print("\n".join(fit_next_steps(config, summary["model"])))
+        photo = data.val.files[0][0] if data.val.files else None
+        print("\n".join(fit_next_steps(config, summary["model"], photo)))
     print("SUMMARY " + json.dumps(summary), flush=True)
     return 0
 

@@ -18,6 +18,7 @@ import os
 
 from keras_segmenter.cli import UserError
 from keras_segmenter.files import atomic_write_text
+from keras_segmenter.training.checkpoints import list_checkpoints
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")  # sgd: the paper's; adamw: for training from scratch
@@ -69,14 +70,6 @@ def _is_int(value):
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _dataset_crop(config):
-    from keras_segmenter.data import get_dataset_info
-
-    kwargs = {"num_classes": config.num_classes} if config.dataset == "folder" else {}
-    crop = get_dataset_info(config.dataset.removeprefix("tfds:"), **kwargs).crop_size
-    return min(crop) if isinstance(crop, (tuple, list)) else crop
 
 
 def _check_output_dir(path):
@@ -143,10 +136,19 @@ class RunConfig:
     window_stride: int = None
     max_pixels: int = None  # refuse larger data files (None: keras_segmenter.images.MAX_PIXELS)
 
-    def resolve(self):
-        """Fills the per-dataset defaults and checks every field.
+    # The dataset's `DatasetInfo`, built by `resolve()` (not a field: not in config.json).
+    info = None
 
-        Raises `ValueError` naming the flag and what was expected.
+    def resolve(self):
+        """Settles the run, once: defaults, checks, the dataset's `DatasetInfo` and the crop.
+
+        Fills the per-dataset defaults and checks every field; builds the
+        dataset's `DatasetInfo` (`self.info`), fills `crop_size` with its
+        crop when none was given, and refuses an `output_dir` that already
+        holds a run's checkpoints unless `resume`. The training calls
+        (`run.train`, `loop.train_custom_loop`) take the resolved config.
+
+        Raises `UserError` naming the flag and what was expected.
         """
         if self.dataset not in DATASET_DEFAULTS and self.dataset not in TFDS_DATASETS:
             raise UserError(
@@ -231,6 +233,9 @@ class RunConfig:
             if path and not os.path.exists(path):
                 raise UserError(f"--{flag.replace('_', '-')}: no such file or folder: {path}")
         self._check_classes()
+        self.info = self._dataset_info()
+        if self.crop_size is None:
+            self.crop_size = self.info.crop_size  # the one place the dataset's crop is filled in
         self._check_model()
         if self.checkpoint_every is None:
             # About 20 checkpoints a run, dividing the run evenly.
@@ -253,11 +258,25 @@ class RunConfig:
         if self.output_dir is None:
             self.output_dir = os.path.join("runs", f"{self.dataset.replace(':', '_')}_{self.model}")
         _check_output_dir(self.output_dir)
+        if not self.resume and list_checkpoints(os.path.join(self.output_dir, "checkpoints")):
+            raise UserError(
+                f"--output-dir {self.output_dir} already holds a run's checkpoints; add --resume "
+                "to continue it, or choose another --output-dir."
+            )
         return self
+
+    def _dataset_info(self):
+        from keras_segmenter.data import get_dataset_info
+
+        if self.dataset == "folder":
+            return get_dataset_info(
+                "folder", num_classes=self.num_classes, ignore_index=self.ignore_index
+            )
+        return get_dataset_info(self.dataset)
 
     def _check_classes(self):
         """--num-classes and --ignore-index: only `folder` reads them, and never a class id."""
-        from keras_segmenter.data import get_dataset_info
+        from keras_segmenter.data.dataset_info import IGNORE_INDEX
 
         if self.dataset != "folder":
             if self.num_classes is not None:
@@ -265,10 +284,9 @@ class RunConfig:
                     f"--num-classes is for --dataset folder; {self.dataset} has its own classes. "
                     f"Received: --num-classes {self.num_classes}"
                 )
-            own = get_dataset_info(self.dataset.removeprefix("tfds:")).ignore_index
-            if self.ignore_index != own:
+            if self.ignore_index != IGNORE_INDEX:  # what every dataset but `folder` ignores
                 raise UserError(
-                    f"--ignore-index is for --dataset folder; {self.dataset} ignores {own}. "
+                    f"--ignore-index is for --dataset folder; {self.dataset} ignores {IGNORE_INDEX}. "
                     f"Received: --ignore-index {self.ignore_index}"
                 )
             return
@@ -292,11 +310,12 @@ class RunConfig:
                 f"--model must be one of {sorted(MODEL_PRESETS)}. Received: {self.model!r}"
             )
         patch = BACKBONE_PRESETS[MODEL_PRESETS[self.model]["backbone"]]["patch_size"]
-        crop = self.crop_size or _dataset_crop(self)
-        if crop % patch:
+        if self.crop_size % patch:
+            dataset_crop = self.crop_size == self.info.crop_size
             raise UserError(
                 f"--crop-size must be a multiple of the {patch}-pixel patch of {self.model}. "
-                f"Received: {crop}" + ("" if self.crop_size else f" (the {self.dataset} default)")
+                f"Received: {self.crop_size}"
+                + (f" (the {self.dataset} default)" if dataset_crop else "")
             )
 
     def to_dict(self):

@@ -8,6 +8,7 @@ which reuses the pieces defined here.
 import math
 import os
 import time
+import typing
 
 import keras
 import numpy as np
@@ -16,13 +17,14 @@ import tensorflow as tf
 import keras_segmenter as ks
 from keras_segmenter import optimizers
 from keras_segmenter.cli import UserError
+from keras_segmenter.data import eval_pairs, open_split, train_batches
 from keras_segmenter.files import atomic_write, remove_temporary_files
 from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.losses import SegmentationCrossEntropy, median_frequency_weights
 from keras_segmenter.metrics import make_metric
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
-from keras_segmenter.training.checkpoints import list_checkpoints, resume
+from keras_segmenter.training.checkpoints import resume
 from keras_segmenter.training.strategies import make_strategy
 from keras_segmenter.visualization import as_palette, colorize
 
@@ -61,10 +63,6 @@ def build_model(config, num_classes):
                 f"--dataset {config.dataset} has {num_classes}."
             )
         return model
-    if config.model not in ks.MODEL_PRESETS:
-        raise UserError(
-            f"--model must be one of {sorted(ks.MODEL_PRESETS)}. Received: {config.model!r}"
-        )
     model = ks.build_segmenter(
         config.model,
         num_classes,
@@ -91,12 +89,12 @@ def make_optimizer(config):
     )
 
 
-def make_loss(config, info):
+def make_loss(config, info, data=None):
     """The cross-entropy ignoring `info.ignore_index`, with `--class-weights` computed
-    from the training masks (read in full through the evaluation pipeline)."""
+    from the masks of `data.train` (read in full through the evaluation pipeline)."""
     weights = None
     if config.class_weights == "median_frequency":
-        masks = (mask.numpy() for _, mask in make_eval_dataset(config, "vit", "train"))
+        masks = (mask.numpy() for _, mask in eval_pairs(data.train, "vit"))
         weights = median_frequency_weights(masks, info.num_classes, info.ignore_index)
     return SegmentationCrossEntropy(ignore_index=info.ignore_index, class_weights=weights)
 
@@ -104,21 +102,28 @@ def make_loss(config, info):
 # ---------------------------------------------------------------- data
 
 
-def dataset_info(config):
-    from keras_segmenter.data import get_dataset_info
+def check_resolved(config):
+    """Raises unless `config.resolve()` ran: the training calls take a settled config."""
+    if config.info is None:
+        raise ValueError("Expected a resolved RunConfig: call `config.resolve()` first.")
 
-    if config.dataset == "folder":
-        return get_dataset_info(
-            "folder", num_classes=config.num_classes, ignore_index=config.ignore_index
+
+class RunData(typing.NamedTuple):
+    """The run's data: its train and val splits, each scanned once (`data.DataSplit`)."""
+
+    train: object
+    val: object
+
+
+def open_data(config):
+    """Scans the run's train and val splits, once, with the dataset's `config.info`."""
+    kwargs = dict(info=config.info, max_pixels=config.max_pixels)
+    return RunData(
+        *(
+            open_split(config.dataset, config.data_dir, split, **kwargs)
+            for split in ("train", "val")
         )
-    return get_dataset_info(config.dataset)
-
-
-def _data_kwargs(config):
-    kwargs = dict(max_pixels=config.max_pixels)
-    if config.dataset == "folder":
-        kwargs.update(num_classes=config.num_classes, ignore_index=config.ignore_index)
-    return kwargs
+    )
 
 
 def validation_window(config, info):
@@ -134,33 +139,16 @@ def validation_window(config, info):
     )
 
 
-def make_train_dataset(config, normalization, batch_size, seed, start=0):
-    """The training batches; `start` batches already trained are skipped (resume)."""
-    from keras_segmenter.data import train_dataset
-
-    return train_dataset(
-        config.dataset,
-        config.data_dir,
+def make_train_dataset(config, data, normalization, batch_size, seed, start=0):
+    """The training batches of `data.train`; `start` batches already trained are skipped (resume)."""
+    return train_batches(
+        data.train,
         batch_size=batch_size,
         crop_size=config.crop_size,
         normalization=normalization,
         seed=seed,
-        split="train",
         repeat=True,
         start=start * batch_size,
-        **_data_kwargs(config),
-    )
-
-
-def make_eval_dataset(config, normalization, split="val"):
-    from keras_segmenter.data import eval_dataset
-
-    return eval_dataset(
-        config.dataset,
-        config.data_dir,
-        split=split,
-        normalization=normalization,
-        **_data_kwargs(config),
     )
 
 
@@ -246,19 +234,13 @@ def seed_everything(config):
         tf.config.experimental.enable_op_determinism()
 
 
-def prepare_output_dir(config, info=None):
+def prepare_output_dir(config):
     """Creates the run folder and writes `config.json` (a resumed run keeps its own).
 
-    Removes the temporary files of writes a killed run left behind.
+    Removes the temporary files of writes a killed run left behind. (An
+    existing run in the folder was refused by `RunConfig.resolve`.)
     """
-    if config.crop_size is None:
-        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
     checkpoints = os.path.join(config.output_dir, "checkpoints")
-    if not config.resume and list_checkpoints(checkpoints):
-        raise UserError(
-            f"--output-dir {config.output_dir} already holds checkpoints; pass --resume to "
-            "continue that run, or choose another --output-dir."
-        )
     os.makedirs(config.output_dir, exist_ok=True)
     for path in remove_temporary_files(config.output_dir, checkpoints):
         print(f"Removed {path}, left by an interrupted write.")
@@ -273,20 +255,23 @@ def prepare_output_dir(config, info=None):
 def train(
     config,
     strategy=None,
+    data=None,
     train_ds=None,
     eval_ds=None,
     info=None,
     extra_callbacks=(),
     verbose="auto",
 ):
-    """Trains with `model.fit` as `config` says; returns `(model, summary)`.
+    """Trains with `model.fit` as the resolved `config` says; returns `(model, summary)`.
 
-    `train_ds` / `eval_ds` / `info` replace the `keras_segmenter.data`
-    datasets (tests pass synthetic ones): `train_ds` yields global batches
-    `(images, masks)`, `eval_ds` unbatched full images; `info` needs
+    `config` is a `RunConfig` after `resolve()`; `data` its `RunData`
+    (`open_data(config)`, scanned once; opened here if not given).
+    `train_ds` / `eval_ds` / `info` replace the datasets built from `data`
+    and `config.info` (tests pass synthetic ones): `train_ds` yields global
+    batches `(images, masks)`, `eval_ds` unbatched full images; `info` needs
     `num_classes`, `ignore_index`, `palette`, `window_size`, `window_stride`.
     """
-    config.resolve()
+    check_resolved(config)
     seed_everything(config)
     strategy = strategy or make_strategy(config.strategy, config.cpu_devices)
     replicas = strategy.num_replicas_in_sync
@@ -294,10 +279,10 @@ def train(
         raise UserError(
             f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
         )
-    info = info or dataset_info(config)
+    info = info or config.info
     num_classes = info.num_classes
-    if config.crop_size is None:
-        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
+    if data is None and (train_ds is None or eval_ds is None):
+        data = open_data(config)
 
     with strategy.scope():
         model = build_model(config, num_classes)
@@ -306,19 +291,19 @@ def train(
         )  # after the model: a refused --init writes nothing
         model.compile(
             optimizer=make_optimizer(config),
-            loss=make_loss(config, info),
+            loss=make_loss(config, info, data),
             metrics=[make_metric(num_classes, info.ignore_index)],
         )
         start = resume(model, checkpoint_dir) if config.resume else 0
     # The same batches as an uninterrupted run from iteration `start` on.
     if train_ds is None:
         train_ds = make_train_dataset(
-            config, model.normalization, config.batch_size, config.seed, start
+            config, data, model.normalization, config.batch_size, config.seed, start
         )
     elif start:
         train_ds = train_ds.skip(start)
     if eval_ds is None:
-        eval_ds = make_eval_dataset(config, model.normalization)
+        eval_ds = eval_pairs(data.val, model.normalization)
 
     steps = config.checkpoint_every
     epochs = config.iterations // steps

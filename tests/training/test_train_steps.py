@@ -105,7 +105,7 @@ def train_fixture_steps(out, strategy=None, precision="float32", custom_loop=Fal
         keep_checkpoints=fixture["iter_max"],
         preview_images=0,
         output_dir=os.path.join(out, "run"),
-    )
+    ).resolve()
     info = types.SimpleNamespace(
         num_classes=fixture["n_cls"],
         ignore_index=255,
