@@ -272,8 +272,9 @@ def make_config(argv):
 
 
 def open_data(config):
-    """The run's train and val splits, scanned once (`run.open_data`); a mistake names --data-dir."""
-    from keras_segmenter.training.run import open_data
+    """The run's train and val splits, scanned once (`factories.open_data`); a mistake names
+    --data-dir."""
+    from keras_segmenter.training.factories import open_data
 
     try:
         return open_data(config)

@@ -97,7 +97,7 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
 def test_fit_validation_runs_the_evaluation_loop(tiny_model):
     """fit's validation gives what its own loop (MeanIoU over the class maps) gave."""
     from keras_segmenter.inference import make_segment_function
-    from keras_segmenter.training.run import make_evaluate_fn
+    from keras_segmenter.training.factories import make_evaluate_fn
 
     pairs = camvid_pairs()
     results = make_evaluate_fn(pairs, 11, 255, 32, 24, max_images=2)(tiny_model)

@@ -202,8 +202,8 @@ def spawned(tmp_path_factory):
 
 
 def _official_schedule_optimizer(fixture):
-    """`run.make_optimizer` for the fixture's recipe."""
-    from keras_segmenter.training import RunConfig, run
+    """`factories.make_optimizer` for the fixture's recipe."""
+    from keras_segmenter.training import RunConfig, factories
 
     config = RunConfig(
         dataset="ade20k",
@@ -212,7 +212,7 @@ def _official_schedule_optimizer(fixture):
         batch_size=2,
         output_dir="unused",
     ).resolve()
-    return run.make_optimizer(config)
+    return factories.make_optimizer(config)
 
 
 def test_poly_schedule_gives_the_official_learning_rates():
