@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_segmenter import predict as predict_module
 from keras_segmenter.cli import UserError, check_file, reports_user_errors, user_error_message
 from keras_segmenter.files import DiskFullError
-from tests.testing import PHOTOS, REPO, tiny_model
+from tests.testing import FIXTURES, PHOTOS, REPO, tiny_model
 
 IMAGE = PHOTOS / "camvid_0016E5_07959.jpg"
 
@@ -45,7 +45,7 @@ def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path):
     """A plain ValueError from the library (here a bug put into `fit`) is not a user's mistake."""
     code = (
         "import sys; from keras_segmenter import fit; "
-        "fit.describe = lambda config: int('not a number'); "
+        "fit.describe = lambda *_: int('not a number'); "
         "from keras_segmenter.__main__ import main; "
         f"sys.exit(main(['fit', '--dry-run', '--output-dir', {str(tmp_path / 'run')!r}]))"
     )
@@ -124,3 +124,18 @@ def test_predict_names_an_out_file_and_a_file_that_is_not_a_model(model_path, tm
     )
     assert not (tmp_path / "o").exists()
     assert keras.saving.load_model(model_path).num_classes == 5
+
+
+def test_a_model_argument_the_user_chose_is_one_line(tmp_path, capsys):
+    """`convert --image-size` reaches `ViTBackbone`'s own check: still the user's mistake."""
+    from keras_segmenter.convert import __main__ as convert_module
+
+    source = FIXTURES / "augreg_vit" / "tiny.npz"
+    argv = [str(source), "--out", str(tmp_path / "m.keras"), "--num-classes", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        convert_module.main([*argv, "--image-size", "50"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "keras-segmenter convert: error: `image_size` must be a multiple of `patch_size`. "
+        "Received: image_size=(50, 50), patch_size=16\n"
+    )
