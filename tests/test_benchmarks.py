@@ -42,6 +42,7 @@ COMMANDS = {
     + ("--crop-size", "32", "--batch-size", "2", "--batches", "1", *ONE_RUN),
     "export_latency": ("export_latency.py", *TINY, "--height", "32", "--width", "48")
     + ("--window", "32", *ONE_RUN),
+    "first_call": ("first_call.py", *TINY, "--size", "32x48", "--window", "32", *ONE_RUN),
     "matmul_bound": ("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN),
     "op_profile": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1"),
     "op_profile train": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1")
@@ -154,6 +155,18 @@ def test_export_latency(printed):
     out = printed["export_latency"].result()
     assert out["same_class_map"] is True and out["saved_model_ms"] > 0
     check_machine(out)
+
+
+def test_first_call(printed):
+    out = printed["first_call"].result()
+    # The predict command ran on one photo and wrote its class map; the split's steps
+    # are the same steps in a second child.
+    assert out["photo"] == [32, 48] and out["seconds_to_class_map"] > 0
+    assert out["seconds_total"] >= out["seconds_to_class_map"] * 0.99
+    split = out["split_seconds"]
+    assert set(split) == {"import", "load", "trace", "first_run", "second_run"}
+    assert all(seconds > 0 for seconds in split.values())
+    check_machine(out["machine"])
 
 
 def test_matmul_bound(printed):
