@@ -147,7 +147,7 @@ def summary(found):
     return {
         "ours_images_per_sec": round(ours, 3),
         "bound_images_per_sec": round(medians["bound"], 3),
-        "official_images_per_sec": official,
+        "official_images_per_sec": round(official, 3) if official else None,
         "ours_over_bound": round(ours / medians["bound"], 3),
         "ours_over_official": round(ours / official, 3) if official else None,
         "rounds_ours": found["ours"],
