@@ -19,6 +19,9 @@ its own backend, called from those TensorFlow loops (`model_call.model_logits`).
 - `windows.py`: the window rule (`default_window`), anchors, upscaling.
 - `band_merge.py`: `BandMerge`, the band-by-band merge of one view's windows;
   `views.py` joins its output or merges several views.
+- `class_map.py`: a batch's class map without its `(B, H, W, K)` logits
+  (`model_classes`, `upsampled_classes`: the upsample and argmax by bands of
+  rows, exactly the argmax of the model's logits), for whole-image inference.
 - `predictor.py`: uint8 RGB in (`segment_image`, `make_predictor`), as
   `predict` and the SavedModel export run it.
 

@@ -202,8 +202,10 @@ def make_segment_function(
     batch_size = windows_per_call(window_size, num_classes_of(model), batch_size)
     scales = tuple(float(s) for s in scales)
 
-    @tf.function(
-        input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True
+    @tf.function(  # no autograph: see `make_predictor`
+        input_signature=[tf.TensorSpec((None, None, 3), tf.float32)],
+        reduce_retracing=True,
+        autograph=False,
     )
     def infer(image):
         classes, probs = segment(
