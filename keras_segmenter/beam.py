@@ -39,7 +39,8 @@ from apache_beam.metrics import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from keras_segmenter.cli import UserError, command_prog
+from keras_segmenter.cli import command_prog
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import TMP_PREFIX
 from keras_segmenter.images import IMAGE_SUFFIXES, ImageReadError, load_image
 from keras_segmenter.prediction import load_model, prediction_step, unique_stem

@@ -61,6 +61,8 @@ import shlex
 import sys
 import tempfile
 
+from keras_segmenter.errors import UserError
+
 CONSOLE_SCRIPT = "keras-segmenter"
 USER_ERROR_STATUS = 2
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,14 +215,6 @@ def command(*words):
 _ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\[\[|\s*$)", re.DOTALL)
 
 
-class UserError(ValueError):
-    """A mistake in what the user passed or set up (flags, files, folders, settings).
-
-    The message names the flag, file or key and says what was expected; the
-    commands print it as one line, without a traceback.
-    """
-
-
 # The file system's answers about a path the user named: one line, like a `UserError`.
 _PATH_ERRORS = (
     FileNotFoundError,
@@ -229,23 +223,6 @@ _PATH_ERRORS = (
     NotADirectoryError,
     FileExistsError,
 )
-
-
-def check_file(path, expected, error=UserError):
-    """Raises `error` unless `path` is an existing file; never says "not found" of one that exists.
-
-    Args:
-        path: the path given.
-        expected: what the file should be, e.g. "a .keras model file".
-        error: the exception class to raise. Defaults to `UserError`.
-    """
-    path = str(path)
-    if os.path.isdir(path):
-        raise error(f"{path} is a folder; expected {expected}")
-    if not os.path.exists(path):
-        raise error(f"{path}: no such file; expected {expected}")
-    if not os.path.isfile(path):
-        raise error(f"{path} is not a regular file; expected {expected}")
 
 
 def user_error_message(error):

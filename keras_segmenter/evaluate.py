@@ -23,8 +23,9 @@ import math
 import os
 import sys
 
-from keras_segmenter.cli import UserError, command_parser, command_prog, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
 from keras_segmenter.data.download import download_hint
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write_text
 
 PROG = command_prog("evaluate")

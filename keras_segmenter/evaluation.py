@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_segmenter import metrics
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.inference import OFFICIAL_SCALES, default_window, make_segment_function
 from keras_segmenter.progress import Progress
 

@@ -45,7 +45,8 @@ import sys
 
 import tensorflow as tf
 
-from keras_segmenter.cli import UserError, command_parser, command_prog, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.image_decoding import declared_size, decode_image
 from keras_segmenter.inference import default_window, num_classes_of, segment_image

@@ -38,7 +38,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.layers.normalization import ImageNormalization
 

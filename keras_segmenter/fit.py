@@ -28,7 +28,6 @@ import sys
 
 from keras_segmenter.cli import (
     TRAINING_DIR,
-    UserError,
     command,
     command_parser,
     command_prog,
@@ -36,6 +35,7 @@ from keras_segmenter.cli import (
     shown,
 )
 from keras_segmenter.data.download import download_hint
+from keras_segmenter.errors import UserError
 from keras_segmenter.training.checkpoints import list_checkpoints
 from keras_segmenter.training.config import (
     CLASS_WEIGHTS,

@@ -35,7 +35,8 @@ Image reading and writing live in `keras_segmenter.images`, the graph in
 import pathlib
 import sys
 
-from keras_segmenter.cli import UserError, command_parser, command_prog, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.images import (
     MAX_PIXELS,

@@ -9,7 +9,7 @@ import functools
 
 import numpy as np
 
-from keras_segmenter.cli import UserError, check_file
+from keras_segmenter.errors import UserError, check_file
 from keras_segmenter.images import class_map_image
 
 

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from keras_segmenter import predict as predict_module
-from keras_segmenter.cli import UserError, check_file, reports_user_errors, user_error_message
+from keras_segmenter.cli import reports_user_errors, user_error_message
+from keras_segmenter.errors import UserError, check_file
 from keras_segmenter.files import DiskFullError
 from tests.testing import FIXTURES, PHOTOS, REPO, tiny_model
 

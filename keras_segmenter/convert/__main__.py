@@ -13,10 +13,11 @@ SOURCE is one of:
 import os
 import sys
 
-from keras_segmenter.cli import UserError, command_parser, command_prog, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.models.segmenter import DECODERS, Segmenter
 

@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 
 # torch storage class name -> NumPy dtype of its raw bytes.
 STORAGE_DTYPES = {

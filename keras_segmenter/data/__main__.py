@@ -3,14 +3,9 @@
 
 import sys
 
-from keras_segmenter.cli import (
-    UserError,
-    command_parser,
-    command_prog,
-    report_user_error,
-    reports_user_errors,
-)
+from keras_segmenter.cli import command_parser, command_prog, report_user_error, reports_user_errors
 from keras_segmenter.data.download import DOWNLOADS, download
+from keras_segmenter.errors import UserError
 
 PROG = command_prog("data")
 

@@ -16,7 +16,7 @@ import stat
 import tarfile
 import zipfile
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 
 MAX_MEMBERS = 200_000

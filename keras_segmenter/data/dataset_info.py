@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.data import classes
+from keras_segmenter.errors import UserError
 
 IGNORE_INDEX = 255
 # `tfds:NAME` reads the TFDS-prepared copy of NAME (same classes and sizes).

@@ -21,9 +21,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.data.archives import extract
 from keras_segmenter.data.pickled_masks import write_masks
+from keras_segmenter.errors import UserError
 from keras_segmenter.progress import Progress
 
 GiB = 1 << 30

@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write_text
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-1.6 `torch.save` file

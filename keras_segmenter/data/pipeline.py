@@ -7,10 +7,10 @@ import typing
 
 import tensorflow as tf
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.data import augment
 from keras_segmenter.data.dataset_info import TFDS_PREFIX, DatasetInfo, get_dataset_info
 from keras_segmenter.data.sources import usable_scan, warn_unpaired
+from keras_segmenter.errors import UserError
 from keras_segmenter.images import MAX_PIXELS
 from keras_segmenter.layers.normalization import check_normalization, normalize_images
 

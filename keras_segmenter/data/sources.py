@@ -4,9 +4,9 @@ import dataclasses
 import logging
 import os
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.data.archives import extract
 from keras_segmenter.data.download import DOWNLOADS, download_hint
+from keras_segmenter.errors import UserError
 from keras_segmenter.images import non_regular_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")

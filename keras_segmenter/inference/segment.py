@@ -5,7 +5,7 @@ analysis, which compare logits)."""
 
 import tensorflow as tf
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.inference.band_merge import BandMerge, Strip
 from keras_segmenter.inference.views import ViewsMerge, stream
 from keras_segmenter.inference.windows import (

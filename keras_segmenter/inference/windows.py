@@ -3,7 +3,7 @@ the rescaling of multi-scale views, and how many windows go into one model call.
 
 import tensorflow as tf
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 
 OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 

@@ -1,6 +1,6 @@
 """Model sizes of the paper's Tables 1 and 3, as data."""
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.models.segmenter import DECODERS, Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
 

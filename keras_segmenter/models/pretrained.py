@@ -19,10 +19,10 @@ import urllib.parse
 
 import keras
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.data.dataset_info import get_dataset_info
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write, atomic_write_text
 from keras_segmenter.version import __version__
 

@@ -1,7 +1,7 @@
 import keras
 from keras import ops
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop

@@ -1,7 +1,7 @@
 import keras
 from keras import ops
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.layers.normalization import check_normalization, normalize_images
 
 _PIXEL_DTYPES = ("uint8", "uint16", "int32", "int64", "float16", "bfloat16", "float32", "float64")

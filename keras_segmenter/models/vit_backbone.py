@@ -2,7 +2,7 @@ import numbers
 
 import keras
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.normalization import check_normalization
 from keras_segmenter.layers.patch_embedding import PatchEmbedding

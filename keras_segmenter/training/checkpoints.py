@@ -20,7 +20,7 @@ import re
 
 # `DiskFullError` (raised by `save_checkpoint`) and the cleanup of a killed
 # write belong to the checkpoints' story too, so they can be imported from here.
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import (  # noqa: F401
     DiskFullError,
     atomic_write,

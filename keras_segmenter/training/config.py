@@ -16,7 +16,7 @@ import json
 import math
 import os
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write_text
 from keras_segmenter.training.checkpoints import list_checkpoints
 

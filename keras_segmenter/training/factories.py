@@ -15,8 +15,8 @@ import tensorflow as tf
 
 import keras_segmenter as ks
 from keras_segmenter import optimizers
-from keras_segmenter.cli import UserError
 from keras_segmenter.data import eval_pairs, open_split, train_batches
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write, remove_temporary_files
 from keras_segmenter.layers.normalization import denormalize_images
 from keras_segmenter.losses import SegmentationCrossEntropy, median_frequency_weights

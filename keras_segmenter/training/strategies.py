@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 
 
 def make_strategy(name="auto", cpu_devices=None):

@@ -3,8 +3,8 @@
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.data.dataset_info import canonical_name
+from keras_segmenter.errors import UserError
 
 # Dataset -> (TFDS builder, image, mask, image name, mask name, labelIds).
 # TFDS' own `cityscapes` stores `gtFine_labelIds`; ours store raw masks.
