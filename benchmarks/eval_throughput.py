@@ -43,11 +43,13 @@ def main():
     from machine import machine_info
     from models import build_model
 
-    from keras_segmenter.inference import make_inference_function
+    from keras_segmenter.inference import make_segment_function
     from keras_segmenter.metrics import confusion_matrix
 
     model = build_model(args.model, args.num_classes, args.window)
-    infer = make_inference_function(model, args.window, args.stride, batch_size=args.window_batch)
+    infer = make_segment_function(
+        model, args.window, args.stride, batch_size=args.window_batch, probabilities=True
+    )
     rng = np.random.default_rng(0)
     image = tf.constant(rng.normal(size=(args.height, args.width, 3)), tf.float32)
     mask = tf.constant(rng.integers(0, args.num_classes, (args.height, args.width)), tf.int32)

@@ -72,23 +72,12 @@ def flops(shapes):
     return total
 
 
-def main():
-    from models import forward_parser
-
-    parser = forward_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print only the JSON line")
-    args = parser.parse_args()
-
+def make_products(shapes, precision):
+    """A `tf.function` running a matrix product of each of `shapes` in `precision`'s dtype
+    (`"float32"` or `"mixed_bfloat16"`: bfloat16), on random operands made once."""
     import tensorflow as tf
-    from machine import machine_info
-    from models import build_model
 
-    dtype = tf.float32 if args.precision == "float32" else tf.bfloat16
-
-    model = build_model(args.model, args.num_classes, args.size)
-    shapes = product_shapes(model, args.size, args.batch)
+    dtype = tf.float32 if precision == "float32" else tf.bfloat16
     # Distinct operands for every product (identical ones would be merged by
     # the graph optimizer and computed once).
     operands = [
@@ -107,12 +96,35 @@ def main():
             ]
         )
 
+    return products
+
+
+def time_products(products, runs):
+    """Seconds of each of `runs` calls of `products` (after one untimed call)."""
     products().numpy()
     seconds = []
-    for _ in range(args.runs):
+    for _ in range(runs):
         start = time.perf_counter()
         products().numpy()
         seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main():
+    from models import forward_parser
+
+    parser = forward_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = parser.parse_args()
+
+    from machine import machine_info
+    from models import build_model
+
+    model = build_model(args.model, args.num_classes, args.size)
+    shapes = product_shapes(model, args.size, args.batch)
+    seconds = time_products(make_products(shapes, args.precision), args.runs)
     median = statistics.median(seconds)
     total = flops(shapes)
     result = {

@@ -69,8 +69,6 @@ def runtime_function(args, reference, folder):
     import tensorflow as tf
     from models import build_model
 
-    from keras_segmenter.layers.normalization import ImageNormalization
-
     if args.runtime == "keras":
         model = reference
         if args.precision != "float32":
@@ -78,12 +76,7 @@ def runtime_function(args, reference, folder):
             model.set_weights(reference.get_weights())
         if keras.config.backend() != "tensorflow":
             return backend_class_map(model, args.torch_compile), model
-        normalize = ImageNormalization(getattr(model, "normalization", "vit"))
-        forward = tf.function(
-            lambda x: tf.argmax(model(normalize(x), training=False), axis=-1, output_type=tf.int32),
-            jit_compile=args.xla,
-        )
-        return lambda images: forward(tf.constant(images)).numpy(), model
+        return keras_class_map(model, args.xla), model
     if args.runtime == "saved_model":
         from keras_segmenter.export import export_saved_model
 
@@ -102,6 +95,21 @@ def runtime_function(args, reference, folder):
     )
     exported = ExportedModel(path, args.precision.removeprefix("mixed_"))
     return lambda images: exported(images)["segmentation"], None
+
+
+def keras_class_map(model, xla=False):
+    """The class map function of a uint8 batch on TensorFlow: normalization, the model
+    and the argmax of its logits in one `tf.function` (with XLA: `xla=True`)."""
+    import tensorflow as tf
+
+    from keras_segmenter.layers.normalization import ImageNormalization
+
+    normalize = ImageNormalization(getattr(model, "normalization", "vit"))
+    forward = tf.function(
+        lambda x: tf.argmax(model(normalize(x), training=False), axis=-1, output_type=tf.int32),
+        jit_compile=xla,
+    )
+    return lambda images: forward(tf.constant(images)).numpy()
 
 
 def backend_class_map(model, torch_compile=False):

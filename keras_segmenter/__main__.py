@@ -1,7 +1,8 @@
 """`keras-segmenter COMMAND ...` (or `python -m keras_segmenter COMMAND ...`).
 
-Runs the `main(argv)` of one command with the rest of the command line;
-`keras-segmenter COMMAND --help` shows that command's flags.
+Runs the `main(argv) -> int` of one command with the rest of the command line
+and exits with its status; `keras-segmenter COMMAND --help` shows that
+command's flags.
 """
 
 import argparse
@@ -28,7 +29,7 @@ COMMANDS = {
 }
 
 
-def _parser():
+def build_parser():
     width = max(map(len, COMMANDS))
     commands = "\n".join(f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items())
     parser = argparse.ArgumentParser(
@@ -48,11 +49,11 @@ def main(argv=None):
     """Runs `COMMAND`'s `main` with the arguments after it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0].startswith("-"):
-        _parser().parse_args(argv)  # --help, --version or no command: argparse answers and exits
-    command = _parser().parse_args(argv[:1]).command  # an unknown command exits with status 2
-    status = importlib.import_module(COMMANDS[command][0]).main(argv[1:])
-    # `evaluate` returns its results and `fit` nothing when they end well.
-    return status if isinstance(status, int) else 0
+        build_parser().parse_args(
+            argv
+        )  # --help, --version or no command: argparse answers and exits
+    command = build_parser().parse_args(argv[:1]).command  # an unknown command exits with status 2
+    return importlib.import_module(COMMANDS[command][0]).main(argv[1:])
 
 
 if __name__ == "__main__":

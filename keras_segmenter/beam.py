@@ -39,7 +39,8 @@ from apache_beam.metrics import Metrics, MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.cli import command_prog
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import TMP_PREFIX
 from keras_segmenter.images import IMAGE_SUFFIXES, ImageReadError, load_image
 from keras_segmenter.prediction import load_model, prediction_step, unique_stem
@@ -239,7 +240,7 @@ def run_pipeline(args):
         with FileSystems.open(failed_path, compression_type=_RAW) as file:
             failed = sorted(file.read().decode().splitlines())
     for message in failed:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"{command_prog('predict')}: error: {message}", file=sys.stderr)
     counters = result.metrics().query(MetricsFilter().with_name("images_done"))["counters"]
     done = sum(c.committed or 0 for c in counters)
     print(f"{done} image(s) -> {args.out}")

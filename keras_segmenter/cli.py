@@ -1,10 +1,13 @@
 """What the command-line entry points share with their user.
 
 The commands are `fit`, `evaluate`, `predict`, `export`, `convert` and
-`data`, each a module of this package with a `main(argv)`. They run as
-`python -m keras_segmenter.<command>`, as `keras-segmenter <command>` (the
-console script, `keras_segmenter.__main__`) and, for the first two, as
-`python training/fit.py` and `python training/evaluate.py` from a clone.
+`data`, each a module of this package of one shape: `build_parser()` (its
+`prog` is `keras-segmenter COMMAND`, from `command_parser`) and
+`main(argv=None) -> int`, the exit status. They run as `keras-segmenter
+COMMAND` (the console script, `keras_segmenter.__main__`), as `python -m
+keras_segmenter.COMMAND` and, for the first two, as `python training/fit.py`
+and `python training/evaluate.py` from a clone (scripts that call the same
+`main`).
 
 Those commands, and the scripts in `benchmarks/`, set TensorFlow up the same
 way before it is imported (`prepare_tensorflow()`): all of them import this
@@ -36,21 +39,29 @@ stop at once, with one line (`refuse_other_backends`); the benchmarks take
 
 A user's mistake ends as one line on stderr and exit status 2. A missing or
 empty data folder, an unknown dataset, a file that is not a model, a
-checkpoint that does not fit, labels out of range: the code that finds the
-mistake raises `ValueError` (or `OSError` for the file system), with a
-message that names the file, flag or key and what was expected. A command's
-`main` is wrapped with `reports_user_errors`, which prints that message as
-one line, `error: <message>` (`fit.py: error: <message>` for fit, as
-argparse writes it), with no traceback, and exits with status 2 (as argparse
-does for a bad flag). Anything else is a bug and keeps its traceback.
+checkpoint that does not fit, a bad flag or config key: the code that finds
+the mistake raises `UserError` (a `ValueError`; `CheckpointError`,
+`ImageReadError` and `PresetError` are kinds of it), with a message that
+names the file, flag or key and what was expected. A command's `main` is
+wrapped with `reports_user_errors`, which prints that message as one line,
+`keras-segmenter COMMAND: error: <message>` (as argparse writes a bad
+flag's), with no traceback, and exits with status 2. So do the file
+system's answers about a path (`FileNotFoundError`, `PermissionError`,
+`IsADirectoryError`, `NotADirectoryError`, `FileExistsError`), a full disk
+(`files.DiskFullError`), the data pipeline's checks of the user's files
+(`tf.debugging.Assert`) and running out of memory. Anything else, a plain
+`ValueError` or `OSError` included, is a bug and keeps its traceback.
 """
 
+import argparse
 import functools
 import os
 import re
 import shlex
 import sys
 import tempfile
+
+from keras_segmenter.errors import UserError
 
 CONSOLE_SCRIPT = "keras-segmenter"
 USER_ERROR_STATUS = 2
@@ -173,6 +184,21 @@ refuse_other_backends()
 prepare_tensorflow()
 
 
+def command_parser(command, **kwargs):
+    """The `argparse` parser of `keras-segmenter COMMAND`, which names it in usage and errors.
+
+    Args:
+        command: the command's name, e.g. `"fit"`.
+        **kwargs: passed on to `argparse.ArgumentParser` (`description`, ...).
+    """
+    return argparse.ArgumentParser(prog=command_prog(command), epilog=LOG_NOTE, **kwargs)
+
+
+def command_prog(command):
+    """How `command`'s usage and error lines start: `keras-segmenter COMMAND`."""
+    return f"{CONSOLE_SCRIPT} {command}"
+
+
 def shown(path):
     """`path` as a user would type it: relative to the working folder when inside it."""
     path = os.path.abspath(path)
@@ -189,30 +215,21 @@ def command(*words):
 _ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\[\[|\s*$)", re.DOTALL)
 
 
-class UserError(ValueError):
-    """A mistake in what was passed to a command; the message says what was expected."""
-
-
-def check_file(path, expected, error=UserError):
-    """Raises `error` unless `path` is an existing file; never says "not found" of one that exists.
-
-    Args:
-        path: the path given.
-        expected: what the file should be, e.g. "a .keras model file".
-        error: the exception class to raise. Defaults to `UserError`.
-    """
-    path = str(path)
-    if os.path.isdir(path):
-        raise error(f"{path} is a folder; expected {expected}")
-    if not os.path.exists(path):
-        raise error(f"{path}: no such file; expected {expected}")
-    if not os.path.isfile(path):
-        raise error(f"{path} is not a regular file; expected {expected}")
+# The file system's answers about a path the user named: one line, like a `UserError`.
+_PATH_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
 
 
 def user_error_message(error):
     """The one-line message of an exception that is the user's mistake, else None."""
-    if isinstance(error, (ValueError, OSError)):
+    from keras_segmenter.files import DiskFullError
+
+    if isinstance(error, (UserError, DiskFullError) + _PATH_ERRORS):
         message = str(error)
     else:
         tf = sys.modules.get("tensorflow")
@@ -247,7 +264,7 @@ def report_user_error(error, prog=None):
     Args:
         error: the exception caught.
         prog: optional command name to start the line with, as argparse
-            does (`fit.py: error: ...`).
+            does (`keras-segmenter fit: error: ...`).
 
     Returns:
         The exit status, 2, or None when `error` is a bug (nothing printed).
@@ -262,8 +279,8 @@ def report_user_error(error, prog=None):
 def reports_user_errors(main=None, *, prog=None):
     """Wraps a command's `main(argv)`: a user's mistake ends as one line and exit status 2.
 
-    Used as `@reports_user_errors`, or `@reports_user_errors(prog="fit.py")`
-    to start the line with the command's name (see `report_user_error`).
+    Used as `@reports_user_errors(prog=command_prog("fit"))` to start the
+    line with the command's name, as argparse does (see `report_user_error`).
     """
     if main is None:
         return functools.partial(reports_user_errors, prog=prog)

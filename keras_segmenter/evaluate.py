@@ -13,8 +13,8 @@ MMSegmentation's definitions. mIoU by object size (paper Table 4) uses
 connected components of each ground-truth class as objects: small < 32^2,
 medium 32^2..96^2, large >= 96^2 pixels (COCO's limits). `--multi-scale`
 averages scales 0.5..1.75 with flips. Prints a table and writes JSON with a
-top-level `mIoU`. `python -m keras_segmenter.evaluate` and
-`keras-segmenter evaluate` are the same command.
+top-level `mIoU`. `keras-segmenter evaluate` and
+`python -m keras_segmenter.evaluate` are the same command.
 """
 
 import argparse
@@ -23,17 +23,18 @@ import math
 import os
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
 from keras_segmenter.data.download import download_hint
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write_text
 
+PROG = command_prog("evaluate")
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description=__doc__,
-        epilog=LOG_NOTE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def build_parser():
+    """The command line of `keras-segmenter evaluate`."""
+    p = command_parser(
+        "evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", required=True, help="a .keras model saved by fit.py or the converter")
     p.add_argument(
@@ -72,7 +73,7 @@ def parse_args(argv):
         help="refuse files whose header declares more pixels, before decoding (default 50000000)",
     )
     p.add_argument("--output", help="write the results as JSON here")
-    return p.parse_args(argv)
+    return p
 
 
 def _json_safe(value):
@@ -112,9 +113,10 @@ def format_table(results):
     return "\n".join(lines)
 
 
-@reports_user_errors
+@reports_user_errors(prog=PROG)
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Command-line entry point; returns the exit status (0 ok, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
     if not args.model.endswith(".keras"):
         raise UserError(f"--model must be a .keras file. Received: --model={args.model}")
     if not os.path.isdir(args.data_dir):
@@ -190,8 +192,8 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         atomic_write_text(args.output, json.dumps(_json_safe(results), indent=1))
         print(f"Wrote {args.output}")
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

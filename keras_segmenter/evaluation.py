@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_segmenter import metrics
+from keras_segmenter.errors import UserError
 from keras_segmenter.inference import OFFICIAL_SCALES, default_window, make_segment_function
 from keras_segmenter.progress import Progress
 
@@ -87,7 +88,7 @@ def evaluate(
 
     num_classes = pick(num_classes, "num_classes")
     if num_classes is None:
-        raise ValueError("`evaluate` needs `num_classes` or `info`. Received neither.")
+        raise UserError("`evaluate` needs `num_classes` or `info`. Received neither.")
     if getattr(getattr(model, "backbone", None), "image_size", None) is None:
         window_size = pick(window_size, "crop_size")  # no training crop to default to
     window_size, window_stride = default_window(model, window_size, window_stride)
@@ -116,7 +117,7 @@ def evaluate(
             mask = mask[..., 0]
         image = tf.convert_to_tensor(image, tf.float32)
         if tuple(image.shape[:2]) != mask.shape:
-            raise ValueError(
+            raise UserError(
                 f"Image {count}: image size {tuple(image.shape[:2])} differs from mask {mask.shape}"
             )
         pred = infer(image)

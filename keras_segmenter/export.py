@@ -39,14 +39,14 @@ as TF Serving clients see them and takes inputs of unknown rank, so that
 bad requests reach the checks in the graph.
 """
 
-import argparse
 import os
 import pathlib
 import sys
 
 import tensorflow as tf
 
-from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.image_decoding import declared_size, decode_image
 from keras_segmenter.inference import default_window, num_classes_of, segment_image
@@ -283,7 +283,7 @@ class SegmenterServingModule(tf.Module):
         if max_pixels is None:
             max_pixels = default_max_pixels(self.num_classes, probabilities)
         if not isinstance(max_pixels, int) or max_pixels < window_size**2:
-            raise ValueError(
+            raise UserError(
                 f"`max_pixels` (--max-pixels) must be an int of at least one {window_size}x"
                 f"{window_size} window, {window_size**2} pixels (smaller images are upscaled to "
                 f"the window), or every request is refused. Received: max_pixels={max_pixels!r}"
@@ -361,14 +361,15 @@ def export_saved_model(
     return module
 
 
-@reports_user_errors
-def main(argv=None):
-    """Command-line entry point; returns the exit status."""
-    from keras_segmenter.export_runtimes import FORMATS, SUFFIXES
+PROG = command_prog("export")
 
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_segmenter.export",
-        epilog=LOG_NOTE,
+
+def build_parser():
+    """The command line of `keras-segmenter export`."""
+    from keras_segmenter.export_runtimes import FORMATS
+
+    parser = command_parser(
+        "export",
         description="Export a Segmenter .keras model as a SavedModel for TF Serving (default), "
         "or for ONNX Runtime, OpenVINO or LiteRT.",
     )
@@ -419,7 +420,15 @@ def main(argv=None):
     parser.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out folder"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+@reports_user_errors(prog=PROG)
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 2 bad arguments)."""
+    from keras_segmenter.export_runtimes import SUFFIXES
+
+    args = build_parser().parse_args(argv)
     if not os.path.isfile(args.model):
         raise UserError(f"--model {args.model}: no such file (expected a .keras model file)")
     if args.format != "saved_model":

@@ -38,6 +38,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.layers.normalization import ImageNormalization
 
@@ -155,10 +156,10 @@ def export_runtime(model, format, path, image_size=None, probabilities=False, ov
         the `pathlib.Path` written.
     """
     if format not in FORMATS:
-        raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
+        raise UserError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
     path = pathlib.Path(path)
     if path.suffix != SUFFIXES[format]:
-        raise ValueError(
+        raise UserError(
             f"The {format} export is a {SUFFIXES[format]} file. Received: path={str(path)!r}"
         )
     if path.exists() and not overwrite:

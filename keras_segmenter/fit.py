@@ -8,7 +8,7 @@
     python training/fit.py ... --strategy mirrored --cpu-devices 2   # MirroredStrategy, no GPU
     TF_CONFIG=... python training/fit.py --strategy multi_worker ...  # one process per machine
 
-`python -m keras_segmenter.fit` and `keras-segmenter fit` are the same command.
+`keras-segmenter fit` and `python -m keras_segmenter.fit` are the same command.
 
 Defaults depend only on what is trained: the bundled CamVid sample (no
 --data-dir) gets a short demo recipe, a real dataset the paper's (see
@@ -27,14 +27,15 @@ import os
 import sys
 
 from keras_segmenter.cli import (
-    LOG_NOTE,
     TRAINING_DIR,
-    UserError,
     command,
+    command_parser,
+    command_prog,
     reports_user_errors,
     shown,
 )
 from keras_segmenter.data.download import download_hint
+from keras_segmenter.errors import UserError
 from keras_segmenter.training.checkpoints import list_checkpoints
 from keras_segmenter.training.config import (
     CLASS_WEIGHTS,
@@ -47,18 +48,16 @@ from keras_segmenter.training.config import (
     is_bundled_sample,
 )
 
-PROG = "fit.py"  # how errors start, whichever way the command runs
+PROG = command_prog("fit")  # how errors start, whichever way the command runs
 
 # Flags that cannot change what a resumed run computes.
 RESUME_FLAGS = ("output_dir", "resume", "keep_checkpoints", "dry_run")
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__,
-        epilog=LOG_NOTE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser():
+    """The command line of `keras-segmenter fit`."""
+    p = command_parser(
+        "fit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", help="a config.json of an earlier run; flags override it")
     p.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS))
@@ -143,7 +142,7 @@ def parse_args(argv):
     p.add_argument(
         "--dry-run", action="store_true", default=None, help="print the resolved recipe and exit"
     )
-    return p.parse_args(argv)
+    return p
 
 
 def _flag(key):
@@ -176,10 +175,12 @@ def _resume_config(args):
     return config
 
 
-def fit_next_steps(config, model_path):
-    """What to do with the model `training/fit.py` just wrote, as lines to print."""
+def fit_next_steps(config, model_path, photo=None):
+    """What to do with the model `training/fit.py` just wrote, as lines to print.
+
+    `photo`: a validation image to suggest segmenting, if there is one.
+    """
     from keras_segmenter.data import SAMPLE_DIR
-    from keras_segmenter.data.sources import list_pairs
 
     model = shown(model_path)
     data = (
@@ -192,10 +193,6 @@ def fit_next_steps(config, model_path):
     )
     fit = shown(os.path.join(TRAINING_DIR, "fit.py"))
     lines = ["", "Next:"]
-    try:
-        photo = list_pairs(config.dataset, config.data_dir, "val")[0][0]
-    except (OSError, ValueError):
-        photo = None
     if photo is not None:
         out = shown(os.path.join(config.output_dir, "predictions"))
         overlay = os.path.join(out, os.path.splitext(os.path.basename(photo))[0] + "_overlay.png")
@@ -246,7 +243,7 @@ def fit_next_steps(config, model_path):
 @reports_user_errors(prog=PROG)
 def make_config(argv):
     """The resolved `RunConfig` of the command line, and whether it is a dry run."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.resume:
             config = _resume_config(args)
@@ -271,29 +268,26 @@ def make_config(argv):
         raise UserError(
             f"--data-dir is required for --dataset {config.dataset}{download_hint(config.dataset)}"
         )
-    if not config.resume and list_checkpoints(os.path.join(config.output_dir, "checkpoints")):
-        raise UserError(
-            f"--output-dir {config.output_dir} already holds a run's checkpoints; add --resume to continue "
-            "it, or choose another --output-dir."
-        )
     return config, bool(args.dry_run)
 
 
-def _training_images(config):
-    from keras_segmenter.data import count_pairs
+def open_data(config):
+    """The run's train and val splits, scanned once (`factories.open_data`); a mistake names
+    --data-dir."""
+    from keras_segmenter.training.factories import open_data
 
     try:
-        return count_pairs(config.dataset, config.data_dir, "train")
-    except (OSError, ValueError) as e:
+        return open_data(config)
+    except (UserError, FileNotFoundError, NotADirectoryError) as e:
         raise UserError(f"--data-dir {config.data_dir}: {e}") from None
 
 
-def describe(config):
+def describe(config, data):
     """The resolved recipe, a few lines for the top of the log."""
-    images = _training_images(config)
+    images = data.train.size
     source = "the bundled sample" if is_bundled_sample(config.dataset, config.data_dir) else "data"
     crops = config.iterations * config.batch_size
-    crop = f"{config.crop_size}x{config.crop_size}" if config.crop_size else "the dataset's crop"
+    crop = f"{config.crop_size}x{config.crop_size}"
     decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
     if config.class_weights != "none":
         decay += f", {config.class_weights.replace('_', '-')} class weights"
@@ -314,11 +308,12 @@ def describe(config):
 
 @reports_user_errors(prog=PROG)
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    config, dry_run = make_config(argv)
-    print(describe(config), flush=True)
+    """Command-line entry point; returns the exit status (0 ok, 1 disk full, 2 bad arguments)."""
+    config, dry_run = make_config(sys.argv[1:] if argv is None else argv)
+    data = open_data(config)  # no TF op yet: the strategy below must come first
+    print(describe(config, data), flush=True)
     if dry_run:
-        return
+        return 0
     from keras_segmenter.files import is_disk_full
     from keras_segmenter.training.lock import lock_output_dir
     from keras_segmenter.training.strategies import make_strategy, worker_info
@@ -332,9 +327,9 @@ def main(argv=None):
 
     try:
         if config.strategy == "multi_worker":
-            model, summary = loop.train_custom_loop(config, strategy)
+            model, summary = loop.train_custom_loop(config, strategy, data)
         else:
-            model, summary = run.train(config, strategy=strategy)
+            model, summary = run.train(config, strategy=strategy, data=data)
             summary["weights_sha256"] = loop.weights_digest(model)
         summary["replicas"] = strategy.num_replicas_in_sync
     except OSError as e:
@@ -346,7 +341,7 @@ def main(argv=None):
         else:
             then = "no checkpoint was written yet: free some space, then run the same command again"
         print(f"{PROG}: error: {str(e).splitlines()[0]}; {then}", file=sys.stderr)
-        raise SystemExit(1)
+        return 1
     if summary.get("model"):
         print(f"\nModel:       {summary['model']}")
         print(f"Config:      {os.path.join(config.output_dir, 'config.json')}")
@@ -354,9 +349,11 @@ def main(argv=None):
         print(f"TensorBoard: tensorboard --logdir {os.path.join(config.output_dir, 'logs')}")
         for iteration, miou in summary["validation"]:
             print(f"  val mIoU @ {iteration:>7d}: {miou:.4f}")
-        print("\n".join(fit_next_steps(config, summary["model"])))
+        photo = data.val.files[0][0] if data.val.files else None
+        print("\n".join(fit_next_steps(config, summary["model"], photo)))
     print("SUMMARY " + json.dumps(summary), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

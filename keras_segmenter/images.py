@@ -16,6 +16,7 @@ import stat
 import numpy as np
 from PIL import Image, ImageOps
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -34,7 +35,7 @@ FILE_KINDS = (
 )
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An image file that could not be opened or decoded."""
 
 
@@ -136,12 +137,12 @@ def as_rgb_array(image):
     if array.dtype == np.uint8 and array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(
+        raise UserError(
             "`image` must be a file path, a PIL image or a uint8 RGB array (height, width, 3) "
             f"with values in [0, 255]. Received: dtype={array.dtype}, shape={array.shape}"
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"`image` has no pixels. Received: shape={array.shape}")
+        raise UserError(f"`image` has no pixels. Received: shape={array.shape}")
     return array
 
 
@@ -158,7 +159,7 @@ def class_map_image(class_map, num_classes):
     elif num_classes <= 65536:
         image = Image.fromarray(class_map.astype(np.uint16))
     else:
-        raise ValueError(
+        raise UserError(
             f"A PNG class map holds at most 65536 classes. Received: num_classes={num_classes}"
         )
     return image

@@ -32,11 +32,11 @@ Image reading and writing live in `keras_segmenter.images`, the graph in
 `keras_segmenter.inference` (`make_predictor`); this file is the command.
 """
 
-import argparse
 import pathlib
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.images import (
     MAX_PIXELS,
@@ -98,10 +98,13 @@ def predict(
     return predictor(array).numpy()
 
 
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_segmenter.predict",
-        epilog=LOG_NOTE,
+PROG = command_prog("predict")
+
+
+def build_parser():
+    """The command line of `keras-segmenter predict` (Beam pipeline options may follow --runner)."""
+    parser = command_parser(
+        "predict",
         description="Segment images with a trained Segmenter: writes <stem>_classes.png "
         "(class indices) and <stem>_overlay.png (colours and legend) per image.",
     )
@@ -146,6 +149,11 @@ def _parse_args(argv):
         "on any Beam filesystem, and Beam pipeline options (--direct_num_workers=2, --project=...) "
         "may follow. Needs pip install 'keras-segmenter[beam]'",
     )
+    return parser
+
+
+def _parse_args(argv):
+    parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
     if pipeline_args and not args.runner:
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
@@ -159,7 +167,7 @@ def _parse_args(argv):
     return args
 
 
-@reports_user_errors
+@reports_user_errors(prog=PROG)
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 some images failed, 2 bad arguments)."""
     args = _parse_args(argv)
@@ -182,14 +190,14 @@ def main(argv=None):
 
     paths, errors = find_images(args.inputs)
     for message in errors:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     failed, done, used = len(errors), 0, set()
     for path in paths:
         try:
             image = load_image(path, max_pixels=args.max_pixels)
         except ImageReadError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"{PROG}: error: {error}", file=sys.stderr)
             failed += 1
             continue
         stem = unique_stem(path, used)

@@ -9,7 +9,7 @@ import functools
 
 import numpy as np
 
-from keras_segmenter.cli import UserError, check_file
+from keras_segmenter.errors import UserError, check_file
 from keras_segmenter.images import class_map_image
 
 
@@ -105,7 +105,7 @@ def class_info(num_classes, dataset):
 
     info = get_dataset_info(dataset)
     if info.num_classes != num_classes:
-        raise ValueError(
+        raise UserError(
             f"--dataset {dataset} has {info.num_classes} classes but the model predicts "
             f"{num_classes}. Received: --dataset {dataset}"
         )

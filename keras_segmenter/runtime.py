@@ -6,7 +6,7 @@
     class_map = segment(model, rgb_uint8_image, window_size=512)   # int32 (H, W)
 
 `segment` is the paper's sliding-window inference (Segmenter, ICCV 2021,
-section 4.2) as `keras_segmenter.inference.sliding_window_inference` does it:
+section 4.2) as `keras_segmenter.inference.segment` does it:
 images whose short side is below the window are upscaled, windows are
 taken at the same anchors, window logits are averaged where they overlap,
 resized bilinearly (half-pixel centres) to the image size, and the class

@@ -42,6 +42,8 @@ COMMANDS = {
     + ("--crop-size", "32", "--batch-size", "2", "--batches", "1", *ONE_RUN),
     "export_latency": ("export_latency.py", *TINY, "--height", "32", "--width", "48")
     + ("--window", "32", *ONE_RUN),
+    "first_call": ("first_call.py", *TINY, "--size", "32x48", "--window", "32", *ONE_RUN),
+    "limits": ("limits.py", *TINY, "--size", "32", "--batch", "1", "--rounds", "1", *ONE_RUN),
     "matmul_bound": ("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN),
     "op_profile": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1"),
     "op_profile train": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1")
@@ -156,11 +158,71 @@ def test_export_latency(printed):
     check_machine(out)
 
 
+def test_first_call(printed):
+    out = printed["first_call"].result()
+    # The predict command ran on one photo and wrote its class map; the split's steps
+    # are the same steps in a second child.
+    assert out["photo"] == [32, 48] and out["seconds_to_class_map"] > 0
+    assert out["seconds_total"] >= out["seconds_to_class_map"] * 0.99
+    split = out["split_seconds"]
+    assert set(split) == {"import", "load", "trace", "first_run", "second_run"}
+    assert all(seconds > 0 for seconds in split.values())
+    check_machine(out["machine"])
+
+
 def test_matmul_bound(printed):
     out = printed["matmul_bound"].result()
     # tiny: patch embedding, 2 encoder blocks, proj_dec, 2 decoder blocks, 3 mask products.
     assert out["products"] == 1 + 6 * 2 + 1 + 6 * 2 + 3 and out["gflops"] > 0
     check_machine(out["machine"])
+
+
+def test_limits_without_the_official_code(printed):
+    out = printed["limits"].result()
+    assert set(out["precisions"]) == {"float32", "mixed_bfloat16"}
+    for found in out["precisions"].values():
+        assert found["ours_images_per_sec"] > 0 and found["bound_images_per_sec"] > 0
+        ratio = found["ours_images_per_sec"] / found["bound_images_per_sec"]
+        assert found["ours_over_bound"] == pytest.approx(ratio, abs=1e-3)
+        assert found["official_images_per_sec"] is None and found["ours_over_official"] is None
+    check_machine(out["machine"])
+
+
+# Stands in for ../shared/peer/bench_forward.py: answers only the command limits.py must
+# send (torch.compile, the model, batch and size asked for; bf16 autocast for bfloat16).
+FAKE_OFFICIAL = """import json, sys
+argv = " ".join(sys.argv[1:])
+wanted = "--variants tiny --batches 1 --size 32 --runs 1 --compile-only"
+ok = argv in (wanted, wanted + " --amp")
+print(json.dumps({"images_per_s": 8.0 if "--amp" in argv else 4.0, "other_procs_cpu_frac": 0.01}
+                 if ok else {"error": "unexpected arguments: " + argv}))
+"""
+
+
+def test_limits_runs_the_official_benchmark_per_precision(tmp_path):
+    fake = tmp_path / "bench_forward.py"
+    fake.write_text(FAKE_OFFICIAL)
+    out = run_benchmark(
+        "limits.py",
+        *TINY,
+        "--size",
+        "32",
+        "--batch",
+        "1",
+        "--rounds",
+        "2",
+        *ONE_RUN,
+        "--peer-python",
+        sys.executable,
+        "--peer-script",
+        str(fake),
+    )
+    for precision, official in (("float32", 4.0), ("mixed_bfloat16", 8.0)):
+        found = out["precisions"][precision]
+        assert found["rounds_official"] == [official, official]
+        assert found["official_other_procs_cpu_frac"] == [0.01, 0.01]
+        ratio = found["ours_images_per_sec"] / official
+        assert found["ours_over_official"] == pytest.approx(ratio, abs=1e-3)
 
 
 def test_op_profile(printed):

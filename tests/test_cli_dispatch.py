@@ -2,6 +2,7 @@
 
 import configparser
 import importlib
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -39,7 +40,23 @@ def test_help_lists_every_command_and_each_command_has_its_own(capsys):
         status, out = _exit_status(capsys, [name, "--help"])
         assert status == 0 and out.out.startswith("usage: "), name
     status, out = _exit_status(capsys, ["predict", "--help"])
-    assert "usage: python -m keras_segmenter.predict" in out.out and "--model" in out.out
+    assert "usage: keras-segmenter predict " in out.out and "--model" in out.out
+
+
+def test_every_command_has_one_shape(capsys):
+    """`build_parser()` with prog `keras-segmenter COMMAND`, `main(argv)`; training/*.py call it."""
+    for name, (module_name, _) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        assert module.build_parser().prog == f"keras-segmenter {name}", name
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--no-such-flag"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"keras-segmenter {name}: error: " in err, err
+    for name in ("fit", "evaluate"):
+        spec = importlib.util.spec_from_file_location(name, REPO / "training" / f"{name}.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        assert script.main is importlib.import_module(COMMANDS[name][0]).main
 
 
 def test_version_is_the_package_version(capsys):
@@ -66,7 +83,7 @@ def test_a_command_gets_the_rest_of_the_line_and_its_status_is_returned(tmp_path
     assert status == 2
     assert (
         out.err
-        == "fit.py: error: --resume needs --output-dir, the folder of the run to continue.\n"
+        == "keras-segmenter fit: error: --resume needs --output-dir, the folder of the run to continue.\n"
     )
 
 
@@ -76,7 +93,8 @@ def test_a_missing_manual_download_is_one_line_naming_the_folder(tmp_path, capsy
     argv = ["tfds", "--dataset", "camvid", "--manual-dir", str(empty)]
     assert main(["data", *argv, "--data-dir", str(tmp_path / "tfds")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {empty}: the manual download folder")
+    assert err.count("\n") == 1
+    assert err.startswith(f"keras-segmenter data: error: {empty}: the manual download folder")
     assert "is empty; expected: Copy the `CamVid/` folder" in err
 
 
@@ -114,5 +132,8 @@ def test_python_dash_m_runs_the_dispatcher():
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: evaluate.py ") and "--multi-scale" in result.stdout
+    assert (
+        result.stdout.startswith("usage: keras-segmenter evaluate ")
+        and "--multi-scale" in result.stdout
+    )
     assert "cpu_feature_guard" not in result.stderr  # TensorFlow's start-up notices are hidden

@@ -1,5 +1,7 @@
 """keras_segmenter.cli: a user's mistake is one line and exit status 2, a bug keeps its traceback."""
 
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -7,8 +9,10 @@ import pytest
 import tensorflow as tf
 
 from keras_segmenter import predict as predict_module
-from keras_segmenter.cli import UserError, check_file, reports_user_errors, user_error_message
-from tests.testing import PHOTOS, tiny_model
+from keras_segmenter.cli import reports_user_errors, user_error_message
+from keras_segmenter.errors import UserError, check_file
+from keras_segmenter.files import DiskFullError
+from tests.testing import FIXTURES, PHOTOS, REPO, tiny_model
 
 IMAGE = PHOTOS / "camvid_0016E5_07959.jpg"
 
@@ -27,10 +31,34 @@ def test_user_errors_become_one_line_and_bugs_are_reraised(capsys):
             main(error)
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == line
-    with pytest.raises(KeyError):
-        main(KeyError("a bug"))
+    with pytest.raises(SystemExit):  # a full disk is no bug either
+        main(DiskFullError("m.keras: the disk is full, nothing was written"))
+    assert capsys.readouterr().err == "error: m.keras: the disk is full, nothing was written\n"
+    for bug in (KeyError("a bug"), ValueError("a bug"), OSError(5, "Input/output error")):
+        with pytest.raises(type(bug)):
+            main(bug)
+        assert capsys.readouterr().err == ""
     with pytest.raises(tf.errors.InvalidArgumentError):  # not one of the data checks
         main(tf.errors.InvalidArgumentError(None, None, "Matrix size-incompatible"))
+
+
+def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path):
+    """A plain ValueError from the library (here a bug put into `fit`) is not a user's mistake."""
+    code = (
+        "import sys; from keras_segmenter import fit; "
+        "fit.describe = lambda *_: int('not a number'); "
+        "from keras_segmenter.__main__ import main; "
+        f"sys.exit(main(['fit', '--dry-run', '--output-dir', {str(tmp_path / 'run')!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "ValueError: invalid literal for int() with base 10: 'not a number'"
+    )
+    assert "error: invalid literal" not in result.stderr
 
 
 def test_tensorflow_assertions_are_read_as_their_message():
@@ -97,3 +125,18 @@ def test_predict_names_an_out_file_and_a_file_that_is_not_a_model(model_path, tm
     )
     assert not (tmp_path / "o").exists()
     assert keras.saving.load_model(model_path).num_classes == 5
+
+
+def test_a_model_argument_the_user_chose_is_one_line(tmp_path, capsys):
+    """`convert --image-size` reaches `ViTBackbone`'s own check: still the user's mistake."""
+    from keras_segmenter.convert import __main__ as convert_module
+
+    source = FIXTURES / "augreg_vit" / "tiny.npz"
+    argv = [str(source), "--out", str(tmp_path / "m.keras"), "--num-classes", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        convert_module.main([*argv, "--image-size", "50"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "keras-segmenter convert: error: `image_size` must be a multiple of `patch_size`. "
+        "Received: image_size=(50, 50), patch_size=16\n"
+    )

@@ -13,7 +13,7 @@ from PIL import Image
 
 import keras_segmenter as ks
 from keras_segmenter.evaluation import evaluate
-from keras_segmenter.inference import multi_scale_inference, sliding_window_inference
+from keras_segmenter.inference import segment
 from keras_segmenter.metrics import SIZE_BUCKETS, object_size_confusion, summarize_confusion
 from tests import testing
 from tests.testing import ASSETS, REPO
@@ -86,9 +86,7 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
     # The window is the model's 32 training crop, not the dataset's 64 crop;
     # the stride is max(32 - 32, 32 // 2) (see inference.default_window).
     assert results["window_size"] == 32 and results["window_stride"] == 16
-    preds = [
-        np.argmax(sliding_window_inference(tiny_model, x, 32, 16).numpy(), -1) for x, _ in pairs
-    ]
+    preds = [segment(tiny_model, x, 32, 16)[0].numpy() for x, _ in pairs]
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 2
     check_against_numpy(results, preds, [m for _, m in pairs])
     assert results["num_images"] == 3 and 0 < results["mIoU"] < 1
@@ -97,7 +95,7 @@ def test_evaluate_matches_numpy_on_real_pairs(tiny_model):
 def test_fit_validation_runs_the_evaluation_loop(tiny_model):
     """fit's validation gives what its own loop (MeanIoU over the class maps) gave."""
     from keras_segmenter.inference import make_segment_function
-    from keras_segmenter.training.run import make_evaluate_fn
+    from keras_segmenter.training.factories import make_evaluate_fn
 
     pairs = camvid_pairs()
     results = make_evaluate_fn(pairs, 11, 255, 32, 24, max_images=2)(tiny_model)
@@ -133,15 +131,7 @@ def test_evaluate_rescales_like_the_official_pipeline(tiny_model):
         object_sizes=False,
         verbose=0,
     )
-    preds = [
-        np.argmax(
-            multi_scale_inference(
-                tiny_model, x, 64, 48, scales=(1.0,), flip=False, base_size=(480, 360)
-            ).numpy(),
-            -1,
-        )
-        for x, _ in pairs
-    ]
+    preds = [segment(tiny_model, x, 64, 48, base_size=(480, 360))[0].numpy() for x, _ in pairs]
     reference = mmseg_metrics(preds, [m for _, m in pairs], 11)
     np.testing.assert_allclose(results["mIoU"], reference["mIoU"], rtol=1e-12)
     assert results["base_size"] == [480, 360] and "size_mIoU" not in results
@@ -198,15 +188,7 @@ def test_evaluate_cli_end_to_end(tiny_model, tmp_path):
     )
     np.testing.assert_array_equal(labels, [m for _, m in camvid_pairs()])
     base_size = tuple(results["base_size"]) if results["base_size"] else None
-    preds = [
-        np.argmax(
-            multi_scale_inference(
-                tiny_model, x, 128, 96, scales=(1.0,), flip=False, base_size=base_size
-            ).numpy(),
-            -1,
-        )
-        for x in images
-    ]
+    preds = [segment(tiny_model, x, 128, 96, base_size=base_size)[0].numpy() for x in images]
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 2
     nan_to_none = lambda v: None if np.isnan(v) else v  # noqa: E731
     reference = mmseg_metrics(preds, labels, 11)

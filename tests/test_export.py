@@ -78,10 +78,10 @@ def loaded(exported):
 
 
 def expected_probabilities(model, image):
-    from keras_segmenter.inference import sliding_window_inference
+    from keras_segmenter.inference import segment
 
     normalized = ks.ImageNormalization(model.normalization)(image[None])[0]
-    return sliding_window_inference(model, normalized, WINDOW, STRIDE).numpy()
+    return segment(model, normalized, WINDOW, STRIDE, probabilities=tf.float32)[1].numpy()
 
 
 @pytest.mark.slow

@@ -24,11 +24,11 @@ from keras_segmenter import evaluate as evaluate_module
 from keras_segmenter import export as export_module
 from keras_segmenter import fit as fit_module
 from keras_segmenter import predict as predict_module
-from keras_segmenter.cli import UserError
 from keras_segmenter.convert import __main__ as convert_module
 from keras_segmenter.convert import official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError, read_torch_checkpoint
 from keras_segmenter.data.__main__ import main as data_main
+from keras_segmenter.errors import UserError
 from keras_segmenter.images import ImageReadError
 from tests.convert.test_torch_checkpoint import GOOD, KEY, TINY, with_pickle, write_checkpoint
 from tests.testing import CAMVID, PHOTOS, REPO, python_env, tiny_model

@@ -74,3 +74,22 @@ def test_the_package_has_no_import_cycle():
     assert "keras_segmenter.training.run" in graph["keras_segmenter.fit"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_only_the_commands_import_the_command_line_module():
+    # The library raises `errors.UserError`; how a command prints it is cli's business.
+    modules = module_names()
+    commands = {"keras_segmenter", "keras_segmenter.__main__", "keras_segmenter.beam"}
+    importers = {
+        name
+        for name, path in modules.items()
+        if "keras_segmenter.cli" in imported_modules(name, path, modules)
+    }
+    assert importers - commands == {
+        "keras_segmenter.convert.__main__",
+        "keras_segmenter.data.__main__",
+        "keras_segmenter.evaluate",
+        "keras_segmenter.export",
+        "keras_segmenter.fit",
+        "keras_segmenter.predict",
+    }

@@ -7,11 +7,9 @@ import tensorflow as tf
 
 from keras_segmenter.convert import load_official
 from keras_segmenter.inference import (
-    make_inference_function,
-    multi_scale_inference,
+    make_segment_function,
     rescaled_shape,
     segment,
-    sliding_window_inference,
     sliding_window_logits,
     upscaled_shape,
     window_anchors,
@@ -21,6 +19,11 @@ from tests.testing import FIXTURES, FLOORS, max_difference
 CASES = ("80x112_ws64_st32", "100x150_ws64_st64", "40x56_ws64_st32")
 # Ours against the official float32 probabilities, by the error model in tests/testing.py.
 ATOL = max_difference(FLOORS["sliding_probs"], "ours", "torch_fp32")
+
+
+def probabilities(model, image, window_size, window_stride, **kwargs):
+    """`segment`'s float32 probabilities, the official `inference()` output."""
+    return segment(model, image, window_size, window_stride, probabilities=tf.float32, **kwargs)[1]
 
 
 def _case(name):
@@ -50,19 +53,19 @@ def test_anchors_and_upscaling_match_official(name):
 @pytest.mark.parametrize("name", CASES)
 def test_sliding_window_matches_official(tiny_mask, name):
     image, expected, window, stride, _, _ = _case(name)
-    probs = sliding_window_inference(tiny_mask, image[None], window, stride, num_classes=7)
+    probs = probabilities(tiny_mask, image[None], window, stride)
     assert probs.shape == expected.shape
     np.testing.assert_allclose(probs.numpy(), expected, rtol=0, atol=ATOL)
 
 
 def test_one_traced_function_serves_every_image_size(tiny_mask):
-    infer = make_inference_function(tiny_mask, 64, 32)
+    infer = make_segment_function(tiny_mask, 64, 32, probabilities=True)
     # The first image twice: the merge adds windows in place, never into what a later call reads.
     for name in ("80x112_ws64_st32", "40x56_ws64_st32", "80x112_ws64_st32"):
         image, expected, _, _, _, _ = _case(name)
         np.testing.assert_allclose(infer(image).numpy(), expected, rtol=0, atol=ATOL)
     image, expected, window, stride, _, _ = _case("100x150_ws64_st64")
-    infer = make_inference_function(tiny_mask, window, stride)
+    infer = make_segment_function(tiny_mask, window, stride, probabilities=True)
     np.testing.assert_allclose(infer(image).numpy(), expected, rtol=0, atol=ATOL)
     infer(np.zeros((64, 64, 3), "float32"))
     assert infer.experimental_get_tracing_count() == 1
@@ -146,7 +149,7 @@ def pointwise_model():
 def test_pipeline_matches_numpy_transcription(pointwise_model, shape, window, stride, batch_size):
     model, predict = pointwise_model
     image = np.random.default_rng(1).normal(size=shape + (3,)).astype("float32")
-    probs = sliding_window_inference(model, image, window, stride, batch_size=batch_size)
+    probs = probabilities(model, image, window, stride, batch_size=batch_size)
     expected = _official_inference(predict, image.astype(np.float64), window, stride)
     # float32 against a float64 transcription: observed max 2.3e-7.
     np.testing.assert_allclose(probs.numpy(), expected, rtol=0, atol=5e-7)
@@ -155,31 +158,21 @@ def test_pipeline_matches_numpy_transcription(pointwise_model, shape, window, st
 def test_flip_averages_mirrored_prediction(pointwise_model):
     model, _ = pointwise_model
     image = np.random.default_rng(2).normal(size=(40, 57, 3)).astype("float32")
-    plain = sliding_window_inference(model, image, 32, 20).numpy()
-    mirrored = sliding_window_inference(model, image[:, ::-1], 32, 20).numpy()[:, ::-1]
+    plain = probabilities(model, image, 32, 20).numpy()
+    mirrored = probabilities(model, image[:, ::-1], 32, 20).numpy()[:, ::-1]
     assert np.abs(plain - mirrored).max() > 1e-2  # the model is not mirror symmetric
-    both = sliding_window_inference(model, image, 32, 20, flip=True).numpy()
+    both = probabilities(model, image, 32, 20, flip=True).numpy()
     np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=0, atol=1e-6)
     # Flip averaging makes the prediction mirror-equivariant.
-    both_of_mirror = sliding_window_inference(model, image[:, ::-1], 32, 20, flip=True).numpy()
+    both_of_mirror = probabilities(model, image[:, ::-1], 32, 20, flip=True).numpy()
     np.testing.assert_allclose(both_of_mirror[:, ::-1], both, rtol=0, atol=1e-6)
-
-
-def test_multi_scale_with_only_scale_one_is_single_scale(tiny_mask):
-    image, _, _, _, _, _ = _case("80x112_ws64_st32")
-    single = sliding_window_inference(tiny_mask, image, 64, 32).numpy()
-    multi = multi_scale_inference(tiny_mask, image, 64, 32, scales=(1.0,), flip=False).numpy()
-    np.testing.assert_array_equal(multi, single)
-    single = sliding_window_inference(tiny_mask, image, 64, 32, flip=True).numpy()
-    multi = multi_scale_inference(tiny_mask, image, 64, 32, scales=(1.0,), flip=True).numpy()
-    np.testing.assert_array_equal(multi, single)
 
 
 def test_multi_scale_averages_scales(pointwise_model):
     model, _ = pointwise_model
     image = np.random.default_rng(3).normal(size=(48, 64, 3)).astype("float32")
     scales = (0.5, 1.0, 1.5)
-    multi = multi_scale_inference(model, image, 32, 16, scales=scales, flip=False).numpy()
+    multi = probabilities(model, image, 32, 16, scales=scales, flip=False).numpy()
     expected = 0
     for scale in scales:
         size = (int(48 * scale + 0.5), int(64 * scale + 0.5))
@@ -206,7 +199,9 @@ def test_traced_multi_scale_flip_merges_views_band_by_band(pointwise_model):
             probs = tf.nn.softmax(logits).numpy()
             expected += probs[:, ::-1] if flipped else probs
     expected /= 2 * len(scales)
-    infer = make_inference_function(model, 32, 16, scales=scales, flip=True, batch_size=1)
+    infer = make_segment_function(
+        model, 32, 16, scales=scales, flip=True, batch_size=1, probabilities=True
+    )
     np.testing.assert_allclose(infer(image).numpy(), expected, rtol=0, atol=1e-6)
     classes, probs = segment(model, image, 32, 16, scales, True, probabilities=tf.float16)
     assert probs.dtype == tf.float16 and probs.shape == (150, 40, 5)
@@ -233,12 +228,12 @@ def test_bad_arguments_are_named(pointwise_model):
     model, _ = pointwise_model
     image = np.zeros((32, 32, 3), "float32")
     with pytest.raises(ValueError, match="window_size"):
-        sliding_window_inference(model, image, 0, 1)
+        probabilities(model, image, 0, 1)
     with pytest.raises(ValueError, match="window_stride"):
-        sliding_window_inference(model, image, 16, 17)
+        probabilities(model, image, 16, 17)
     with pytest.raises(ValueError, match="image.shape"):
-        sliding_window_inference(model, np.zeros((32, 32), "float32"), 16, 8)
+        probabilities(model, np.zeros((32, 32), "float32"), 16, 8)
     with pytest.raises(ValueError, match="image.shape"):
-        sliding_window_inference(model, np.zeros((2, 32, 32, 3), "float32"), 16, 8)
+        probabilities(model, np.zeros((2, 32, 32, 3), "float32"), 16, 8)
     with pytest.raises(ValueError, match="scales"):
-        multi_scale_inference(model, image, 16, 8, scales=(1.0, -1.0))
+        probabilities(model, image, 16, 8, scales=(1.0, -1.0))

@@ -57,3 +57,12 @@ def test_export_uses_no_private_name_of_inference():
     ]
     assert imported and not [name for name in imported if name.startswith("_")]
     assert "inference._" not in (ROOT / "export.py").read_text()
+
+
+def test_one_entry_point_and_one_traced_factory():
+    """`segment` and `make_segment_function`; the old shorthands of them are gone."""
+    import keras_segmenter.inference as inference
+
+    assert callable(inference.segment) and callable(inference.make_segment_function)
+    for old in ("sliding_window_inference", "multi_scale_inference", "make_inference_function"):
+        assert not hasattr(inference, old), old

@@ -264,5 +264,6 @@ def test_cpu_devices_is_a_positive_count_for_mirrored(capsys, flags):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1, err
     assert (
-        "fit.py: error: --cpu-devices must be a positive integer, with --strategy mirrored" in err
+        "keras-segmenter fit: error: --cpu-devices must be a positive integer, with --strategy mirrored"
+        in err
     )

@@ -8,13 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import keras_segmenter as ks
 from keras_segmenter import inference, visualization
 from keras_segmenter import predict as predict_module
 from keras_segmenter.data.classes import CAMVID_PALETTE
-from keras_segmenter.inference import sliding_window_inference
+from keras_segmenter.inference import segment
 from keras_segmenter.predict import ImageReadError, load_image, predict
 from tests.testing import PHOTOS, tiny_model
 
@@ -66,8 +67,7 @@ UNREADABLE = ("broken.jpg", "truncated.png")
 
 def reference_classes(model, image, window_size=32, window_stride=16):
     normalized = ks.ImageNormalization(model.normalization)(image[None])[0]
-    probs = sliding_window_inference(model, normalized, window_size, window_stride)
-    return np.argmax(probs.numpy(), axis=-1)
+    return segment(model, normalized, window_size, window_stride)[0].numpy()
 
 
 # --- Image loading --------------------------------------------------------
@@ -149,7 +149,7 @@ def test_predict_probabilities_are_compact_and_match_sliding_window(
         class_map, predict(model, image, window_size=32, window_stride=24)
     )
     normalized = ks.ImageNormalization(model.normalization)(image[None])[0]
-    expected = sliding_window_inference(model, normalized, 32, 24).numpy()
+    expected = segment(model, normalized, 32, 24, probabilities=tf.float32)[1].numpy()
     np.testing.assert_allclose(probs.astype(np.float32), expected, rtol=0, atol=FLOAT16_ATOL)
 
     status = predict_module.main(

@@ -1,7 +1,6 @@
 """`fit.py --output-dir DIR --resume` continues the same run; defaults follow what is trained."""
 
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -11,17 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.testing import CAMVID, REPO, finish, fit_command, tiny_model
-
-
-def _fit_module():
-    spec = importlib.util.spec_from_file_location("fit_cli", REPO / "training" / "fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fit = _fit_module()
+from keras_segmenter import fit
+from tests.testing import CAMVID, finish, fit_command, tiny_model
 
 
 def _user_error(capsys, argv):
@@ -29,7 +19,9 @@ def _user_error(capsys, argv):
         fit.make_config(argv)
     err = capsys.readouterr().err
     assert (
-        exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("fit.py: error: ")
+        exit_info.value.code == 2
+        and err.count("\n") == 1
+        and err.startswith("keras-segmenter fit: error: ")
     ), err
     return err
 
@@ -258,7 +250,10 @@ def test_a_full_disk_during_training_is_a_one_line_error(tmp_path):
     )
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert last.startswith("fit.py: error: ") and "ckpt-00000002.npz: the disk is full" in last
+    assert (
+        last.startswith("keras-segmenter fit: error: ")
+        and "ckpt-00000002.npz: the disk is full" in last
+    )
     # The first checkpoint failed: there is none to --resume from.
     assert "no checkpoint was written yet" in last and "--resume" not in last
     assert (

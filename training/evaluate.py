@@ -1,4 +1,4 @@
-"""`python training/evaluate.py ...`: the command `keras_segmenter.evaluate`, run from a clone (see its help)."""
+"""`python training/evaluate.py ...` from a clone: `keras-segmenter evaluate`, the same `main` (see its help)."""
 
 import os
 import sys
@@ -7,4 +7,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_segmenter.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

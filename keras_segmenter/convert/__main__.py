@@ -10,14 +10,14 @@ SOURCE is one of:
     decoder for `--num-classes` classes is added, ready for fine-tuning.
 """
 
-import argparse
 import os
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, UserError, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, reports_user_errors
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 from keras_segmenter.models.segmenter import DECODERS, Segmenter
 
@@ -47,20 +47,19 @@ def convert(source, num_classes=None, decoder="mask", image_size=512):
     if kind == "official":
         return kind, load_official(source)
     if num_classes is None:
-        raise ValueError(
+        raise UserError(
             f"{source} holds only an ImageNet encoder: pass `--num-classes` for the new decoder"
         )
     backbone = backbone_from_imagenet_vit(source, image_size=image_size)
     return kind, Segmenter(backbone, num_classes, decoder=decoder)
 
 
-@reports_user_errors
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_segmenter.convert",
-        epilog=LOG_NOTE,
-        description=__doc__.split("\n\n")[0],
-    )
+PROG = command_prog("convert")
+
+
+def build_parser():
+    """The command line of `keras-segmenter convert`."""
+    parser = command_parser("convert", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "source", help="official run folder / checkpoint.pth, timm safetensors or AugReg npz"
     )
@@ -74,7 +73,13 @@ def main(argv=None):
     parser.add_argument(
         "--image-size", type=int, help="training crop for ImageNet sources (default 512)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+@reports_user_errors(prog=PROG)
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
     if not args.out.endswith(".keras"):
         raise UserError(f"--out must end in .keras. Received: --out={args.out}")
     if os.path.isdir(args.out):

@@ -12,9 +12,9 @@ import zipfile
 
 import numpy as np
 
-from keras_segmenter.cli import check_file
 from keras_segmenter.convert.torch_checkpoint import CheckpointError
 from keras_segmenter.convert.weights import StateDict, build_model, port_backbone
+from keras_segmenter.errors import check_file
 
 
 def _npz_array(arrays, key, source):

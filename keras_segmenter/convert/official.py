@@ -4,9 +4,9 @@ import os
 
 import yaml
 
-from keras_segmenter.cli import check_file
 from keras_segmenter.convert.torch_checkpoint import CheckpointError, read_torch_checkpoint
 from keras_segmenter.convert.weights import StateDict, build_model, port_segmenter, serialized
+from keras_segmenter.errors import check_file
 
 
 class _VariantLoader(yaml.SafeLoader):

@@ -24,6 +24,8 @@ import zipfile
 
 import numpy as np
 
+from keras_segmenter.errors import UserError
+
 # torch storage class name -> NumPy dtype of its raw bytes.
 STORAGE_DTYPES = {
     "FloatStorage": "<f4",
@@ -44,7 +46,7 @@ MAX_PICKLE_BYTES = 64 * 2**20
 VIEW_FACTOR, VIEW_SLACK = 2, 16 * 2**20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be read, or does not fit the model."""
 
 

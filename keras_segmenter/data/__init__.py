@@ -15,7 +15,15 @@ from keras_segmenter.data.dataset_info import (
     DatasetInfo,
     get_dataset_info,
 )
-from keras_segmenter.data.pipeline import count_pairs, eval_dataset, train_dataset
+from keras_segmenter.data.pipeline import (
+    DataSplit,
+    count_pairs,
+    eval_dataset,
+    eval_pairs,
+    open_split,
+    train_batches,
+    train_dataset,
+)
 from keras_segmenter.data.sources import list_pairs, prepare_ade20k
 
 # A real CamVid sample (SegNet layout) shipped with the package.

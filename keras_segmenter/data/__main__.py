@@ -1,14 +1,18 @@
-"""Command line: `python -m keras_segmenter.data check|tfds --dataset NAME`, `download NAME`."""
+"""Command line: `keras-segmenter data check|tfds --dataset NAME`, `download NAME` (or
+`python -m keras_segmenter.data ...`)."""
 
-import argparse
 import sys
 
-from keras_segmenter.cli import LOG_NOTE, UserError, report_user_error, reports_user_errors
+from keras_segmenter.cli import command_parser, command_prog, report_user_error, reports_user_errors
 from keras_segmenter.data.download import DOWNLOADS, download
+from keras_segmenter.errors import UserError
+
+PROG = command_prog("data")
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="python -m keras_segmenter.data", epilog=LOG_NOTE)
+def build_parser():
+    """The command line of `keras-segmenter data`: its subcommands and their flags."""
+    parser = command_parser("data")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="scan a dataset split and report every problem")
     check.add_argument(
@@ -99,7 +103,7 @@ def _prepare_tfds(args):
     try:
         prepared = prepare(args.dataset, args.manual_dir, args.data_dir)
     except Exception as error:  # the status is returned, as the problems `check` finds
-        status = report_user_error(error)
+        status = report_user_error(error, PROG)
         if status is None:
             raise
         return status
@@ -107,10 +111,11 @@ def _prepare_tfds(args):
     return 0
 
 
-@reports_user_errors
+@reports_user_errors(prog=PROG)
 def main(argv=None):
-    """Exit status 0: no fatal problem; 1: problems reported; 2: bad arguments."""
-    args = _parser().parse_args(argv)
+    """Command-line entry point; returns the exit status (0 no fatal problem, 1 problems
+    reported, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
     if args.command == "tfds":
         return _prepare_tfds(args)
     if args.command == "download":

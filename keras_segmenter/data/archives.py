@@ -16,6 +16,7 @@ import stat
 import tarfile
 import zipfile
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write
 
 MAX_MEMBERS = 200_000
@@ -57,14 +58,14 @@ def _open(path):
         archive = tarfile.open(path)
         return archive, list(_tar_members(archive))
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable zip or tar archive ({e})") from None
+        raise UserError(f"{path} is not a readable zip or tar archive ({e})") from None
 
 
 def _relative(name, prefix, path):
     """The member's path below `prefix`, or None when it lies elsewhere; refuses escapes."""
     normal = posixpath.normpath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or normal == ".." or normal.startswith("../"):
-        raise ValueError(f"{path}: member {name!r} would be written outside the target folder")
+        raise UserError(f"{path}: member {name!r} would be written outside the target folder")
     if not (normal + "/").startswith(prefix):
         return None
     return normal[len(prefix) :] or None
@@ -91,24 +92,22 @@ def extract(path, prefix, target, max_bytes):
     archive, members = _open(path)
     with archive:
         if len(members) > MAX_MEMBERS:
-            raise ValueError(f"{path} has {len(members)} members; expected at most {MAX_MEMBERS}")
+            raise UserError(f"{path} has {len(members)} members; expected at most {MAX_MEMBERS}")
         wanted = []
         for member in members:
             relative = _relative(member.name, prefix, path)
             if relative is None:
                 continue
             if not (member.is_dir or member.is_file):
-                raise ValueError(
+                raise UserError(
                     f"{path}: member {member.name!r} is a link or device; expected files and folders"
                 )
             wanted.append((relative, member))
         total = sum(member.size for _, member in wanted if member.is_file)
         if total > max_bytes:
-            raise ValueError(
-                f"{path}: {total} bytes under {prefix!r}; expected at most {max_bytes}"
-            )
+            raise UserError(f"{path}: {total} bytes under {prefix!r}; expected at most {max_bytes}")
         if not any(member.is_file for _, member in wanted):
-            raise ValueError(f"{path} holds no file under {prefix!r}; is it the right archive?")
+            raise UserError(f"{path} holds no file under {prefix!r}; is it the right archive?")
 
         def write(folder):
             os.makedirs(folder)
@@ -124,5 +123,5 @@ def extract(path, prefix, target, max_bytes):
         try:
             atomic_write(target, write)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-            raise ValueError(f"{path} is corrupt ({e}); download it again") from None
+            raise UserError(f"{path} is corrupt ({e}); download it again") from None
     return sum(member.is_file for _, member in wanted)

@@ -3,6 +3,7 @@
 import dataclasses
 
 from keras_segmenter.data import classes
+from keras_segmenter.errors import UserError
 
 IGNORE_INDEX = 255
 # `tfds:NAME` reads the TFDS-prepared copy of NAME (same classes and sizes).
@@ -155,19 +156,19 @@ def _folder(
     if num_classes is None and class_names is not None:
         num_classes = len(class_names)
     if not isinstance(num_classes, int) or not 1 <= num_classes <= 255:
-        raise ValueError(
+        raise UserError(
             "The `folder` dataset needs `num_classes`, an int in [1, 255] "
             f"(or `class_names`). Received: num_classes={num_classes!r}"
         )
     if not isinstance(ignore_index, int) or not 0 <= ignore_index <= 255:
-        raise ValueError(
+        raise UserError(
             "`ignore_index` must be an int in [0, 255] (the raw mask value "
             f"to ignore). Received: ignore_index={ignore_index!r}"
         )
     if class_names is None:
         class_names = tuple(f"class_{k}" for k in range(num_classes))
     if len(class_names) != num_classes:
-        raise ValueError(
+        raise UserError(
             f"`class_names` must have num_classes={num_classes} entries. "
             f"Received: len(class_names)={len(class_names)}"
         )
@@ -175,7 +176,7 @@ def _folder(
         palette = classes.bit_palette(num_classes)
     palette = tuple(tuple(int(c) for c in rgb) for rgb in palette)
     if len(palette) != num_classes or any(len(rgb) != 3 for rgb in palette):
-        raise ValueError(
+        raise UserError(
             f"`palette` must be {num_classes} (r, g, b) triples. Received: palette={palette!r}"
         )
     if reduce_zero_label:
@@ -219,7 +220,7 @@ def canonical_name(name):
     """Validates a dataset name (`-` and `_` are interchangeable)."""
     key = str(name).lower().replace("-", "_").removeprefix(TFDS_PREFIX)
     if key not in _BUILDERS:
-        raise ValueError(
+        raise UserError(
             f"Unknown dataset. Expected one of {sorted(_BUILDERS)}. Received: name={name!r}"
         )
     return key

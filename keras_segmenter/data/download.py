@@ -21,9 +21,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from keras_segmenter.cli import UserError
 from keras_segmenter.data.archives import extract
 from keras_segmenter.data.pickled_masks import write_masks
+from keras_segmenter.errors import UserError
 from keras_segmenter.progress import Progress
 
 GiB = 1 << 30
@@ -190,7 +190,7 @@ def _verify(path, expected, name):
     algorithm, _, want = expected.partition(":")
     got = _digest(path, algorithm)
     if got != want.lower():
-        raise ValueError(f"{path} has {algorithm} {got}; expected {want}")
+        raise UserError(f"{path} has {algorithm} {got}; expected {want}")
     print(f"{name}: {algorithm} {got} ok", flush=True)
 
 
@@ -214,10 +214,10 @@ def _fetch(url, path, max_bytes):
                 return None  # killed after the last byte, before the check
             os.remove(path)
             return _fetch(url, path, max_bytes)
-        raise OSError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise OSError(
+        raise UserError(
             f"{url} cannot be reached ({reason}); fetch the file elsewhere and pass its folder "
             "with --from, or a mirror with --mirror"
         ) from None
@@ -229,7 +229,7 @@ def _fetch(url, path, max_bytes):
         length = response.headers.get("Content-Length", "")
         total = done + int(length) if length.isdigit() else None
         if (total or 0) > max_bytes:
-            raise ValueError(f"{url} is {total} bytes; expected at most {max_bytes}")
+            raise UserError(f"{url} is {total} bytes; expected at most {max_bytes}")
         print(
             f"Downloading {url}" + (f" (resuming at {done} bytes)" if resumed else ""), flush=True
         )
@@ -249,9 +249,9 @@ def _fetch(url, path, max_bytes):
                 stopped = e
     if too_large:
         os.remove(path)
-        raise ValueError(f"{url} is over {max_bytes} bytes; expected at most that")
+        raise UserError(f"{url} is over {max_bytes} bytes; expected at most that")
     if stopped is not None:
-        raise OSError(
+        raise UserError(
             f"{url}: the download stopped after {done} of {total} bytes ({stopped}); "
             f"run the command again to resume it from {path}"
         )
@@ -267,7 +267,7 @@ def _obtain(part, data_dir, mirror, local, digests):
         raise FileNotFoundError(f"--from {local}: no {part.filename} in it (from {source})")
     if os.path.isfile(path):
         if os.path.getsize(path) > part.max_bytes:
-            raise ValueError(f"{path} is over {part.max_bytes} bytes; expected at most that")
+            raise UserError(f"{path} is over {part.max_bytes} bytes; expected at most that")
         _verify(path, expected, part.filename)
         return path
     url = f"{mirror.rstrip('/')}/{part.filename}" if mirror else part.url
@@ -277,7 +277,7 @@ def _obtain(part, data_dir, mirror, local, digests):
         _verify(partial, expected, part.filename)
     except ValueError as e:
         os.remove(partial)
-        raise ValueError(f"{e}: removed it; is --mirror right?" if mirror else str(e)) from None
+        raise UserError(f"{e}: removed it; is --mirror right?" if mirror else str(e)) from None
     os.replace(partial, path)
     return path
 

@@ -21,6 +21,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write_text
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-1.6 `torch.save` file
@@ -94,23 +95,23 @@ def _mask(key, value):
     """`(file stem, uint8 array)` of one entry, checked before any allocation."""
     found = _IMAGE_ID.match(str(key))
     if not found:
-        raise ValueError(f"key {key!r} is not a VOC image id such as 2008000002")
+        raise UserError(f"key {key!r} is not a VOC image id such as 2008000002")
     stem = f"{found.group(1)}_{found.group(2)}"
     state = getattr(value, "state", None)
     if not isinstance(state, (list, tuple)) or len(state) < 5:
-        raise ValueError(f"{stem} is not a pickled PIL image")
+        raise UserError(f"{stem} is not a pickled PIL image")
     _, mode, size, _, data = state[:5]
     if isinstance(data, str):  # pickled by Python 2
         data = data.encode("latin1")
     if mode not in ("L", "P") or not isinstance(data, bytes):
-        raise ValueError(f"{stem}: a mode {mode!r} image; expected an 8-bit mask (L or P)")
+        raise UserError(f"{stem}: a mode {mode!r} image; expected an 8-bit mask (L or P)")
     if (
         not isinstance(size, (list, tuple))
         or len(size) != 2
         or not all(isinstance(side, int) and 0 < side <= _MAX_SIDE for side in size)
         or len(data) != size[0] * size[1]
     ):
-        raise ValueError(
+        raise UserError(
             f"{stem}: size {size!r} with {len(data)} bytes; expected sides up to {_MAX_SIDE} "
             "and one byte a pixel"
         )
@@ -135,10 +136,10 @@ def write_masks(path, mask_dir, list_path):
     try:
         masks = _load(path)
         if not isinstance(masks, dict) or not 0 < len(masks) <= _MAX_MASKS:
-            raise ValueError(f"it holds {type(masks).__name__}; expected a dict of masks")
+            raise UserError(f"it holds {type(masks).__name__}; expected a dict of masks")
         checked = [_mask(key, value) for key, value in masks.items()]
     except (pickle.UnpicklingError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(
+        raise UserError(
             f"{path} is not PyTorch-Encoding's Pascal Context masks ({e})".splitlines()[0]
         ) from None
     os.makedirs(mask_dir, exist_ok=True)

@@ -1,13 +1,16 @@
 """`tf.data` training and evaluation pipelines (graph mode, no Python)."""
 
+import dataclasses
 import functools
 import random
+import typing
 
 import tensorflow as tf
 
 from keras_segmenter.data import augment
-from keras_segmenter.data.dataset_info import TFDS_PREFIX, get_dataset_info
+from keras_segmenter.data.dataset_info import TFDS_PREFIX, DatasetInfo, get_dataset_info
 from keras_segmenter.data.sources import usable_scan, warn_unpaired
+from keras_segmenter.errors import UserError
 from keras_segmenter.images import MAX_PIXELS
 from keras_segmenter.layers.normalization import check_normalization, normalize_images
 
@@ -193,27 +196,68 @@ def _split_kwargs(kwargs):
     return info_kwargs, source_kwargs
 
 
-def _resolve(name, data_dir, split, kwargs):
-    """`(info, pairs, load)`: `load(*pair, label_table)` reads one pair."""
-    info_kwargs, source_kwargs = _split_kwargs(kwargs)
-    max_pixels = source_kwargs.pop("max_pixels", None) or MAX_PIXELS
-    if str(name).startswith(TFDS_PREFIX):
-        from keras_segmenter.data.tfds import read
+@dataclasses.dataclass(frozen=True)
+class DataSplit:
+    """One split of a dataset, scanned once by `open_split`.
 
-        pairs, label_ids = read(name[len(TFDS_PREFIX) :], split, data_dir, **source_kwargs)
-        load = decode_pair
-    else:
-        result = usable_scan(name, data_dir, split, **source_kwargs)
-        warn_unpaired(result, name, split)
-        label_ids = result.label_ids
-        images = [p[0] for p in result.pairs]
-        masks = [p[1] for p in result.pairs]
-        pairs = tf.data.Dataset.from_tensor_slices((images, masks))
-        load = load_pair
-    if label_ids:
-        info_kwargs["label_ids"] = True
-    info = get_dataset_info(name, **info_kwargs)
-    return info, pairs, functools.partial(load, max_pixels=max_pixels)
+    `train_batches` and `eval_pairs` build their pipelines from it without
+    scanning the folder again.
+
+    Attributes:
+        info: the dataset's `DatasetInfo`.
+        size: int, the number of `(image, mask)` pairs.
+        files: tuple of `(image_path, mask_path)` in sorted order; empty for
+            `tfds:NAME`, whose pairs are TFRecords.
+    """
+
+    info: DatasetInfo
+    size: int
+    files: tuple
+    _read: typing.Callable  # () -> (tf.data.Dataset of pairs, masks in Cityscapes labelIds)
+    _load: typing.Callable  # load(*pair, label_table) -> (image, raw mask)
+
+    def pipeline_parts(self):
+        """`(pairs, load, label_table)`: the pairs as a `tf.data.Dataset` (its first TF op),
+        `load(*pair, label_table)` reading one, and the raw value -> label table."""
+        pairs, label_ids = self._read()
+        info = get_dataset_info(self.info.name, label_ids=True) if label_ids else self.info
+        return pairs, self._load, tf.constant(info.label_table(), tf.int32)
+
+
+def open_split(name, data_dir, split="train", info=None, **dataset_kwargs):
+    """Scans one split of a dataset (no TF op runs); returns a `DataSplit`.
+
+    Args:
+        name: str, dataset name (see `get_dataset_info`), or `"tfds:NAME"`.
+        data_dir: str, dataset root, or the TFDS data folder.
+        split: str. Defaults to `"train"`.
+        info: the dataset's `DatasetInfo`, or None to build it from `name`
+            and `dataset_kwargs`.
+        **dataset_kwargs: dataset options, as for `train_dataset`.
+    """
+    info_kwargs, source_kwargs = _split_kwargs(dataset_kwargs)
+    max_pixels = source_kwargs.pop("max_pixels", None) or MAX_PIXELS
+    info = info or get_dataset_info(name, **info_kwargs)
+    if str(name).startswith(TFDS_PREFIX):
+        from keras_segmenter.data.tfds import reader
+
+        key = name[len(TFDS_PREFIX) :]
+        size = reader.num_examples(key, split, data_dir)
+        read = functools.partial(reader.read, key, split, data_dir, **source_kwargs)
+        return DataSplit(
+            info, size, (), read, functools.partial(decode_pair, max_pixels=max_pixels)
+        )
+    result = usable_scan(name, data_dir, split, **source_kwargs)
+    warn_unpaired(result, name, split)
+    files = tuple(result.pairs)
+
+    def read():
+        images, masks = [list(column) for column in zip(*files)]
+        return tf.data.Dataset.from_tensor_slices((images, masks)), result.label_ids
+
+    return DataSplit(
+        info, len(files), files, read, functools.partial(load_pair, max_pixels=max_pixels)
+    )
 
 
 def count_pairs(name, data_dir, split="train", **dataset_kwargs):
@@ -225,12 +269,7 @@ def count_pairs(name, data_dir, split="train", **dataset_kwargs):
         split: str. Defaults to `"train"`.
         **dataset_kwargs: dataset options, as for `train_dataset`.
     """
-    _, source_kwargs = _split_kwargs(dataset_kwargs)
-    if str(name).startswith(TFDS_PREFIX):
-        from keras_segmenter.data.tfds.reader import num_examples
-
-        return num_examples(name[len(TFDS_PREFIX) :], split, data_dir)
-    return len(usable_scan(name, data_dir, split, **source_kwargs).pairs)
+    return open_split(name, data_dir, split, **dataset_kwargs).size
 
 
 def _as_pair(size, name):
@@ -241,7 +280,7 @@ def _as_pair(size, name):
         or len(size) != 2
         or not all(isinstance(s, int) and s > 0 for s in size)
     ):
-        raise ValueError(
+        raise UserError(
             f"`{name}` must be a positive int or (height, width). Received: {name}={size!r}"
         )
     return tuple(size)
@@ -295,14 +334,38 @@ def train_dataset(
         A `tf.data.Dataset` of `(images, masks)`: float32
         (batch, crop_h, crop_w, 3) and int32 (batch, crop_h, crop_w).
     """
+    return train_batches(
+        open_split(name, data_dir, split, **dataset_kwargs),
+        batch_size,
+        crop_size,
+        normalization,
+        seed,
+        repeat,
+        cat_max_ratio,
+        start,
+    )
+
+
+def train_batches(
+    data,
+    batch_size=8,
+    crop_size=None,
+    normalization="vit",
+    seed=None,
+    repeat=True,
+    cat_max_ratio=augment.CAT_MAX_RATIO,
+    start=0,
+):
+    """`train_dataset` of a split already scanned: `data` is a `DataSplit` (`open_split`).
+
+    The other arguments are those of `train_dataset`.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
-        )
+        raise UserError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
     check_normalization(normalization)
-    info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
+    pairs, load, table = data.pipeline_parts()
+    info = data.info
     crop = _as_pair(info.crop_size if crop_size is None else crop_size, "crop_size")
-    table = tf.constant(info.label_table(), tf.int32)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     base_size = tuple(info.base_size)
@@ -365,9 +428,13 @@ def eval_dataset(name, data_dir, split="val", normalization="vit", **dataset_kwa
         and int32 (H, W) with 255 = ignore, in sorted file order (TFDS'
         order for `tfds:cityscapes`).
     """
+    return eval_pairs(open_split(name, data_dir, split, **dataset_kwargs), normalization)
+
+
+def eval_pairs(data, normalization="vit"):
+    """`eval_dataset` of a split already scanned: `data` is a `DataSplit` (`open_split`)."""
     check_normalization(normalization)
-    info, pairs, load = _resolve(name, data_dir, split, dataset_kwargs)
-    table = tf.constant(info.label_table(), tf.int32)
+    pairs, load, table = data.pipeline_parts()
 
     def prepare(*pair):
         image, raw_mask = load(*pair, table)

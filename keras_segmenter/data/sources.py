@@ -6,6 +6,7 @@ import os
 
 from keras_segmenter.data.archives import extract
 from keras_segmenter.data.download import DOWNLOADS, download_hint
+from keras_segmenter.errors import UserError
 from keras_segmenter.images import non_regular_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -58,7 +59,7 @@ def require_regular_file(path):
     (`images.non_regular_kind`): a FIFO named like an image would hang the reader."""
     kind = non_regular_kind(path)
     if kind:
-        raise ValueError(
+        raise UserError(
             f"{path} is {kind}, not a regular file; a dataset folder holds image and mask "
             "files only: move it out"
         )
@@ -169,7 +170,7 @@ def prepare_ade20k(data_dir, manual_dir=None):
 
 def _scan_ade20k(data_dir, split, manual_dir=None, **unused):
     if split not in _ADE_SPLITS:
-        raise ValueError(
+        raise UserError(
             "ade20k splits are 'train' (training) and 'val' (validation). "
             f"Received: split={split!r}"
         )
@@ -294,7 +295,7 @@ def usable_scan(name, data_dir, split="train", **kwargs):
     """
     result = scan(name, data_dir, split, **kwargs)
     if result.ambiguous:
-        raise ValueError(
+        raise UserError(
             f"Ambiguous files in dataset {name!r}, split {split!r}: "
             + "; ".join(" and ".join(paths) for paths in result.ambiguous)
             + " share a name; keep one of each (run `python -m "

@@ -5,6 +5,7 @@ import weakref
 
 import tensorflow as tf
 
+from keras_segmenter.inference.class_map import model_classes
 from keras_segmenter.inference.model_call import model_logits
 from keras_segmenter.inference.segment import segment
 from keras_segmenter.inference.windows import check_window, default_window
@@ -25,7 +26,8 @@ def segment_image(
     The graph shared by `predict` and the SavedModel export: normalization,
     then the sliding window of `segment` (which never holds all
     window logits nor a full-resolution `(H, W, K)` float map) or, with
-    `whole=True`, one pass of the model over the whole image (which does).
+    `whole=True`, one pass of the model over the whole image (which holds
+    that map only when the probabilities are asked for).
 
     Probabilities come as float16: 2 bytes per pixel and class (a 12 MP
     photo with 150 classes: 3.6 GB), half of float32, and nothing a user
@@ -62,9 +64,10 @@ def segment_image(
             batch_size=batch_size,
             probabilities=dtype,
         )
+    if not probabilities:  # no (H, W, K) map: see `class_map.model_classes`
+        return model_classes(model, normalized[None])[0], None
     probs = tf.nn.softmax(model_logits(model, normalized[None])[0], axis=-1)
-    classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    return classes, (tf.cast(probs, dtype) if probabilities else None)
+    return tf.argmax(probs, axis=-1, output_type=tf.int32), tf.cast(probs, dtype)
 
 
 # One traced predictor per (model, settings): repeated calls reuse the graph.
@@ -93,7 +96,9 @@ def make_predictor(
     if key not in cache:
         normalize = preprocessor_of(model).normalize
 
-        @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
+        # autograph=False: the inference writes its loops as `tf.while_loop`, so autograph's
+        # source conversion only added to the trace (2.3 s of Seg-S/16's first predict call).
+        @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)], autograph=False)
         def predictor(image):
             classes, probs = segment_image(
                 model,

@@ -1,12 +1,14 @@
 """`segment`: the paper's sliding-window, multi-scale and flip inference of one
-normalized image, its shorthands, and the traced factory."""
+normalized image; `make_segment_function`, its one traced factory; and
+`sliding_window_logits`, the window-averaged logits map (for tests and
+analysis, which compare logits)."""
 
 import tensorflow as tf
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.inference.band_merge import BandMerge, Strip
 from keras_segmenter.inference.views import ViewsMerge, stream
 from keras_segmenter.inference.windows import (
-    OFFICIAL_SCALES,
     as_single_image,
     check_window,
     num_classes_of,
@@ -85,7 +87,7 @@ def segment(
     check_window(window_size, window_stride, batch_size)
     batch_size = windows_per_call(window_size, num_classes, batch_size)
     if not scales or any(not (isinstance(s, (int, float)) and s > 0) for s in scales):
-        raise ValueError(f"`scales` must be positive numbers. Received: scales={scales!r}")
+        raise UserError(f"`scales` must be positive numbers. Received: scales={scales!r}")
     image = as_single_image(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     size = tf.stack([height, width])
@@ -162,93 +164,6 @@ def sliding_window_logits(model, image, window_size, window_stride, batch_size=N
     return logits
 
 
-def sliding_window_inference(
-    model, image, window_size, window_stride, num_classes=None, batch_size=None, flip=False
-):
-    """Class probabilities of one image by sliding-window inference.
-
-    `segment` at one scale, returning float32 probabilities (the official
-    `inference()` output).
-
-    Args:
-        model: a Keras model mapping normalized images `(B, h, w, 3)` to
-            logits `(B, h, w, K)`, e.g. a `keras_segmenter.Segmenter`.
-        image: float `(H, W, 3)` or `(1, H, W, 3)` normalized image.
-        window_size: int, window side, the training crop size.
-        window_stride: int, step between windows.
-        num_classes: optional int K, checked against the model's.
-        batch_size: int, windows per model call. Defaults to
-            `windows_per_call`.
-        flip: bool, also average the left-right flipped prediction.
-            Defaults to `False`.
-
-    Returns:
-        float32 `(H, W, K)` softmax probabilities.
-
-    Example:
-
-    >>> backbone = ks.ViTBackbone(patch_size=8, hidden_dim=16, num_layers=1,
-    ...                           num_heads=2, mlp_dim=32, image_size=32)
-    >>> model = ks.Segmenter(backbone, num_classes=4)
-    >>> probs = sliding_window_inference(model, np.zeros((20, 70, 3), "float32"), 32, 24)
-    >>> probs.shape  # upscaled to 32x112 for the windows, then back
-    TensorShape([20, 70, 4])
-    """
-    if num_classes is not None and num_classes != num_classes_of(model):
-        raise ValueError(
-            f"`num_classes` differs from the model's {num_classes_of(model)}. "
-            f"Received: num_classes={num_classes}"
-        )
-    return segment(
-        model,
-        image,
-        window_size,
-        window_stride,
-        flip=flip,
-        batch_size=batch_size,
-        probabilities=tf.float32,
-    )[1]
-
-
-def multi_scale_inference(
-    model,
-    image,
-    window_size,
-    window_stride,
-    scales=OFFICIAL_SCALES,
-    flip=True,
-    base_size=None,
-    batch_size=None,
-):
-    """Multi-scale (and flip) sliding-window probabilities of one image.
-
-    `segment` with the paper's scales: for each scale the image is resized
-    bilinearly to `rescaled_shape`, windowed (with its mirror when `flip`),
-    and the probabilities, resized to the input size before the softmax as
-    in the official `merge_windows`, are averaged over all scales and flips
-    (Segmenter, ICCV 2021, section 4.2, "multi-scale").
-
-    Args:
-        model: a Keras segmentation model returning logits.
-        image: float `(H, W, 3)` or `(1, H, W, 3)` normalized image.
-        window_size: int, window side.
-        window_stride: int, step between windows.
-        scales: sequence of float ratios. Defaults to
-            `(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)`.
-        flip: bool, add left-right flipped predictions. Defaults to `True`.
-        base_size: optional `(long, short)`, rescale as the official test
-            pipeline (see `rescaled_shape`); `None` scales the input size.
-        batch_size: int, windows per model call. Defaults to
-            `windows_per_call`.
-
-    Returns:
-        float32 `(H, W, K)` averaged probabilities.
-    """
-    return segment(
-        model, image, window_size, window_stride, scales, flip, base_size, batch_size, tf.float32
-    )[1]
-
-
 def make_segment_function(
     model,
     window_size,
@@ -262,9 +177,10 @@ def make_segment_function(
     """A `tf.function` from one normalized image `(H, W, 3)` to its int32 class map `(H, W)`.
 
     `segment` traced once with unknown height and width, so images of every
-    size reuse the same graph. The one traced factory: `make_inference_function`
-    is it with `probabilities=True`. `scales=(1.0,)`, `flip=False` and
-    `base_size=None` is plain sliding-window inference.
+    size reuse the same graph: the one traced factory of `segment`.
+    `scales=(1.0,)`, `flip=False` and `base_size=None` is plain
+    sliding-window inference; the paper's multi-scale inference is
+    `scales=OFFICIAL_SCALES, flip=True`.
 
     Args:
         model: a Keras segmentation model returning logits.
@@ -286,8 +202,10 @@ def make_segment_function(
     batch_size = windows_per_call(window_size, num_classes_of(model), batch_size)
     scales = tuple(float(s) for s in scales)
 
-    @tf.function(
-        input_signature=[tf.TensorSpec((None, None, 3), tf.float32)], reduce_retracing=True
+    @tf.function(  # no autograph: see `make_predictor`
+        input_signature=[tf.TensorSpec((None, None, 3), tf.float32)],
+        reduce_retracing=True,
+        autograph=False,
     )
     def infer(image):
         classes, probs = segment(
@@ -304,10 +222,3 @@ def make_segment_function(
         return probs if probabilities else classes
 
     return infer
-
-
-def make_inference_function(model, window_size, window_stride, *args, **kwargs):
-    """`make_segment_function(..., probabilities=True)`: `(H, W, K)` float32 probabilities."""
-    return make_segment_function(
-        model, window_size, window_stride, *args, probabilities=True, **kwargs
-    )

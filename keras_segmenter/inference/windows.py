@@ -3,27 +3,27 @@ the rescaling of multi-scale views, and how many windows go into one model call.
 
 import tensorflow as tf
 
+from keras_segmenter.errors import UserError
+
 OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def check_window(window_size, window_stride, batch_size):
     if not isinstance(window_size, int) or window_size < 1:
-        raise ValueError(
+        raise UserError(
             f"`window_size` must be a positive int. Received: window_size={window_size!r}"
         )
     if not isinstance(window_stride, int) or window_stride < 1:
-        raise ValueError(
+        raise UserError(
             f"`window_stride` must be a positive int. Received: window_stride={window_stride!r}"
         )
     if window_stride > window_size:
-        raise ValueError(
+        raise UserError(
             "`window_stride` must not exceed `window_size`, or pixels between windows get no "
             f"prediction. Received: window_size={window_size}, window_stride={window_stride}"
         )
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
-        )
+        raise UserError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
 
 
 def as_single_image(image):
@@ -31,13 +31,13 @@ def as_single_image(image):
     image = tf.convert_to_tensor(image)
     if image.shape.rank == 4:
         if image.shape[0] not in (None, 1):
-            raise ValueError(
+            raise UserError(
                 "Expected one image `(H, W, 3)` or `(1, H, W, 3)`. "
                 f"Received: image.shape={tuple(image.shape)}"
             )
         image = image[0]
     if image.shape.rank != 3 or image.shape[-1] not in (None, 3):
-        raise ValueError(
+        raise UserError(
             f"Expected an image `(H, W, 3)`. Received: image.shape={tuple(image.shape)}"
         )
     return tf.cast(image, tf.float32)
@@ -166,7 +166,7 @@ def default_window(model=None, window_size=None, window_stride=None, reference=N
     if window_size is None:
         image_size = getattr(getattr(model, "backbone", None), "image_size", None)
         if image_size is None:
-            raise ValueError(
+            raise UserError(
                 "The model has no `backbone.image_size` (training crop), so the sliding window "
                 "size is unknown: pass `window_size` (--window-size), or use whole-image "
                 "inference (--whole)."

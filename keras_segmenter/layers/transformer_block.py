@@ -88,6 +88,14 @@ class TransformerBlock(keras.layers.Layer):
 
     def mlp(self, x, training=False):
         shape = ops.shape(x)
+        if TENSORFLOW and self.compute_dtype == "bfloat16" and not training:
+            # Inference: fc1 on rows with its bias and the exact GELU in bfloat16, which the
+            # graph optimizer fuses into one oneDNN product with both as post-ops (on the AMX
+            # Xeon 16-34 against 50-72 ms for 4100x384 @ 384x1536, and closer to float32);
+            # fc2 on the 3D tokens, as `dense_rows` says.
+            x = ops.gelu(self.fc1(ops.reshape(x, (-1, self.hidden_dim))), approximate=False)
+            x = ops.reshape(x, (shape[0], -1, self.mlp_dim))
+            return ops.reshape(self.fc2(x), shape)
         x = self.fc1(dense_rows(x, self.hidden_dim, self.compute_dtype))
         if self.compute_dtype == "float32":
             # Exact GELU, which TensorFlow's graph optimizer fuses into fc1's product.

@@ -1,5 +1,6 @@
 """Model sizes of the paper's Tables 1 and 3, as data."""
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.models.segmenter import DECODERS, Segmenter
 from keras_segmenter.models.vit_backbone import ViTBackbone
 
@@ -70,7 +71,7 @@ def build_segmenter(
         kwargs.setdefault("decoder", MODEL_PRESETS[preset]["decoder"])
         preset = MODEL_PRESETS[preset]["backbone"]
     if preset not in BACKBONE_PRESETS:
-        raise ValueError(
+        raise UserError(
             f"Unknown preset. Expected one of {sorted(MODEL_PRESETS)} or "
             f"{sorted(BACKBONE_PRESETS)}. Received: preset={preset!r}"
         )

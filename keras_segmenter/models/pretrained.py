@@ -22,6 +22,7 @@ import keras
 from keras_segmenter.convert.imagenet import backbone_from_imagenet_vit
 from keras_segmenter.convert.official import load_official
 from keras_segmenter.data.dataset_info import get_dataset_info
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write, atomic_write_text
 from keras_segmenter.version import __version__
 
@@ -136,7 +137,7 @@ IMAGENET_SUFFIXES = (".npz", ".safetensors")
 ADJUSTABLE = ("dtype", "dropout", "drop_path_rate", "decoder_dropout", "decoder_drop_path_rate")
 
 
-class PresetError(ValueError):
+class PresetError(UserError):
     """A preset source that cannot be found, downloaded or read."""
 
 
@@ -351,7 +352,7 @@ def _rebuilt(model, num_classes=None, **overrides):
         parts.append(config["config"]["backbone"]["config"])
     for key, value in overrides.items():
         if key not in ADJUSTABLE or not any(key in part for part in parts):
-            raise ValueError(
+            raise UserError(
                 f"from_preset cannot change `{key}`; expected num_classes or one of {ADJUSTABLE}. "
                 f"Received: {key}={value!r}"
             )
@@ -384,7 +385,7 @@ def load_segmenter(cls, source, num_classes=None, **kwargs):
             raise PresetError(f"{source}: holds a {type(model).__name__}, not a Segmenter")
         return _rebuilt(model, num_classes, **kwargs)
     if num_classes is None:
-        raise ValueError(f"{source}: ImageNet weights hold no decoder: pass num_classes")
+        raise UserError(f"{source}: ImageNet weights hold no decoder: pass num_classes")
     decoder_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("decoder")}
     backbone = _imagenet_backbone(source, path, **kwargs)
     return cls(backbone, num_classes, dtype=kwargs.get("dtype"), **decoder_kwargs)

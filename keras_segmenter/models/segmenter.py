@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
@@ -59,13 +60,13 @@ class Segmenter(ConfigModel):
         **kwargs,
     ):
         if decoder not in DECODERS:
-            raise ValueError(f"`decoder` must be one of {DECODERS}. Received: decoder={decoder!r}")
+            raise UserError(f"`decoder` must be one of {DECODERS}. Received: decoder={decoder!r}")
         if num_classes < 1:
-            raise ValueError(f"`num_classes` must be positive. Received: num_classes={num_classes}")
+            raise UserError(f"`num_classes` must be positive. Received: num_classes={num_classes}")
         if preprocessor is None:
             preprocessor = SegmenterPreprocessor(backbone.normalization, name="preprocessor")
         if preprocessor.normalization != backbone.normalization:
-            raise ValueError(
+            raise UserError(
                 "The preprocessor's normalization must be the backbone's "
                 f"({backbone.normalization!r}). Received: "
                 f"preprocessor.normalization={preprocessor.normalization!r}"
@@ -242,7 +243,7 @@ class Segmenter(ConfigModel):
 def _check_normalized(data):
     images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     if not keras.backend.standardize_dtype(images.dtype).startswith(("float", "bfloat")):
-        raise ValueError(
+        raise UserError(
             "Segmenter.fit and evaluate take normalized float images, as "
             "keras_segmenter.data.train_dataset yields them; map integer pixel values "
             "through `model.preprocessor` first. Received: images of dtype "

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.layers.normalization import check_normalization, normalize_images
 
 _PIXEL_DTYPES = ("uint8", "uint16", "int32", "int64", "float16", "bfloat16", "float32", "float64")
@@ -42,7 +43,7 @@ class SegmenterPreprocessor(keras.layers.Layer):
         if image_size is not None:
             image_size = tuple(image_size)
             if len(image_size) != 2 or not all(isinstance(s, int) and s > 0 for s in image_size):
-                raise ValueError(
+                raise UserError(
                     "`image_size` must be None or two positive ints (height, width). "
                     f"Received: image_size={image_size!r}"
                 )
@@ -106,7 +107,7 @@ def check_pixel_spec(shape, dtype, ranks=(3, 4)):
     shape = tuple(shape)
     if len(shape) not in ranks or shape[-1] not in (3, None) or dtype not in _PIXEL_DTYPES:
         one = " or (height, width, 3)" if 3 in ranks else ""
-        raise ValueError(
+        raise UserError(
             f"A Segmenter's preprocessor takes RGB images (batch, height, width, 3){one} "
             "of uint8 (or integer or float pixel values in [0, 255]). "
             f"Received: shape={shape}, dtype={dtype}"

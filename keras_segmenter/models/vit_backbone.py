@@ -2,6 +2,7 @@ import numbers
 
 import keras
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.layers.dropout import Dropout
 from keras_segmenter.layers.normalization import check_normalization
 from keras_segmenter.layers.patch_embedding import PatchEmbedding
@@ -66,7 +67,7 @@ class ViTBackbone(ConfigModel):
             ("mlp_dim", mlp_dim),
         ):
             if not _is_count(value):
-                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+                raise UserError(f"`{name}` must be a positive int. Received: {name}={value!r}")
         if _is_count(image_size):
             image_size = (image_size, image_size)
         if not (
@@ -74,13 +75,13 @@ class ViTBackbone(ConfigModel):
             and len(image_size) == 2
             and all(map(_is_count, image_size))
         ):
-            raise ValueError(
+            raise UserError(
                 "`image_size` must be a positive int or (height, width) positive ints. "
                 f"Received: image_size={image_size!r}"
             )
         image_size = tuple(int(side) for side in image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
-            raise ValueError(
+            raise UserError(
                 "`image_size` must be a multiple of `patch_size`. "
                 f"Received: image_size={image_size}, patch_size={patch_size}"
             )

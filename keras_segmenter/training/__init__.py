@@ -1,5 +1,7 @@
-"""Training pieces shared by `training/fit.py`: run config, strategies,
-callbacks, checkpoints and a distributed custom training loop. The loss, the
+"""Training pieces shared by `training/fit.py`: the run config (`config`),
+the factories of a run's model, optimizer, loss, data and validation
+(`factories`), the `model.fit` call (`run`), strategies, callbacks,
+checkpoints and a distributed custom training loop (`loop`). The loss, the
 optimizer and the schedule live beside the model (`keras_segmenter.losses`,
 `.optimizers`, `.schedules`: `Segmenter.compile()` uses them without importing
 this package) and are re-exported here."""

@@ -20,6 +20,7 @@ import re
 
 # `DiskFullError` (raised by `save_checkpoint`) and the cleanup of a killed
 # write belong to the checkpoints' story too, so they can be imported from here.
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import (  # noqa: F401
     DiskFullError,
     atomic_write,
@@ -164,14 +165,14 @@ def restore_checkpoint(model, path):
                 if key.startswith(f"{group}/") and not key.endswith(".path")
             )
             if saved != len(variables):
-                raise ValueError(
+                raise UserError(
                     f"Checkpoint {path} does not match this model ({hint}): it holds {saved} {group} "
                     f"arrays, the model has {len(variables)}"
                 )
             for i, variable in enumerate(variables):
                 value = arrays[f"{group}/{i}"]
                 if tuple(value.shape) != tuple(variable.shape):
-                    raise ValueError(
+                    raise UserError(
                         f"Checkpoint {path} does not match this model ({hint}): {arrays[f'{group}/{i}.path']} "
                         f"has shape {tuple(value.shape)}, the model's {variable.path} {tuple(variable.shape)}"
                     )
@@ -202,7 +203,7 @@ def resume(model, directory, report=print):
         report(f"Checkpoint {path} is unreadable ({reason}); falling back to an older one.")
     if latest is None:
         found = "only unreadable checkpoints" if broken else "no checkpoint"
-        raise ValueError(
+        raise UserError(
             f"--resume: {directory} holds {found}; nothing to resume (is --output-dir right?)"
         )
     restore_checkpoint(model, latest["path"])

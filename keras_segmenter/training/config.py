@@ -16,7 +16,9 @@ import json
 import math
 import os
 
+from keras_segmenter.errors import UserError
 from keras_segmenter.files import atomic_write_text
+from keras_segmenter.training.checkpoints import list_checkpoints
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")  # sgd: the paper's; adamw: for training from scratch
@@ -70,14 +72,6 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _dataset_crop(config):
-    from keras_segmenter.data import get_dataset_info
-
-    kwargs = {"num_classes": config.num_classes} if config.dataset == "folder" else {}
-    crop = get_dataset_info(config.dataset.removeprefix("tfds:"), **kwargs).crop_size
-    return min(crop) if isinstance(crop, (tuple, list)) else crop
-
-
 def _check_output_dir(path):
     """--output-dir is a folder or can become one: neither it nor a parent is a file."""
     folder = os.path.abspath(path)
@@ -85,7 +79,7 @@ def _check_output_dir(path):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         what = "is a file" if folder == os.path.abspath(path) else f"is inside {folder}, a file"
-        raise ValueError(f"--output-dir {path} {what}; expected a folder (created if needed)")
+        raise UserError(f"--output-dir {path} {what}; expected a folder (created if needed)")
 
 
 def is_bundled_sample(dataset, data_dir):
@@ -142,13 +136,22 @@ class RunConfig:
     window_stride: int = None
     max_pixels: int = None  # refuse larger data files (None: keras_segmenter.images.MAX_PIXELS)
 
-    def resolve(self):
-        """Fills the per-dataset defaults and checks every field.
+    # The dataset's `DatasetInfo`, built by `resolve()` (not a field: not in config.json).
+    info = None
 
-        Raises `ValueError` naming the flag and what was expected.
+    def resolve(self):
+        """Settles the run, once: defaults, checks, the dataset's `DatasetInfo` and the crop.
+
+        Fills the per-dataset defaults and checks every field; builds the
+        dataset's `DatasetInfo` (`self.info`), fills `crop_size` with its
+        crop when none was given, and refuses an `output_dir` that already
+        holds a run's checkpoints unless `resume`. The training calls
+        (`run.train`, `loop.train_custom_loop`) take the resolved config.
+
+        Raises `UserError` naming the flag and what was expected.
         """
         if self.dataset not in DATASET_DEFAULTS and self.dataset not in TFDS_DATASETS:
-            raise ValueError(
+            raise UserError(
                 f"--dataset must be one of {sorted(DATASET_DEFAULTS) + list(TFDS_DATASETS)}. "
                 f"Received: {self.dataset!r}"
             )
@@ -163,50 +166,50 @@ class RunConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.precision not in PRECISIONS:
-            raise ValueError(
+            raise UserError(
                 f"--precision must be one of {PRECISIONS}. Received: {self.precision!r}"
             )
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
+            raise UserError(
                 f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}"
             )
         if self.class_weights not in CLASS_WEIGHTS:
-            raise ValueError(
+            raise UserError(
                 f"--class-weights must be one of {CLASS_WEIGHTS}. Received: {self.class_weights!r}"
             )
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
+            raise UserError(f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
         if self.cpu_devices is not None and (
             self.strategy != "mirrored"
             or not isinstance(self.cpu_devices, int)
             or self.cpu_devices < 1
         ):
-            raise ValueError(
+            raise UserError(
                 "--cpu-devices must be a positive integer, with --strategy mirrored. "
                 f"Received: cpu_devices={self.cpu_devices!r}, strategy={self.strategy!r}"
             )
         for flag in ("iterations", "batch_size", "keep_checkpoints"):
             if not _is_int(getattr(self, flag)) or getattr(self, flag) < 1:
-                raise ValueError(
+                raise UserError(
                     f"--{flag.replace('_', '-')} must be a positive integer. "
                     f"Received: {getattr(self, flag)!r}"
                 )
         for flag in ("lr", "end_lr", "weight_decay", "poly_power", "momentum"):
             value = getattr(self, flag)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise ValueError(
+                raise UserError(
                     f"--{flag.replace('_', '-')} must be a finite number >= 0. Received: {value!r}"
                 )
         if self.lr <= 0:
-            raise ValueError(f"--lr must be positive. Received: {self.lr}")
+            raise UserError(f"--lr must be positive. Received: {self.lr}")
         if not self.end_lr <= self.lr:
-            raise ValueError(
+            raise UserError(
                 f"--end-lr must be between 0 and --lr ({self.lr:g}). Received: {self.end_lr}"
             )
         for flag in ("dropout", "drop_path_rate", "decoder_dropout"):
             value = getattr(self, flag)
             if not _is_number(value) or not 0 <= value < 1:
-                raise ValueError(
+                raise UserError(
                     f"--{flag.replace('_', '-')} must be a rate in [0, 1). Received: {value!r}"
                 )
         for flag in (
@@ -219,17 +222,20 @@ class RunConfig:
         ):
             value = getattr(self, flag)
             if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(
+                raise UserError(
                     f"--{flag.replace('_', '-')} must be a positive integer (or left out). "
                     f"Received: {value!r}"
                 )
         if self.backbone_weights and self.init:
-            raise ValueError("Pass --backbone-weights or --init, not both.")
+            raise UserError("Pass --backbone-weights or --init, not both.")
         for flag in ("backbone_weights", "init", "data_dir"):
             path = getattr(self, flag)
             if path and not os.path.exists(path):
-                raise ValueError(f"--{flag.replace('_', '-')}: no such file or folder: {path}")
+                raise UserError(f"--{flag.replace('_', '-')}: no such file or folder: {path}")
         self._check_classes()
+        self.info = self._dataset_info()
+        if self.crop_size is None:
+            self.crop_size = self.info.crop_size  # the one place the dataset's crop is filled in
         self._check_model()
         if self.checkpoint_every is None:
             # About 20 checkpoints a run, dividing the run evenly.
@@ -239,42 +245,55 @@ class RunConfig:
                 1, (self.iterations // 10) // self.checkpoint_every
             )
         if self.checkpoint_every < 1 or self.iterations % self.checkpoint_every:
-            raise ValueError(
+            raise UserError(
                 "--iterations must be a multiple of --checkpoint-every (model.fit runs in "
                 f"chunks of --checkpoint-every iterations). Received: iterations={self.iterations}, "
                 f"checkpoint_every={self.checkpoint_every}"
             )
         if self.val_every < 1 or self.val_every % self.checkpoint_every:
-            raise ValueError(
+            raise UserError(
                 "--val-every must be a multiple of --checkpoint-every. Received: "
                 f"val_every={self.val_every}, checkpoint_every={self.checkpoint_every}"
             )
         if self.output_dir is None:
             self.output_dir = os.path.join("runs", f"{self.dataset.replace(':', '_')}_{self.model}")
         _check_output_dir(self.output_dir)
+        if not self.resume and list_checkpoints(os.path.join(self.output_dir, "checkpoints")):
+            raise UserError(
+                f"--output-dir {self.output_dir} already holds a run's checkpoints; add --resume "
+                "to continue it, or choose another --output-dir."
+            )
         return self
+
+    def _dataset_info(self):
+        from keras_segmenter.data import get_dataset_info
+
+        if self.dataset == "folder":
+            return get_dataset_info(
+                "folder", num_classes=self.num_classes, ignore_index=self.ignore_index
+            )
+        return get_dataset_info(self.dataset)
 
     def _check_classes(self):
         """--num-classes and --ignore-index: only `folder` reads them, and never a class id."""
-        from keras_segmenter.data import get_dataset_info
+        from keras_segmenter.data.dataset_info import IGNORE_INDEX
 
         if self.dataset != "folder":
             if self.num_classes is not None:
-                raise ValueError(
+                raise UserError(
                     f"--num-classes is for --dataset folder; {self.dataset} has its own classes. "
                     f"Received: --num-classes {self.num_classes}"
                 )
-            own = get_dataset_info(self.dataset.removeprefix("tfds:")).ignore_index
-            if self.ignore_index != own:
-                raise ValueError(
-                    f"--ignore-index is for --dataset folder; {self.dataset} ignores {own}. "
+            if self.ignore_index != IGNORE_INDEX:  # what every dataset but `folder` ignores
+                raise UserError(
+                    f"--ignore-index is for --dataset folder; {self.dataset} ignores {IGNORE_INDEX}. "
                     f"Received: --ignore-index {self.ignore_index}"
                 )
             return
         if self.num_classes is None:
-            raise ValueError("--dataset folder needs --num-classes.")
+            raise UserError("--dataset folder needs --num-classes.")
         if not _is_int(self.ignore_index) or not self.num_classes <= self.ignore_index <= 255:
-            raise ValueError(
+            raise UserError(
                 f"--ignore-index must be a mask value in [--num-classes, 255] = "
                 f"[{self.num_classes}, 255], not one of the class ids 0..{self.num_classes - 1}. "
                 f"Received: --ignore-index {self.ignore_index}"
@@ -287,15 +306,16 @@ class RunConfig:
         from keras_segmenter.models.presets import BACKBONE_PRESETS, MODEL_PRESETS
 
         if self.model not in MODEL_PRESETS:
-            raise ValueError(
+            raise UserError(
                 f"--model must be one of {sorted(MODEL_PRESETS)}. Received: {self.model!r}"
             )
         patch = BACKBONE_PRESETS[MODEL_PRESETS[self.model]["backbone"]]["patch_size"]
-        crop = self.crop_size or _dataset_crop(self)
-        if crop % patch:
-            raise ValueError(
+        if self.crop_size % patch:
+            dataset_crop = self.crop_size == self.info.crop_size
+            raise UserError(
                 f"--crop-size must be a multiple of the {patch}-pixel patch of {self.model}. "
-                f"Received: {crop}" + ("" if self.crop_size else f" (the {self.dataset} default)")
+                f"Received: {self.crop_size}"
+                + (f" (the {self.dataset} default)" if dataset_crop else "")
             )
 
     def to_dict(self):
@@ -313,12 +333,12 @@ class RunConfig:
             with open(path) as f:
                 values = json.load(f)
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable config.json ({e})") from None
+            raise UserError(f"{path}: not a readable config.json ({e})") from None
         if not isinstance(values, dict):
-            raise ValueError(
+            raise UserError(
                 f"{path}: expected a JSON object of run settings, got {type(values).__name__}"
             )
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+            raise UserError(f"{path}: unknown config keys {sorted(unknown)}")
         return cls(**values)

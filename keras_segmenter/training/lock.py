@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from keras_segmenter.cli import UserError
+from keras_segmenter.errors import UserError
 
 LOCK_NAME = ".lock"
 _held = {}  # real path of a folder -> the open lock file descriptor of this process

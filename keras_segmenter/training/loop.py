@@ -24,10 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_segmenter.data import eval_pairs
 from keras_segmenter.metrics import confusion_matrix, summarize_confusion
 from keras_segmenter.progress import fit_verbosity
 from keras_segmenter.training import callbacks as cb
-from keras_segmenter.training import run
+from keras_segmenter.training import factories
 from keras_segmenter.training.checkpoints import resume, save_checkpoint
 from keras_segmenter.training.strategies import worker_info
 
@@ -40,41 +41,40 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
-def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=None, verbose=True):
+def train_custom_loop(
+    config, strategy, data=None, make_train_ds=None, eval_ds=None, info=None, verbose=True
+):
     """Trains as `run.train` does, with a custom loop; returns `(model, summary)`.
 
     Args:
-        config: a `RunConfig`.
+        config: a `RunConfig` after `resolve()`.
         strategy: a `tf.distribute` strategy (any; built for multi-worker).
+        data: the run's `factories.RunData` (scanned once); opened here if not given.
         make_train_ds: optional `fn(batch_size, seed, start) -> dataset` of
             `(images, masks)` batches for one worker, without its first
             `start` batches (tests pass synthetic data); default
-            `keras_segmenter.data.train_dataset`.
+            `factories.make_train_dataset` of `data`.
         eval_ds, info: as in `run.train`.
     """
-    config.resolve()
-    run.seed_everything(config)
+    factories.check_resolved(config)
+    factories.seed_everything(config)
     task, num_workers = worker_info()
     chief = task == 0
-    info = info or run.dataset_info(config)
+    info = info or config.info
+    if data is None and (make_train_ds is None or eval_ds is None):
+        data = factories.open_data(config)
     num_classes, ignore_index = info.num_classes, info.ignore_index
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
-        )
+    factories.check_batch_size(config, strategy)
     checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
-    if config.crop_size is None:
-        config.crop_size = info.crop_size
     if chief:
-        run.prepare_output_dir(config, info)
+        factories.prepare_output_dir(config)
 
     with strategy.scope():
-        model = run.build_model(config, num_classes)
-        optimizer = run.make_optimizer(config)
+        model = factories.build_model(config, num_classes)
+        optimizer = factories.make_optimizer(config)
         if config.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        loss_fn = run.make_loss(config, info)
+        loss_fn = factories.make_loss(config, info, data)
         # Compiled (never fitted) so the checkpoints have model.fit's layout.
         model.compile(optimizer=optimizer, loss=loss_fn)
         optimizer.build(model.trainable_variables)
@@ -84,7 +84,9 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     if make_train_ds is None:
 
         def make_train_ds(batch_size, seed, start):
-            return run.make_train_dataset(config, model.normalization, batch_size, seed, start)
+            return factories.make_train_dataset(
+                config, data, model.normalization, batch_size, seed, start
+            )
 
     def dataset_fn(context):
         batch = context.get_per_replica_batch_size(config.batch_size)
@@ -124,19 +126,8 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     validation = None
     if chief:
         if eval_ds is None:
-            eval_ds = run.make_eval_dataset(config, model.normalization)
-        window, stride = run.validation_window(config, info)
-        validation = cb.Validation(
-            run.make_evaluate_fn(
-                eval_ds, num_classes, ignore_index, window, stride, config.val_images
-            ),
-            every=config.val_every // steps,
-            last_epoch=config.iterations // steps,
-            log_dir=os.path.join(config.output_dir, "logs", "validation")
-            if run.tensorboard_available()
-            else None,
-            verbose=verbose,
-        )
+            eval_ds = eval_pairs(data.val, model.normalization)
+        validation = factories.make_validation(config, info, eval_ds, verbose=verbose)
         log_callbacks = [
             cb.LearningRateLogger(),
             validation,
@@ -185,7 +176,7 @@ def train_custom_loop(config, strategy, make_train_ds=None, eval_ds=None, info=N
     callback_list.on_train_end()
     model_path = None
     if chief:
-        model_path = run.save_model_atomically(
+        model_path = factories.save_model_atomically(
             model, os.path.join(config.output_dir, "model.keras")
         )
     summary = {

@@ -1,8 +1,9 @@
-"""Training a Segmenter from a `RunConfig`: model, data, `model.fit`.
+"""Training a Segmenter from a resolved `RunConfig`: `model.fit` on the run's pieces.
 
-`training/fit.py` is the command line around `train(config)`. The
-multi-worker path (`--strategy multi_worker`) is `loop.train_custom_loop`,
-which reuses the pieces defined here.
+`training/fit.py` is the command line around `train(config)`; the pieces
+(model, optimizer, loss, data, validation, run folder) are made in
+`factories`. The multi-worker path (`--strategy multi_worker`) is
+`loop.train_custom_loop`, built from the same factories.
 """
 
 import math
@@ -10,334 +11,70 @@ import os
 import time
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-import keras_segmenter as ks
-from keras_segmenter import optimizers
-from keras_segmenter.files import atomic_write, remove_temporary_files
-from keras_segmenter.layers.normalization import denormalize_images
-from keras_segmenter.losses import SegmentationCrossEntropy, median_frequency_weights
+from keras_segmenter.data import eval_pairs
 from keras_segmenter.metrics import make_metric
 from keras_segmenter.progress import ProgressLogger
 from keras_segmenter.training import callbacks as cb
-from keras_segmenter.training.checkpoints import list_checkpoints, resume
+from keras_segmenter.training import factories
+from keras_segmenter.training.checkpoints import resume
 from keras_segmenter.training.strategies import make_strategy
-from keras_segmenter.visualization import as_palette, colorize
-
-# ---------------------------------------------------------------- model
-
-
-def _with_dtype(model, dtype):
-    """A copy of a `Segmenter` with another dtype policy and the same weights."""
-    backbone_config = model.backbone.get_config()
-    backbone_config["dtype"] = dtype
-    config = model.get_config()
-    backbone = ks.ViTBackbone.from_config(backbone_config)
-    config.update(backbone=backbone, preprocessor=model.preprocessor, dtype=dtype)
-    clone = ks.Segmenter(**config)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def build_model(config, num_classes):
-    """The Segmenter for `config`: `--init`, or `--model` (+ `--backbone-weights`)."""
-    dtype = None if config.precision == "float32" else config.precision
-    if config.init:
-        if config.init.endswith(".keras"):
-            from keras_segmenter.prediction import load_model
-
-            model = load_model(config.init)
-            if dtype is not None:
-                model = _with_dtype(model, dtype)
-        else:
-            from keras_segmenter.convert import load_official
-
-            model = load_official(config.init, dtype=dtype)
-        if getattr(model, "num_classes", num_classes) != num_classes:
-            raise ValueError(
-                f"--init {config.init}: the model has {model.num_classes} classes, "
-                f"--dataset {config.dataset} has {num_classes}."
-            )
-        return model
-    if config.model not in ks.MODEL_PRESETS:
-        raise ValueError(
-            f"--model must be one of {sorted(ks.MODEL_PRESETS)}. Received: {config.model!r}"
-        )
-    model = ks.build_segmenter(
-        config.model,
-        num_classes,
-        image_size=config.crop_size,
-        dropout=config.dropout,
-        drop_path_rate=config.drop_path_rate,
-        decoder_dropout=config.decoder_dropout,
-        dtype=dtype,
-    )
-    if config.backbone_weights:
-        from keras_segmenter.convert import load_backbone_weights
-
-        load_backbone_weights(model.backbone, config.backbone_weights)
-    return model
-
-
-def make_optimizer(config):
-    """`optimizers.make_optimizer` with the run's recipe."""
-    fields = ("optimizer", "lr", "iterations", "end_lr", "poly_power", "weight_decay")
-    return optimizers.make_optimizer(
-        **{name: getattr(config, name) for name in fields},
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-    )
-
-
-def make_loss(config, info):
-    """The cross-entropy ignoring `info.ignore_index`, with `--class-weights` computed
-    from the training masks (read in full through the evaluation pipeline)."""
-    weights = None
-    if config.class_weights == "median_frequency":
-        masks = (mask.numpy() for _, mask in make_eval_dataset(config, "vit", "train"))
-        weights = median_frequency_weights(masks, info.num_classes, info.ignore_index)
-    return SegmentationCrossEntropy(ignore_index=info.ignore_index, class_weights=weights)
-
-
-# ---------------------------------------------------------------- data
-
-
-def dataset_info(config):
-    from keras_segmenter.data import get_dataset_info
-
-    if config.dataset == "folder":
-        return get_dataset_info(
-            "folder", num_classes=config.num_classes, ignore_index=config.ignore_index
-        )
-    return get_dataset_info(config.dataset)
-
-
-def _data_kwargs(config):
-    kwargs = dict(max_pixels=config.max_pixels)
-    if config.dataset == "folder":
-        kwargs.update(num_classes=config.num_classes, ignore_index=config.ignore_index)
-    return kwargs
-
-
-def validation_window(config, info):
-    """Sliding window = the training crop (paper 4.2); stride scaled like the dataset's official
-    one (see `inference.default_window`)."""
-    from keras_segmenter.inference import default_window
-
-    reference = getattr(info, "window_size", None), getattr(info, "window_stride", None)
-    return default_window(
-        window_size=config.window_size or config.crop_size,
-        window_stride=config.window_stride or None,
-        reference=reference if all(reference) else None,
-    )
-
-
-def make_train_dataset(config, normalization, batch_size, seed, start=0):
-    """The training batches; `start` batches already trained are skipped (resume)."""
-    from keras_segmenter.data import train_dataset
-
-    return train_dataset(
-        config.dataset,
-        config.data_dir,
-        batch_size=batch_size,
-        crop_size=config.crop_size,
-        normalization=normalization,
-        seed=seed,
-        split="train",
-        repeat=True,
-        start=start * batch_size,
-        **_data_kwargs(config),
-    )
-
-
-def make_eval_dataset(config, normalization, split="val"):
-    from keras_segmenter.data import eval_dataset
-
-    return eval_dataset(
-        config.dataset,
-        config.data_dir,
-        split=split,
-        normalization=normalization,
-        **_data_kwargs(config),
-    )
-
-
-# ---------------------------------------------------------------- validation
-
-
-def make_evaluate_fn(
-    dataset, num_classes, ignore_index, window_size, window_stride, max_images=None
-):
-    """`evaluate(model) -> {"mIoU", "aAcc", "mAcc", "IoU", ...}` over `dataset`.
-
-    `keras_segmenter.evaluation.evaluate`, the loop of `evaluate.py`, on
-    unbatched `(image (H, W, 3), mask (H, W))` at the images' own size:
-    one scale, sliding windows as in the paper, no object sizes, silent.
-    """
-    from keras_segmenter.evaluation import evaluate
-
-    def evaluate_model(model):
-        return evaluate(
-            model,
-            dataset,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            window_size=window_size,
-            window_stride=window_stride,
-            base_size=False,
-            object_sizes=False,
-            limit=max_images,
-            verbose=0,
-        )
-
-    return evaluate_model
-
-
-def make_preview_fn(dataset, normalization, palette, ignore_index, count=3):
-    """Panels `image | truth | prediction` (uint8) of the first `count` images."""
-    samples = [(img.numpy(), m.numpy()) for img, m in dataset.take(count)]
-    colours = np.concatenate([as_palette(palette), [[0, 0, 0]]])  # ignored pixels: black
-
-    def paint(class_map):
-        return colorize(np.where(class_map == ignore_index, len(colours) - 1, class_map), colours)
-
-    def preview(model):
-        panels = []
-        for image, mask in samples:
-            pred = np.argmax(np.asarray(model(image[None], training=False))[0], axis=-1)
-            rgb = denormalize_images(image, normalization)
-            panels.append(np.concatenate([rgb, paint(mask), paint(pred)], axis=1))
-        height = max(p.shape[0] for p in panels)
-        width = max(p.shape[1] for p in panels)
-        return np.stack(
-            [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels]
-        )
-
-    return preview
-
-
-# ---------------------------------------------------------------- outputs
-
-
-def tensorboard_available():
-    """TensorBoard logs need the `tensorboard` package (not a dependency of tensorflow-cpu)."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if not getattr(tensorboard_available, "warned", False):
-            print(
-                "Note: `pip install tensorboard` to get TensorBoard logs; writing history.csv only."
-            )
-            tensorboard_available.warned = True
-        return False
-    return True
-
-
-def save_model_atomically(model, path):
-    return atomic_write(path, model.save)
-
-
-def seed_everything(config):
-    """Seeds Python, NumPy, TF and Keras; with `config.deterministic`, TF ops too."""
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def prepare_output_dir(config, info=None):
-    """Creates the run folder and writes `config.json` (a resumed run keeps its own).
-
-    Removes the temporary files of writes a killed run left behind.
-    """
-    if config.crop_size is None:
-        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
-    checkpoints = os.path.join(config.output_dir, "checkpoints")
-    if not config.resume and list_checkpoints(checkpoints):
-        raise ValueError(
-            f"--output-dir {config.output_dir} already holds checkpoints; pass --resume to "
-            "continue that run, or choose another --output-dir."
-        )
-    os.makedirs(config.output_dir, exist_ok=True)
-    for path in remove_temporary_files(config.output_dir, checkpoints):
-        print(f"Removed {path}, left by an interrupted write.")
-    if not config.resume:
-        config.save(os.path.join(config.output_dir, "config.json"))
-    return checkpoints
-
-
-# ---------------------------------------------------------------- model.fit
 
 
 def train(
     config,
     strategy=None,
+    data=None,
     train_ds=None,
     eval_ds=None,
     info=None,
     extra_callbacks=(),
     verbose="auto",
 ):
-    """Trains with `model.fit` as `config` says; returns `(model, summary)`.
+    """Trains with `model.fit` as the resolved `config` says; returns `(model, summary)`.
 
-    `train_ds` / `eval_ds` / `info` replace the `keras_segmenter.data`
-    datasets (tests pass synthetic ones): `train_ds` yields global batches
-    `(images, masks)`, `eval_ds` unbatched full images; `info` needs
+    `config` is a `RunConfig` after `resolve()`; `data` its `factories.RunData`
+    (`factories.open_data(config)`, scanned once; opened here if not given).
+    `train_ds` / `eval_ds` / `info` replace the datasets built from `data`
+    and `config.info` (tests pass synthetic ones): `train_ds` yields global
+    batches `(images, masks)`, `eval_ds` unbatched full images; `info` needs
     `num_classes`, `ignore_index`, `palette`, `window_size`, `window_stride`.
     """
-    config.resolve()
-    seed_everything(config)
+    factories.check_resolved(config)
+    factories.seed_everything(config)
     strategy = strategy or make_strategy(config.strategy, config.cpu_devices)
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch-size {config.batch_size} must be divisible by the {replicas} replicas."
-        )
-    info = info or dataset_info(config)
+    factories.check_batch_size(config, strategy)
+    info = info or config.info
     num_classes = info.num_classes
-    if config.crop_size is None:
-        config.crop_size = info.crop_size  # camvid / folder: the dataset's own crop
+    if data is None and (train_ds is None or eval_ds is None):
+        data = factories.open_data(config)
 
     with strategy.scope():
-        model = build_model(config, num_classes)
-        checkpoint_dir = prepare_output_dir(
-            config
-        )  # after the model: a refused --init writes nothing
+        model = factories.build_model(config, num_classes)
+        # After the model: a refused --init writes nothing.
+        checkpoint_dir = factories.prepare_output_dir(config)
         model.compile(
-            optimizer=make_optimizer(config),
-            loss=make_loss(config, info),
+            optimizer=factories.make_optimizer(config),
+            loss=factories.make_loss(config, info, data),
             metrics=[make_metric(num_classes, info.ignore_index)],
         )
         start = resume(model, checkpoint_dir) if config.resume else 0
     # The same batches as an uninterrupted run from iteration `start` on.
     if train_ds is None:
-        train_ds = make_train_dataset(
-            config, model.normalization, config.batch_size, config.seed, start
+        train_ds = factories.make_train_dataset(
+            config, data, model.normalization, config.batch_size, config.seed, start
         )
     elif start:
         train_ds = train_ds.skip(start)
     if eval_ds is None:
-        eval_ds = make_eval_dataset(config, model.normalization)
+        eval_ds = eval_pairs(data.val, model.normalization)
 
     steps = config.checkpoint_every
     epochs = config.iterations // steps
     history_path = os.path.join(config.output_dir, "history.csv")
     cb.trim_history(history_path, start // steps)
-    window, stride = validation_window(config, info)
     log_dir = os.path.join(config.output_dir, "logs")
-    validation = cb.Validation(
-        make_evaluate_fn(
-            eval_ds, num_classes, info.ignore_index, window, stride, config.val_images
-        ),
-        every=config.val_every // steps,
-        last_epoch=epochs,
-        log_dir=os.path.join(log_dir, "validation") if tensorboard_available() else None,
-        preview_fn=make_preview_fn(
-            eval_ds, model.normalization, info.palette, info.ignore_index, config.preview_images
-        )
-        if config.preview_images
-        else None,
-    )
+    validation = factories.make_validation(config, info, eval_ds, model.normalization)
     callbacks = [
         *extra_callbacks,
         cb.LearningRateLogger(),
@@ -345,7 +82,7 @@ def train(
         validation,
         keras.callbacks.CSVLogger(history_path, append=True),
     ]
-    if tensorboard_available():
+    if factories.tensorboard_available():
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq="epoch")
         )
@@ -369,7 +106,9 @@ def train(
     iteration = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     model_path = None
     if not model.stop_training or iteration >= config.iterations:
-        model_path = save_model_atomically(model, os.path.join(config.output_dir, "model.keras"))
+        model_path = factories.save_model_atomically(
+            model, os.path.join(config.output_dir, "model.keras")
+        )
     summary = {
         "iteration": iteration,
         "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),

@@ -5,6 +5,8 @@ import os
 
 import tensorflow as tf
 
+from keras_segmenter.errors import UserError
+
 
 def make_strategy(name="auto", cpu_devices=None):
     """Returns the strategy for `--strategy name`.
@@ -27,7 +29,7 @@ def make_strategy(name="auto", cpu_devices=None):
     gpus = tf.config.list_physical_devices("GPU")
     if cpu_devices is not None:
         if name != "mirrored" or gpus:
-            raise ValueError(
+            raise UserError(
                 "--cpu-devices splits the CPU of a machine without GPU for --strategy mirrored. "
                 f"Received: --strategy {name} on a machine with {len(gpus)} GPUs"
             )
@@ -44,7 +46,7 @@ def make_strategy(name="auto", cpu_devices=None):
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError(
+            raise UserError(
                 "--strategy multi_worker needs the TF_CONFIG environment variable "
                 '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                 '"task": {"type": "worker", "index": 0}}).'
@@ -55,7 +57,7 @@ def make_strategy(name="auto", cpu_devices=None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(
+    raise UserError(
         "--strategy must be one of auto, mirrored, multi_worker, one_device, tpu. "
         f"Received: {name!r}"
     )

@@ -208,12 +208,9 @@ def test_imagenet_presets_for_the_backbone_the_segmenter_and_fit(mirror, tmp_pat
     assert_same_weights(model.backbone, backbone)
     with pytest.raises(ValueError, match="pass num_classes"):
         ks.Segmenter.from_preset(local)
-    # fit.py --backbone-weights: a name becomes the cached file, a path stays.
-    import importlib.util
+    # fit --backbone-weights: a name becomes the cached file, a path stays.
+    from keras_segmenter import fit
 
-    spec = importlib.util.spec_from_file_location("fit", README.parent / "training" / "fit.py")
-    fit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit)
     config, _ = fit.make_config(
         ["--backbone-weights", "vit_tiny_patch16_384", "--output-dir", str(tmp_path / "run")]
     )

@@ -172,7 +172,7 @@ def test_validation_window_scales_the_dataset_stride_with_the_predict_rule():
 
     from keras_segmenter.data import get_dataset_info
     from keras_segmenter.inference import default_window
-    from keras_segmenter.training.run import validation_window
+    from keras_segmenter.training.factories import validation_window
 
     def config(crop, window=None, stride=None):
         return types.SimpleNamespace(crop_size=crop, window_size=window, window_stride=stride)

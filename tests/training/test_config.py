@@ -33,7 +33,7 @@ def test_run_config_paper_defaults_and_errors(tmp_path):
 
 def test_optimizer_choice():
     from keras_segmenter.optimizers import TorchSGD
-    from keras_segmenter.training.run import make_optimizer
+    from keras_segmenter.training.factories import make_optimizer
 
     config = RunConfig(dataset="ade20k", data_dir=None)
     config.resolve()
@@ -49,9 +49,9 @@ def test_optimizer_choice():
 def test_compiles_default_optimizer_is_the_ade20k_run_recipe():
     """`Segmenter.compile()` builds its optimizer without the trainer; same recipe."""
     from keras_segmenter.optimizers import make_optimizer
-    from keras_segmenter.training import run
+    from keras_segmenter.training import factories
 
-    run_optimizer = run.make_optimizer(RunConfig(dataset="ade20k").resolve())
+    run_optimizer = factories.make_optimizer(RunConfig(dataset="ade20k").resolve())
     assert make_optimizer().get_config() == run_optimizer.get_config()
 
 

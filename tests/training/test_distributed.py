@@ -92,7 +92,7 @@ _SCRIPT = textwrap.dedent(
                     crop_size=32, optimizer="sgd", lr=0.05, output_dir=out, preview_images=1,
                     resume=args.get("resume", False), seed=0, deterministic=True)
         base.update(kw)
-        return RunConfig(**base)
+        return RunConfig(**base).resolve()
 
     def report(model, summary):
         history = os.path.join(args["out"], "history.csv")

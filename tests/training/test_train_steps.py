@@ -105,7 +105,7 @@ def train_fixture_steps(out, strategy=None, precision="float32", custom_loop=Fal
         keep_checkpoints=fixture["iter_max"],
         preview_images=0,
         output_dir=os.path.join(out, "run"),
-    )
+    ).resolve()
     info = types.SimpleNamespace(
         num_classes=fixture["n_cls"],
         ignore_index=255,
@@ -202,8 +202,8 @@ def spawned(tmp_path_factory):
 
 
 def _official_schedule_optimizer(fixture):
-    """`run.make_optimizer` for the fixture's recipe."""
-    from keras_segmenter.training import RunConfig, run
+    """`factories.make_optimizer` for the fixture's recipe."""
+    from keras_segmenter.training import RunConfig, factories
 
     config = RunConfig(
         dataset="ade20k",
@@ -212,7 +212,7 @@ def _official_schedule_optimizer(fixture):
         batch_size=2,
         output_dir="unused",
     ).resolve()
-    return run.make_optimizer(config)
+    return factories.make_optimizer(config)
 
 
 def test_poly_schedule_gives_the_official_learning_rates():

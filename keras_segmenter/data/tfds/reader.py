@@ -4,6 +4,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_segmenter.data.dataset_info import canonical_name
+from keras_segmenter.errors import UserError
 
 # Dataset -> (TFDS builder, image, mask, image name, mask name, labelIds).
 # TFDS' own `cityscapes` stores `gtFine_labelIds`; ours store raw masks.
@@ -36,7 +37,7 @@ def builder(name, data_dir=None):
     """
     key = canonical_name(name)
     if key not in _SOURCES:
-        raise ValueError(
+        raise UserError(
             f"No TFDS builder for dataset {key!r}: expected one of "
             f"{list(DATASETS)}. Received: name={name!r}"
         )
@@ -69,7 +70,7 @@ def prepare(name, manual_dir, data_dir=None):
         if "does not exist or is empty" not in str(error):
             raise
         instructions = " ".join(prepared.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
-        raise ValueError(
+        raise UserError(
             f"{manual_dir}: the manual download folder of tfds:{name} does not exist or is "
             f"empty; expected: {instructions}"
         ) from None
@@ -88,7 +89,7 @@ def _prepared(name, split, data_dir):
         )
     tfds_split = _SPLITS.get(split, split)
     if tfds_split not in source.info.splits:
-        raise ValueError(
+        raise UserError(
             f"tfds:{key} has splits {sorted(source.info.splits)}. Received: split={split!r}"
         )
     return source, tfds_split
@@ -120,7 +121,7 @@ def read(name, split, data_dir=None, **unexpected):
         masks are Cityscapes `labelIds` (mapped to train ids downstream).
     """
     if unexpected:
-        raise ValueError(
+        raise UserError(
             f"tfds:{name} reads prepared TFRecords and takes no layout "
             f"options. Received: {sorted(unexpected)}"
         )

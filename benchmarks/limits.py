@@ -1,0 +1,161 @@
+"""How close inference is to its limits: ours against the matrix-product bound and the
+official code, per precision, in interleaved rounds, as one JSON line.
+
+    python benchmarks/limits.py --model seg_s16_mask --size 512 --batch 4 --rounds 3 \\
+        [--precisions float32 mixed_bfloat16] [--peer-python /tmp/peer/bin/python] --json
+
+Each round runs, for each precision one after the other: our inference
+(`throughput.py`'s Keras runtime: normalization, the model and the argmax of
+its logits in one `tf.function`, on a random uint8 batch), the ceiling of
+its matrix products alone (`matmul_bound.py`: the same shapes, dtype and
+kernels), and with `--peer-python` the official model
+(`../shared/peer/bench_forward.py --compile-only`, with `--amp` for
+bfloat16: torch.compile, and bf16 autocast) in a child process of that
+Python. Ours and the bound run in this process on one set of random
+weights (the bfloat16 model gets the float32 one's); each is timed
+`--runs` times per round and the round's median kept. The JSON holds,
+per precision, every round's images/s, their medians, and the ratios of
+the medians `ours_over_bound` and `ours_over_official`, the official
+runs' `other_procs_cpu_frac` (above ~0.05: another process competed), the
+load average before each round, and the machine.
+
+The official benchmark times the logits, ours the class map (the logits'
+argmax at full resolution: more work, as a user gets it).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import keras_segmenter  # noqa: F401  first: TensorFlow set up as the commands do it
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_SCRIPT = os.path.join(os.path.dirname(REPO), "shared", "peer", "bench_forward.py")
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def rate(function, batch, runs):
+    """Median images/s of `runs` timed calls of `function` (after two untimed ones)."""
+    for _ in range(2):
+        function()
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return batch / statistics.median(seconds)
+
+
+def official_rate(args, precision):
+    """`(images/s, other_procs_cpu_frac)` of the official model in a child process."""
+    command = [args.peer_python, args.peer_script, "--variants", args.model]
+    command += ["--batches", str(args.batch), "--size", str(args.size), "--runs", str(args.runs)]
+    command += ["--compile-only"] + (["--amp"] if precision != "float32" else [])
+    child = subprocess.run(command, capture_output=True, text=True)
+    lines = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines or "images_per_s" not in lines[-1]:
+        reason = (lines[-1].get("error") if lines else None) or child.stderr.strip()[-300:]
+        raise SystemExit(f"--peer-python: the official benchmark failed: {reason}")
+    return lines[-1]["images_per_s"], lines[-1].get("other_procs_cpu_frac")
+
+
+def main():
+    from models import forward_parser
+
+    parser = forward_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="timed calls per round and path")
+    parser.add_argument("--peer-python", help="the official code's Python (../shared/peer)")
+    parser.add_argument("--peer-script", default=PEER_SCRIPT, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = parser.parse_args()
+    if min(args.size, args.batch, args.rounds, args.runs) < 1:
+        parser.error("--size, --batch, --rounds and --runs must be positive integers")
+    if args.peer_python and not os.path.isfile(args.peer_python):
+        parser.error(f"--peer-python {args.peer_python}: no such file")
+    if args.peer_python and not os.path.isfile(args.peer_script):
+        parser.error(f"the official benchmark {args.peer_script} is missing")
+
+    import keras
+    import numpy as np
+    from machine import machine_info
+    from matmul_bound import make_products, product_shapes
+    from models import build_model
+    from throughput import keras_class_map
+
+    keras.utils.set_random_seed(0)
+    reference = build_model(args.model, args.num_classes, args.size, "float32")
+    images = np.random.default_rng(0).integers(
+        0, 256, (args.batch, args.size, args.size, 3), np.uint8
+    )
+    shapes = product_shapes(reference, args.size, args.batch)
+    paths = {}
+    for precision in args.precisions:
+        model = reference
+        if precision != "float32":
+            model = build_model(args.model, args.num_classes, args.size, precision)
+            model.set_weights(reference.get_weights())
+        class_map, products = keras_class_map(model), make_products(shapes, precision)
+        paths[precision] = {
+            "ours": lambda class_map=class_map: class_map(images),
+            "bound": lambda products=products: products().numpy(),
+        }
+    rounds = {p: {"ours": [], "bound": [], "official": [], "other": []} for p in args.precisions}
+    loads = []
+    for _ in range(args.rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        for precision in args.precisions:
+            found = rounds[precision]
+            for name in ("ours", "bound"):
+                found[name].append(round(rate(paths[precision][name], args.batch, args.runs), 3))
+            if args.peer_python:
+                official, other = official_rate(args, precision)
+                found["official"].append(official)
+                found["other"].append(other)
+    result = {
+        "benchmark": "limits",
+        "model": args.model,
+        "size": args.size,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "runs": args.runs,
+        "precisions": {p: summary(rounds[p]) for p in args.precisions},
+        "load_average_1min": loads,
+        "machine": machine_info(),
+    }
+    if not args.json:
+        for precision, found in result["precisions"].items():
+            print(
+                f"{precision}: ours {found['ours_images_per_sec']} images/s, "
+                f"{found['ours_over_bound']} of the bound, "
+                f"{found['ours_over_official']} of the official",
+                file=sys.stderr,
+            )
+    print(json.dumps(result))
+
+
+def summary(found):
+    """Medians, ratios of medians and every round of one precision."""
+    medians = {name: statistics.median(found[name]) if found[name] else None for name in found}
+    ours, official = medians["ours"], medians["official"]
+    return {
+        "ours_images_per_sec": round(ours, 3),
+        "bound_images_per_sec": round(medians["bound"], 3),
+        "official_images_per_sec": round(official, 3) if official else None,
+        "ours_over_bound": round(ours / medians["bound"], 3),
+        "ours_over_official": round(ours / official, 3) if official else None,
+        "rounds_ours": found["ours"],
+        "rounds_bound": found["bound"],
+        "rounds_official": found["official"],
+        "official_other_procs_cpu_frac": found["other"],
+    }
+
+
+if __name__ == "__main__":
+    main()
