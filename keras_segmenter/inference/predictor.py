@@ -97,7 +97,7 @@ def make_predictor(
         normalize = preprocessor_of(model).normalize
 
         # autograph=False: the inference writes its loops as `tf.while_loop`, so autograph's
-        # source conversion only added to the trace (2.3 s of Seg-S/16's first predict call).
+        # source conversion only added to the trace time (docs/benchmarks.md).
         @tf.function(input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)], autograph=False)
         def predictor(image):
             classes, probs = segment_image(

@@ -53,7 +53,7 @@ class CompiledFunction:
                 graph = (version, torch.compile(traced, dynamic=False))
                 self.graphs[key] = graph
                 # The first call compiles. (torch.compile's options={"freezing": True} did
-                # not freeze: 2.6-4.9 against 8.5-9.2 images/s, Seg-S/16-mask bf16.)
+                # not freeze the weights; docs/benchmarks.md has the timings.)
                 with torch._inductor.config.patch(freezing=True):
                     return graph[1](*args)
             return graph[1](*args)
@@ -69,8 +69,7 @@ def compile_for_torch(model):
     After it, `keras_segmenter.inference` (sliding windows, `segment`,
     `predict`'s Python API) calls the model through a `CompiledFunction` of
     its float32 logits: one compile per window batch shape, then the
-    compiled graph (Seg-S/16-mask, bfloat16, on an AMX Xeon: about 2.5x eager
-    Keras; docs/benchmarks.md). Raises `ValueError` on another backend.
+    compiled graph (faster than eager Keras: docs/benchmarks.md). Raises `ValueError` on another backend.
     """
     if keras.config.backend() != "torch":
         raise ValueError(

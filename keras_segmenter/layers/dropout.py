@@ -13,7 +13,7 @@ def _keep_mask(shape, seed, rate):
 
     TensorFlow's Philox generator costs the same per 32-bit number whether it
     becomes a float or an integer; reading each one as two 16-bit numbers
-    halves the draws (22 against 39 ms for 2x6x1174^2 decisions on 2 cores).
+    halves the draws (timings in docs/benchmarks.md).
     """
     halves = tf.concat([shape[:-1], [(shape[-1] + 1) // 2]], axis=0)
     bits = tf.random.stateless_uniform(halves, seed, dtype=tf.uint32, minval=None, maxval=None)

@@ -13,8 +13,8 @@ def dense_rows(tokens, width, compute_dtype):
     fuses each matrix product with its bias (and fc1's with the GELU) into one
     oneDNN kernel; a Dense on 3D tokens runs as Tensordot, which keeps them
     apart. bfloat16: the 3D tokens, as oneDNN runs that fused kernel as an
-    inner product without AMX (`x64:gemm:jit`, 37 ms against 26 ms for the
-    AMX product and a separate bias add, 4100x384 @ 384x1536 on an AMX Xeon).
+    inner product without AMX (`x64:gemm:jit`), slower there than the AMX
+    product and a separate bias add (docs/benchmarks.md).
     """
     if compute_dtype == "bfloat16":
         return ops.reshape(tokens, (ops.shape(tokens)[0], -1, width))

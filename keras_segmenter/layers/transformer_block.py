@@ -16,8 +16,7 @@ def gelu_in_float32(x):
     `cdf(x) + x * pdf(x)` written out: erf has no vectorised 16-bit kernel on
     CPU (10x slower than float32), and the written-out gradient takes fewer
     passes over the MLP's activations than TensorFlow's derivative of its
-    GELU (11.6 against 14.6 ms forward and backward for 2x1025x1536 bfloat16
-    on 2 cores, the same values)."""
+    GELU (the same values; timings in docs/benchmarks.md)."""
     x32 = tf.cast(x, tf.float32)
     cdf = 0.5 * tf.math.erfc(x32 * -math.sqrt(0.5))
 
@@ -90,8 +89,8 @@ class TransformerBlock(keras.layers.Layer):
         shape = ops.shape(x)
         if TENSORFLOW and self.compute_dtype == "bfloat16" and not training:
             # Inference: fc1 on rows with its bias and the exact GELU in bfloat16, which the
-            # graph optimizer fuses into one oneDNN product with both as post-ops (on the AMX
-            # Xeon 16-34 against 50-72 ms for 4100x384 @ 384x1536, and closer to float32);
+            # graph optimizer fuses into one oneDNN product with both as post-ops (faster on
+            # the AMX Xeon, and closer to float32: docs/benchmarks.md);
             # fc2 on the 3D tokens, as `dense_rows` says.
             x = ops.gelu(self.fc1(ops.reshape(x, (-1, self.hidden_dim))), approximate=False)
             x = ops.reshape(x, (shape[0], -1, self.mlp_dim))
