@@ -69,7 +69,8 @@ def compile_for_torch(model):
     After it, `keras_segmenter.inference` (sliding windows, `segment`,
     `predict`'s Python API) calls the model through a `CompiledFunction` of
     its float32 logits: one compile per window batch shape, then the
-    compiled graph (faster than eager Keras: docs/benchmarks.md). Raises `ValueError` on another backend.
+    compiled graph (faster than eager Keras: docs/benchmarks.md). Raises
+    `ValueError` on another backend.
     """
     if keras.config.backend() != "torch":
         raise ValueError(
