@@ -115,7 +115,9 @@ def keras_class_map(model, xla=False):
 def backend_class_map(model, torch_compile=False):
     """The class map function of a model on JAX (normalization, logits and argmax in
     one `jax.jit` of `stateless_call`) or PyTorch (eager, without autograd, or
-    with `torch_compile` one `CompiledFunction` of them)."""
+    with `torch_compile` one `CompiledFunction` of normalization and
+    `class_map.patch_classes`: the model's patch logits, then the fused
+    upsample and argmax)."""
     import keras
     import numpy as np
 
@@ -136,11 +138,11 @@ def backend_class_map(model, torch_compile=False):
     import torch
 
     if torch_compile:
+        from keras_segmenter.inference.class_map import patch_classes
         from keras_segmenter.inference.torch_compile import CompiledFunction
 
-        compiled = CompiledFunction(
-            lambda x: keras.ops.argmax(model(normalize(x), training=False), axis=-1), model
-        )
+        classes = patch_classes(model)  # as `class_map.model_classes` runs it compiled
+        compiled = CompiledFunction(lambda x: classes(normalize(x)), model)
         return lambda images: keras.ops.convert_to_numpy(compiled(images))
 
     def run(images):

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_segmenter.inference.class_map import model_classes, upsampled_classes
+from keras_segmenter.inference.class_map import (
+    fused_upsampled_classes,
+    model_classes,
+    upsampled_classes,
+)
 from tests.testing import tiny_model
 
 
@@ -39,6 +43,24 @@ def test_upsampled_classes_is_the_argmax_of_the_upsample(shape, size, crop, ties
     for band_bytes in (1, 2**20):
         got = upsampled_classes(logits, size, crop, band_bytes=band_bytes).numpy()
         np.testing.assert_array_equal(got, expected)
+
+
+def assert_argmax_but_near_ties(got, full):
+    """`got` is the argmax of the float32 logits `full` (`(..., K)`) wherever their best two
+    classes are more than float32 round-off apart; elsewhere it is one of those best."""
+    best = full.max(axis=-1)
+    chosen = np.take_along_axis(full, got[..., None].astype(np.int64), axis=-1)[..., 0]
+    assert got.shape == best.shape and got.dtype == np.int32
+    np.testing.assert_allclose(chosen, best, rtol=0, atol=1e-5 * (1 + np.abs(best).max()))
+    assert (got == full.argmax(axis=-1)).mean() > 0.99
+
+
+@pytest.mark.parametrize("shape, size, crop", CASES)
+def test_fused_upsampled_classes_is_the_argmax_of_the_upsample(shape, size, crop):
+    logits = tf.constant(np.random.default_rng(3).standard_normal(shape), tf.float32)
+    got = np.asarray(fused_upsampled_classes(logits, size, crop))
+    full = tf.image.resize(logits, size, "bilinear")[:, : crop[0], : crop[1]].numpy()
+    assert_argmax_but_near_ties(got, full)
 
 
 def test_upsampled_classes_in_a_graph_and_from_bfloat16():

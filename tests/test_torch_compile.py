@@ -30,9 +30,13 @@ def readme_example():
 
 def check_compiled_inference():
     """What `_SCRIPT` runs on PyTorch: every check raises on failure."""
+    import tensorflow as tf
+
     from keras_segmenter.convert import load_official
+    from keras_segmenter.inference.class_map import _COMPILED_CLASSES, model_classes
     from keras_segmenter.inference.torch_compile import CompiledFunction, compiled_forward
     from tests import test_inference
+    from tests.test_class_map import assert_argmax_but_near_ties
 
     model = compile_for_torch(load_official(FIXTURES / "tiny_mask"))
     test_inference.test_sliding_window_matches_official(model, "100x150_ws64_st64")
@@ -41,6 +45,15 @@ def check_compiled_inference():
     example = {"model": model, "image": np.zeros((100, 150, 3), "uint8")}
     exec(readme_example(), example)
     assert example["classes"].shape == (100, 150) and len(compiled_forward(model).graphs) == 1
+
+    # The whole-image class map (`class_map.model_classes`) runs the compiled patch logits
+    # and fused upsample + argmax, and is the argmax of the model's logits.
+    image = np.random.default_rng(0).integers(0, 256, (2, 37, 45, 3)).astype("float32")
+    normalized = keras.ops.convert_to_numpy(model.preprocess(image))
+    classes = model_classes(model, tf.constant(normalized)).numpy()
+    logits = keras.ops.convert_to_numpy(model(normalized, training=False))
+    assert_argmax_but_near_ties(classes, logits)
+    assert _COMPILED_CLASSES[model].graphs, "the class map did not go through its compiled graph"
 
     # Assigned weights are read: the graph is compiled again, not run with the old constants.
     dense = keras.layers.Dense(3)

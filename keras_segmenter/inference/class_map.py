@@ -1,13 +1,16 @@
 """The class map of a model's logits without its full-resolution `(B, H, W, K)` logits:
-the bilinear upsample and the argmax done band by band of output rows."""
+the bilinear upsample and the argmax done band by band of output rows (TensorFlow), or
+written for a compiler to fuse (`fused_upsampled_classes`, the compiled PyTorch path)."""
 
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_segmenter.inference.model_call import model_logits
 from keras_segmenter.inference.tensor_ops import resize_weights, swap01
+from keras_segmenter.inference.torch_compile import CompiledFunction, compiled_forward
 from keras_segmenter.layers.backend import TENSORFLOW
 from keras_segmenter.models.segmenter import Segmenter
 
@@ -18,6 +21,8 @@ BAND_BYTES = 2**20
 # Per Segmenter: a functional model over the same layers, from normalized images to
 # the patch-level logits (the decoder's output, before `ResizeAndCrop`).
 _PATCH_LOGITS = weakref.WeakKeyDictionary()
+# Per Segmenter after `compile_for_torch`: its compiled `patch_classes`.
+_COMPILED_CLASSES = weakref.WeakKeyDictionary()
 
 
 def upsampled_classes(logits, size, crop=None, band_bytes=BAND_BYTES):
@@ -74,9 +79,79 @@ def upsampled_classes(logits, size, crop=None, band_bytes=BAND_BYTES):
     return swap01(classes.concat(), 3)
 
 
+def interpolation(size, source):
+    """`(lower, upper, weight)` per output position of a bilinear resize of one axis from
+    `source` to `size` positions (half-pixel centres, no antialiasing), in `keras.ops`:
+    int32 source indices and the float32 weight of `upper`, as PyTorch's CPU kernel
+    computes them. Computed in the graph from `arange`, so that a compiler sees the
+    indices as arithmetic of its loop counters, not as loads."""
+    ops = keras.ops
+    scale = np.float32(source) / np.float32(size)
+    position = ops.maximum((ops.arange(size, dtype="float32") + 0.5) * scale - 0.5, 0.0)
+    lower = ops.cast(ops.floor(position), "int32")
+    return lower, ops.minimum(lower + 1, source - 1), position - ops.floor(position)
+
+
+def fused_upsampled_classes(logits, size, crop):
+    """`argmax(crop(resize(logits, size, "bilinear")))` in `keras.ops`, for a compiler.
+
+    Written so that a compiler (Inductor) fuses the row interpolation into
+    the class reduction and never writes the `(B, K, H, W)` values: the
+    columns are interpolated first, as a matrix product with the
+    interpolation weights (`(B, K, h, W)`: small), then each output row is
+    `top * (1 - w) + bottom * w` of its two source rows, as PyTorch's kernel
+    computes it, and the class is the first one that reaches the maximum.
+    Run eagerly it would hold all those values: use it in a compiled graph.
+    The product rounds as float32 does, so the classes are the written-out
+    argmax's but at near-ties (tests/test_class_map.py).
+
+    Args:
+        logits: float `(B, h, w, K)` tensor with static shape (cast to float32).
+        size: `(H, W)` ints, the upsampled size.
+        crop: `(H', W')` ints at most `size`: the top-left part kept.
+
+    Returns:
+        int32 `(B, H', W')` class indices.
+    """
+    ops = keras.ops
+    _, h, w, k = logits.shape
+    lower, upper, weight = interpolation(size[1], w)
+    # (W, w): row j holds 1 - weight at `lower[j]` and weight at `upper[j]`.
+    source = ops.arange(w, dtype="int32")[None, :]
+    weight = weight[:, None]
+    columns = ops.where(source == lower[:, None], 1 - weight, 0.0) + ops.where(
+        source == upper[:, None], weight, 0.0
+    )
+    # (B, K, h, crop W): the class axis outside, so each row's reduction runs along W.
+    values = ops.matmul(
+        ops.transpose(ops.cast(logits, "float32"), (0, 3, 1, 2)), ops.transpose(columns)
+    )
+    values = values[..., : crop[1]]
+    lower, upper, weight = (a[: crop[0]] for a in interpolation(size[0], h))
+    weight = weight[:, None]
+    values = (
+        ops.take(values, lower, axis=2) * (1 - weight) + ops.take(values, upper, axis=2) * weight
+    )
+    best = ops.max(values, axis=1, keepdims=True)
+    classes = ops.arange(k, dtype="int32")[:, None, None]
+    # The first class at the maximum; `minimum` keeps an index valid even if the compiler
+    # evaluated the two reductions' values differently.
+    return ops.minimum(ops.min(ops.where(values == best, classes, k), axis=1), k - 1)
+
+
 def model_classes(model, images):
     """int32 class map `(B, H, W)` of a batch of normalized `images`: the argmax of the
-    model's logits, through `upsampled_classes` for a `Segmenter` on TensorFlow."""
+    model's logits, through `upsampled_classes` for a `Segmenter` on TensorFlow and
+    `fused_upsampled_classes` compiled after `torch_compile.compile_for_torch`."""
+    if not TENSORFLOW and compiled_forward(model) and isinstance(model, Segmenter):
+        classes = _compiled_classes(model)
+
+        def run(batch):
+            return np.asarray(keras.ops.convert_to_numpy(classes(batch)), np.int32)
+
+        found = tf.numpy_function(run, [images], tf.int32, stateful=False)
+        found.set_shape(images.shape[:-1])
+        return found
     if not TENSORFLOW or not isinstance(model, Segmenter):
         return tf.argmax(model_logits(model, images), axis=-1, output_type=tf.int32)
     patch_logits = _patch_logits(model)(images, training=False)
@@ -84,6 +159,28 @@ def model_classes(model, images):
     patch_logits = tf.cast(patch_logits, model.get_layer("resize").compute_dtype)
     grid = tf.shape(patch_logits)[1:3]
     return upsampled_classes(patch_logits, grid * model.patch_size, tf.shape(images)[1:3])
+
+
+def patch_classes(model):
+    """`keras.ops` function of normalized images to the int32 class map of `model` (a
+    Segmenter on a backend with static shapes): its patch logits, then
+    `fused_upsampled_classes`. For compiled graphs (`CompiledFunction`)."""
+
+    def classes(images):
+        patch_logits = _patch_logits(model)(images, training=False)
+        # As Keras casts the input of the model's `ResizeAndCrop` (see `model_classes`).
+        patch_logits = keras.ops.cast(patch_logits, model.get_layer("resize").compute_dtype)
+        grid = patch_logits.shape[1:3]
+        size = (grid[0] * model.patch_size, grid[1] * model.patch_size)
+        return fused_upsampled_classes(patch_logits, size, images.shape[1:3])
+
+    return classes
+
+
+def _compiled_classes(model):
+    if model not in _COMPILED_CLASSES:
+        _COMPILED_CLASSES[model] = CompiledFunction(patch_classes(model), model)
+    return _COMPILED_CLASSES[model]
 
 
 def _patch_logits(model):
