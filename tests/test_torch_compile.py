@@ -34,7 +34,11 @@ def check_compiled_inference():
 
     from keras_segmenter.convert import load_official
     from keras_segmenter.inference.class_map import _COMPILED_CLASSES, model_classes
-    from keras_segmenter.inference.torch_compile import CompiledFunction, compiled_forward
+    from keras_segmenter.inference.torch_compile import (
+        CompiledFunction,
+        bias_in_products,
+        compiled_forward,
+    )
     from tests import test_inference
     from tests.test_class_map import assert_argmax_but_near_ties
 
@@ -54,6 +58,19 @@ def check_compiled_inference():
     logits = keras.ops.convert_to_numpy(model(normalized, training=False))
     assert_argmax_but_near_ties(classes, logits)
     assert _COMPILED_CLASSES[model].graphs, "the class map did not go through its compiled graph"
+
+    # A Dense layer's bias goes into its product (2D rows and 3D tokens), same outputs.
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    dense = keras.layers.Dense(5)
+    dense.build((None, 4))
+    for x in (torch.randn(6, 4), torch.randn(2, 3, 4)):
+        graph = bias_in_products(make_fx(lambda x: dense(x))(x))
+        targets = [node.target for node in graph.graph.nodes]
+        assert torch.ops.aten.addmm.default in targets and torch.ops.aten.add.Tensor not in targets
+        expected = keras.ops.convert_to_numpy(dense(x))
+        np.testing.assert_allclose(graph(x).detach().numpy(), expected, rtol=1e-6, atol=1e-6)
 
     # Assigned weights are read: the graph is compiled again, not run with the old constants.
     dense = keras.layers.Dense(3)

@@ -49,7 +49,7 @@ class CompiledFunction:
         graph = self.graphs.get(key)
         with torch.no_grad():
             if graph is None or graph[0] != version:
-                traced = make_fx(self.function)(*args)
+                traced = bias_in_products(make_fx(self.function)(*args))
                 graph = (version, torch.compile(traced, dynamic=False))
                 self.graphs[key] = graph
                 # The first call compiles. (torch.compile's options={"freezing": True} did
@@ -63,13 +63,58 @@ class CompiledFunction:
         return self(batch)
 
 
+def bias_in_products(graph):
+    """`graph` (a `make_fx` record) with each Dense layer's bias added inside its product.
+
+    Keras' Dense is `matmul(x, kernel)` then `add(bias)`: recorded as
+    `mm` (between two reshapes for 3D tokens) then `add`. Inductor's
+    freezing packs such an `mm` into oneDNN's linear without a bias, so
+    the bias add and what follows (fc1's GELU, in bfloat16 with its casts)
+    stay a separate pass over memory. Rewritten as `addmm(bias, x, kernel)`,
+    the product takes the bias, and Inductor then fuses the GELU into it
+    as a post-op. Only `add(product, bias)` with a 1D bias of the product's
+    width and dtype is rewritten; the sum is the same up to rounding (the
+    bias joins the float32 accumulator before the output's rounding).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    for node in list(graph.graph.nodes):
+        if node.target != aten.add.Tensor or not isinstance(node.args[1], torch.fx.Node):
+            continue
+        product, bias = node.args
+        reshape = product if product.target == aten._unsafe_view.default else None
+        product = reshape.args[0] if reshape is not None else product
+        chain = [n for n in (product, reshape) if n is not None]
+        if product.target != aten.mm.default or any(len(n.users) != 1 for n in chain):
+            continue
+        out, b = product.meta["val"], bias.meta.get("val")
+        width = node.meta["val"].shape[-1]  # a reshape that keeps the product's rows
+        if b is None or b.shape != out.shape[1:] or b.dtype != out.dtype or width != out.shape[1]:
+            continue
+        with graph.graph.inserting_before(node):
+            fused = graph.graph.call_function(aten.addmm.default, (bias, *product.args))
+            fused.meta["val"] = out
+            if reshape is not None:
+                fused = graph.graph.call_function(
+                    aten._unsafe_view.default, (fused, reshape.args[1])
+                )
+                fused.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(fused)
+        for dead in [node, *reversed(chain)]:
+            graph.graph.erase_node(dead)
+    graph.recompile()
+    return graph
+
+
 def compile_for_torch(model):
     """Runs `model`'s inference on the PyTorch backend compiled (returns `model`).
 
-    After it, `keras_segmenter.inference` (sliding windows, `segment`,
-    `predict`'s Python API) calls the model through a `CompiledFunction` of
-    its float32 logits: one compile per window batch shape, then the
-    compiled graph (faster than eager Keras: docs/benchmarks.md). Raises
+    After it, `keras_segmenter.inference` (sliding windows, `segment`) calls
+    the model through a `CompiledFunction` of its float32 logits, and
+    `class_map.model_classes` through one of its class map (its patch logits,
+    then the fused upsample and argmax): one compile per batch shape, then
+    the compiled graph (faster than eager Keras: docs/benchmarks.md). Raises
     `ValueError` on another backend.
     """
     if keras.config.backend() != "torch":
