@@ -13,8 +13,8 @@ operands of the exact shapes and dtype. Everything else the model does
 `images_per_sec_bound` is a ceiling no implementation on these kernels can
 pass. The kernels are TensorFlow's (one `tf.function`), or with `--backend
 torch` PyTorch's: eager `torch.matmul`, or with `--torch-compile` the
-products compiled as the model is (`torch_products`: constant Dense weights
-pre-packed for oneDNN). The median over `--runs` is reported, with the
+products compiled as the model is (`torch_products`: constant Dense weights,
+pre-packed). The median over `--runs` is reported, with the
 GFLOPS the products reached.
 """
 
@@ -137,9 +137,9 @@ def torch_products(shapes, precision, torch_compile=False):
     `keras_segmenter.inference.torch_compile.CompiledFunction` compiles the
     model: recorded by `make_fx` (the weights become constants of the graph),
     then `torch.compile` with Inductor's `freezing` for the first call, which
-    packs the constant weights for oneDNN (`mkldnn::_linear_pointwise`, as in
-    the compiled model) and would fold a product of constants alone (hence
-    inputs for the rest). Not `CompiledFunction` itself: it takes its
+    pre-packs the constant weights (`mkldnn::_linear_pointwise` in bfloat16,
+    `mkl::_mkl_linear` in float32, as in the compiled model) and would fold a
+    product of constants alone (hence inputs for the rest). Not `CompiledFunction` itself: it takes its
     arguments through NumPy on every call (a copy of each operand, and no
     bfloat16).
     """
