@@ -2,13 +2,17 @@
 official code, per precision, in interleaved rounds, as one JSON line.
 
     python benchmarks/limits.py --model seg_s16_mask --size 512 --batch 4 --rounds 3 \\
-        [--precisions float32 mixed_bfloat16] [--peer-python /tmp/peer/bin/python] --json
+        [--precisions float32 mixed_bfloat16] [--peer-python /tmp/peer/bin/python] \\
+        [--backend tensorflow|torch [--torch-compile]] --json
 
 Each round runs, for each precision one after the other: our inference
 (`throughput.py`'s Keras runtime: normalization, the model and the argmax of
-its logits in one `tf.function`, on a random uint8 batch), the ceiling of
-its matrix products alone (`matmul_bound.py`: the same shapes, dtype and
-kernels), and with `--peer-python` the official model
+its logits in one `tf.function`, on a random uint8 batch; with `--backend
+torch` eager PyTorch, or with `--torch-compile` the same compiled by
+Inductor with frozen weights), the ceiling of its matrix products alone
+(`matmul_bound.py`: the same shapes, dtype and kernels: TensorFlow's, eager
+`torch.matmul`, or the products compiled as the model is), and with
+`--peer-python` the official model
 (`../shared/peer/bench_forward.py --compile-only`, with `--amp` for
 bfloat16: torch.compile, and bf16 autocast) in a child process of that
 Python. Ours and the bound run in this process on one set of random
@@ -17,7 +21,7 @@ weights (the bfloat16 model gets the float32 one's); each is timed
 per precision, every round's images/s, their medians, and the ratios of
 the medians `ours_over_bound` and `ours_over_official`, the official
 runs' `other_procs_cpu_frac` (above ~0.05: another process competed), the
-load average before each round, and the machine.
+load average before each round, the backend and the machine.
 
 The official benchmark times the logits, ours the class map (the logits'
 argmax at full resolution: more work, as a user gets it).
@@ -31,9 +35,13 @@ import subprocess
 import sys
 import time
 
-import keras_segmenter  # noqa: F401  first: TensorFlow set up as the commands do it
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import set_backend_from_argv  # noqa: E402
+
+set_backend_from_argv()  # before Keras is imported
+
+import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_SCRIPT = os.path.join(os.path.dirname(REPO), "shared", "peer", "bench_forward.py")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -65,9 +73,11 @@ def official_rate(args, precision):
 
 
 def main():
-    from models import forward_parser
+    from matmul_bound import BACKENDS
+    from models import add_backend_flag, check_backend, forward_parser
 
     parser = forward_parser(__doc__.split("\n\n")[0])
+    add_backend_flag(parser, torch_compile=True)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5, help="timed calls per round and path")
@@ -75,6 +85,7 @@ def main():
     parser.add_argument("--peer-script", default=PEER_SCRIPT, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
+    check_backend(parser, args, BACKENDS)
     if min(args.size, args.batch, args.rounds, args.runs) < 1:
         parser.error("--size, --batch, --rounds and --runs must be positive integers")
     if args.peer_python and not os.path.isfile(args.peer_python):
@@ -87,7 +98,7 @@ def main():
     from machine import machine_info
     from matmul_bound import make_products, product_shapes
     from models import build_model
-    from throughput import keras_class_map
+    from throughput import backend_class_map, keras_class_map
 
     keras.utils.set_random_seed(0)
     reference = build_model(args.model, args.num_classes, args.size, "float32")
@@ -101,10 +112,13 @@ def main():
         if precision != "float32":
             model = build_model(args.model, args.num_classes, args.size, precision)
             model.set_weights(reference.get_weights())
-        class_map, products = keras_class_map(model), make_products(shapes, precision)
+        if args.backend == "torch":
+            class_map = backend_class_map(model, args.torch_compile)
+        else:
+            class_map = keras_class_map(model)
         paths[precision] = {
             "ours": lambda class_map=class_map: class_map(images),
-            "bound": lambda products=products: products().numpy(),
+            "bound": make_products(shapes, precision, args.torch_compile),
         }
     rounds = {p: {"ours": [], "bound": [], "official": [], "other": []} for p in args.precisions}
     loads = []
@@ -125,6 +139,8 @@ def main():
         "batch": args.batch,
         "rounds": args.rounds,
         "runs": args.runs,
+        "backend": args.backend,
+        "torch_compile": args.torch_compile,
         "precisions": {p: summary(rounds[p]) for p in args.precisions},
         "load_average_1min": loads,
         "machine": machine_info(),

@@ -22,14 +22,21 @@ def set_backend_from_argv(argv=None):
             os.environ["KERAS_BACKEND"] = name
 
 
-def add_backend_flag(parser):
-    """Declares `--backend`, which `set_backend_from_argv` applied before Keras was imported."""
+def add_backend_flag(parser, torch_compile=False):
+    """Declares `--backend`, which `set_backend_from_argv` applied before Keras was imported,
+    and with `torch_compile=True` `--torch-compile` (`check_backend` checks both)."""
     parser.add_argument(
         "--backend",
         default=os.environ.get("KERAS_BACKEND", "tensorflow"),
         choices=BACKENDS,
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
+    if torch_compile:
+        parser.add_argument(
+            "--torch-compile",
+            action="store_true",
+            help="--backend torch only: compiled by Inductor with frozen weights",
+        )
 
 
 def forward_parser(description):
@@ -74,8 +81,10 @@ def build_model(name, num_classes, image_size, dtype=None):
     return ks.Segmenter(backbone, num_classes, decoder="mask", dtype=dtype)
 
 
-def check_backend(parser, args):
-    """Exits with status 2 when Keras runs another backend than `--backend` asked for."""
+def check_backend(parser, args, backends=BACKENDS):
+    """Exits with status 2 when Keras runs another backend than `--backend` asked for,
+    `--backend` is not one of `backends` (those the script measures), or
+    `--torch-compile` comes without `--backend torch`."""
     import keras
 
     if keras.config.backend() != args.backend:
@@ -83,3 +92,7 @@ def check_backend(parser, args):
             f"--backend {args.backend}: Keras was imported with {keras.config.backend()} "
             "before the flag was read; set KERAS_BACKEND instead"
         )
+    if args.backend not in backends:
+        parser.error(f"--backend {args.backend}: this benchmark runs {' or '.join(backends)}")
+    if getattr(args, "torch_compile", False) and args.backend != "torch":
+        parser.error(f"--torch-compile needs --backend torch (received --backend {args.backend})")

@@ -157,7 +157,7 @@ def main():
     from models import add_backend_flag, check_backend, forward_parser
 
     parser = forward_parser(__doc__.split("\n\n")[0])
-    add_backend_flag(parser)
+    add_backend_flag(parser, torch_compile=True)
     parser.add_argument("--runtime", default="keras", choices=RUNTIMES)
     parser.add_argument(
         "--precision",
@@ -170,16 +170,9 @@ def main():
     parser.add_argument(
         "--xla", action="store_true", help="keras runtime only: compile with XLA (jit_compile=True)"
     )
-    parser.add_argument(
-        "--torch-compile",
-        action="store_true",
-        help="--backend torch only: run the forward pass compiled by Inductor",
-    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     check_backend(parser, args)
-    if args.torch_compile and args.backend != "torch":
-        parser.error(f"--torch-compile needs --backend torch (received --backend {args.backend})")
     if args.backend != "tensorflow" and (args.runtime != "keras" or args.xla):
         parser.error(
             "--backend jax|torch runs --runtime keras without --xla (the exports and XLA "

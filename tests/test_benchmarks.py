@@ -44,6 +44,8 @@ COMMANDS = {
     + ("--window", "32", *ONE_RUN),
     "first_call": ("first_call.py", *TINY, "--size", "32x48", "--window", "32", *ONE_RUN),
     "limits": ("limits.py", *TINY, "--size", "32", "--batch", "1", "--rounds", "1", *ONE_RUN),
+    "limits torch": ("limits.py", *TINY, "--size", "32", "--batch", "1", "--rounds", "1", *ONE_RUN)
+    + ("--backend", "torch", "--torch-compile", "--precisions", "mixed_bfloat16"),
     "matmul_bound": ("matmul_bound.py", *TINY, "--size", "32", "--batch", "1", *ONE_RUN),
     "op_profile": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1"),
     "op_profile train": ("op_profile.py", *TINY, "--size", "32", "--batch", "1", "--steps", "1")
@@ -186,6 +188,40 @@ def test_limits_without_the_official_code(printed):
         assert found["ours_over_bound"] == pytest.approx(ratio, abs=1e-3)
         assert found["official_images_per_sec"] is None and found["ours_over_official"] is None
     check_machine(out["machine"])
+    assert (out["backend"], out["torch_compile"]) == ("tensorflow", False)
+
+
+def test_limits_of_compiled_pytorch(printed):
+    # The model compiled by Inductor with frozen weights, against its products compiled so.
+    out = printed["limits torch"].result()
+    assert (out["backend"], out["torch_compile"]) == ("torch", True)
+    assert out["machine"]["backend"].startswith("torch ")
+    found = out["precisions"]["mixed_bfloat16"]
+    assert set(out["precisions"]) == {"mixed_bfloat16"}
+    assert found["ours_images_per_sec"] > 0 and found["bound_images_per_sec"] > 0
+    assert found["ours_over_bound"] > 0 and found["ours_over_official"] is None
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ("--torch-compile",),
+            "--torch-compile needs --backend torch (received --backend tensorflow)",
+        ),
+        (("--backend", "jax"), "--backend jax: this benchmark runs tensorflow or torch"),
+    ],
+)
+def test_limits_rejects_backend_flags(flags, message):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "limits.py"), "--backend", "tensorflow", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in result.stderr
 
 
 # Stands in for ../shared/peer/bench_forward.py: answers only the command limits.py must
