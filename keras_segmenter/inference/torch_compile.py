@@ -88,7 +88,9 @@ def bias_in_products(graph):
         chain = [n for n in (product, reshape) if n is not None]
         if product.target != aten.mm.default or any(len(n.users) != 1 for n in chain):
             continue
-        out, b = product.meta["val"], bias.meta.get("val")
+        # A weight read as it is (float32) is an attribute of the record, without "val".
+        b = getattr(graph, bias.target) if bias.op == "get_attr" else bias.meta.get("val")
+        out = product.meta["val"]
         width = node.meta["val"].shape[-1]  # a reshape that keeps the product's rows
         if b is None or b.shape != out.shape[1:] or b.dtype != out.dtype or width != out.shape[1]:
             continue
