@@ -22,18 +22,17 @@ print("RESULT " + json.dumps("compiled"), flush=True)
 """
 
 
-def readme_example():
-    """The README's `compile_for_torch` example (its second Python block on backends)."""
+def readme_example(block=2):
+    """A Python block of the README's section on backends: the second is the
+    `compile_for_torch` example, the third its whole-image class map."""
     section = (REPO / "README.md").read_text().split("\n### Backends\n", 1)[1]
-    return section.split("```python\n")[2].split("```", 1)[0]
+    return section.split("```python\n")[block].split("```", 1)[0]
 
 
 def check_compiled_inference():
     """What `_SCRIPT` runs on PyTorch: every check raises on failure."""
-    import tensorflow as tf
-
     from keras_segmenter.convert import load_official
-    from keras_segmenter.inference.class_map import _COMPILED_CLASSES, model_classes
+    from keras_segmenter.inference.class_map import _COMPILED_CLASSES
     from keras_segmenter.inference.torch_compile import (
         CompiledFunction,
         bias_in_products,
@@ -50,11 +49,13 @@ def check_compiled_inference():
     exec(readme_example(), example)
     assert example["classes"].shape == (100, 150) and len(compiled_forward(model).graphs) == 1
 
-    # The whole-image class map (`class_map.model_classes`) runs the compiled patch logits
-    # and fused upsample + argmax, and is the argmax of the model's logits.
-    image = np.random.default_rng(0).integers(0, 256, (2, 37, 45, 3)).astype("float32")
-    normalized = keras.ops.convert_to_numpy(model.preprocess(image))
-    classes = model_classes(model, tf.constant(normalized)).numpy()
+    # The whole-image class map (`class_map.model_classes`, the README's third block) runs
+    # the compiled patch logits and fused upsample + argmax, and is the argmax of the logits.
+    images = np.random.default_rng(0).integers(0, 256, (2, 37, 45, 3)).astype("uint8")
+    example = {"model": model, "images": images}
+    exec(readme_example(3), example)
+    classes = example["classes"].numpy()
+    normalized = keras.ops.convert_to_numpy(model.preprocess(images))
     logits = keras.ops.convert_to_numpy(model(normalized, training=False))
     assert_argmax_but_near_ties(classes, logits)
     assert _COMPILED_CLASSES[model].graphs, "the class map did not go through its compiled graph"
