@@ -133,13 +133,12 @@ def torch_products(shapes, precision, torch_compile=False):
     much as its product. One element of each product's result is returned:
     every product stays in the graph, and its output is dead at once, so its
     memory is reused. Eager: `torch.matmul`, as eager Keras runs. With
-    `torch_compile`, compiled as
-    `keras_segmenter.inference.torch_compile.CompiledFunction` compiles the
-    model: recorded by `make_fx` (the weights become constants of the graph),
-    then `torch.compile` with Inductor's `freezing` for the first call, which
-    pre-packs the constant weights (`mkldnn::_linear_pointwise` in bfloat16,
-    `mkl::_mkl_linear` in float32, as in the compiled model) and would fold a
-    product of constants alone (hence inputs for the rest). Not `CompiledFunction` itself: it takes its
+    `torch_compile`, compiled by `torch_compile.compile_frozen`, as the model
+    is: recorded by `make_fx` (the weights become constants of the graph),
+    then Inductor with `freezing`, which pre-packs the constant weights
+    (`mkldnn::_linear_pointwise` in bfloat16, `mkl::_mkl_linear` in float32,
+    as in the compiled model) and would fold a product of constants alone
+    (hence inputs for the rest). Not through `CompiledFunction`: it takes its
     arguments through NumPy on every call (a copy of each operand, and no
     bfloat16).
     """
@@ -178,13 +177,9 @@ def torch_products(shapes, precision, torch_compile=False):
         return torch.cat([result.reshape(-1)[:1] for result in results])
 
     if torch_compile:
-        from torch.fx.experimental.proxy_tensor import make_fx
+        from keras_segmenter.inference.torch_compile import compile_frozen
 
-        with torch.no_grad():
-            traced = make_fx(products)(*inputs)
-        compiled = torch.compile(traced, dynamic=False)
-        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
-            compiled(*inputs)  # compiles
+        compiled, _ = compile_frozen(products, *inputs)
     else:
         compiled = products
 

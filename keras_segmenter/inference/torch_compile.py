@@ -41,26 +41,40 @@ class CompiledFunction:
 
     def __call__(self, *args):
         import torch
-        from torch.fx.experimental.proxy_tensor import make_fx
 
         args = tuple(torch.as_tensor(keras.ops.convert_to_numpy(a)) for a in args)
         key = tuple((tuple(a.shape), a.dtype) for a in args)
         version = [(id(v.value), v.value._version) for v in self.model.weights]
         graph = self.graphs.get(key)
+        if graph is None or graph[0] != version:
+            compiled, outputs = compile_frozen(self.function, *args)
+            self.graphs[key] = (version, compiled)
+            return outputs
         with torch.no_grad():
-            if graph is None or graph[0] != version:
-                traced = bias_in_products(make_fx(self.function)(*args))
-                graph = (version, torch.compile(traced, dynamic=False))
-                self.graphs[key] = graph
-                # The first call compiles. (torch.compile's options={"freezing": True} did
-                # not freeze the weights; docs/benchmarks.md has the timings.)
-                with torch._inductor.config.patch(freezing=True):
-                    return graph[1](*args)
             return graph[1](*args)
 
     def predict_on_batch(self, batch):
         """The float32 logits of a batch, as `keras.Model.predict_on_batch` gives them."""
         return self(batch)
+
+
+def compile_frozen(function, *args):
+    """`function` of torch tensors recorded by `make_fx` on `args`, its Dense biases moved
+    into their products (`bias_in_products`), and compiled by Inductor with the tensors it
+    closes over (the weights) frozen as constants.
+
+    The first call, which compiles, runs here on `args`. Returns `(compiled, its outputs)`;
+    call `compiled` under `torch.no_grad()`.
+    """
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.no_grad():
+        compiled = torch.compile(bias_in_products(make_fx(function)(*args)), dynamic=False)
+        # (torch.compile's options={"freezing": True} did not freeze the weights;
+        # docs/benchmarks.md has the timings.)
+        with torch._inductor.config.patch(freezing=True):
+            return compiled, compiled(*args)
 
 
 def bias_in_products(graph):
