@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_segmenter.inference.model_call import model_logits
+from keras_segmenter.inference.model_call import backend_call, model_logits
 from keras_segmenter.inference.tensor_ops import resize_weights, swap01
 from keras_segmenter.inference.torch_compile import CompiledFunction, compiled_forward
 from keras_segmenter.layers.backend import TENSORFLOW
@@ -144,14 +144,7 @@ def model_classes(model, images):
     model's logits, through `upsampled_classes` for a `Segmenter` on TensorFlow and
     `fused_upsampled_classes` compiled after `torch_compile.compile_for_torch`."""
     if not TENSORFLOW and compiled_forward(model) and isinstance(model, Segmenter):
-        classes = _compiled_classes(model)
-
-        def run(batch):
-            return np.asarray(keras.ops.convert_to_numpy(classes(batch)), np.int32)
-
-        found = tf.numpy_function(run, [images], tf.int32, stateful=False)
-        found.set_shape(images.shape[:-1])
-        return found
+        return backend_call(_compiled_classes(model), images, "int32", images.shape[:-1])
     if not TENSORFLOW or not isinstance(model, Segmenter):
         return tf.argmax(model_logits(model, images), axis=-1, output_type=tf.int32)
     patch_logits = _patch_logits(model)(images, training=False)

@@ -26,13 +26,20 @@ def model_logits(model, images):
     if TENSORFLOW:
         return tf.cast(model(images, training=False), tf.float32)
     forward = compiled_forward(model) or _forward(model)
+    shape = images.shape[:-1].concatenate([model.output_shape[-1]])
+    return backend_call(forward.predict_on_batch, images, "float32", shape)
+
+
+def backend_call(function, images, dtype, shape):
+    """`function` (a batch to a tensor of the Keras backend) called from TensorFlow through
+    `tf.numpy_function`: its result as a `dtype` tensor of static `shape`."""
 
     def run(batch):
-        return np.asarray(keras.ops.convert_to_numpy(forward.predict_on_batch(batch)), np.float32)
+        return np.asarray(keras.ops.convert_to_numpy(function(batch)), dtype)
 
-    logits = tf.numpy_function(run, [images], tf.float32, stateful=False)
-    logits.set_shape(images.shape[:-1].concatenate([model.output_shape[-1]]))
-    return logits
+    found = tf.numpy_function(run, [images], tf.as_dtype(dtype), stateful=False)
+    found.set_shape(shape)
+    return found
 
 
 def _forward(model):
