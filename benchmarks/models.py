@@ -35,7 +35,8 @@ def add_backend_flag(parser, torch_compile=False):
         parser.add_argument(
             "--torch-compile",
             action="store_true",
-            help="--backend torch only: compiled by Inductor with frozen weights",
+            help="--backend torch only: compiled by Inductor (inference: compile_for_torch, "
+            "frozen weights; training: compile(jit_compile=True))",
         )
 
 

@@ -1,12 +1,15 @@
 """Training throughput of a Segmenter: images/s per replica.
 
     python benchmarks/train_throughput.py --model seg_s16_mask --crop 512 --batch 2 \\
-        --precision mixed_bfloat16 [--backend tensorflow|jax|torch] --json
+        --precision mixed_bfloat16 [--backend tensorflow|jax|torch [--torch-compile]] --json
 
 One training step is the `model.fit` step of `training/fit.py` (forward,
 `SegmentationCrossEntropy`, backward, SGD Nesterov with the poly schedule)
-on random data. The median of `--steps` timed steps after `--warmup` steps
-is reported.
+on random data; with `--torch-compile`, the model compiled with
+`jit_compile=True`, whose step on PyTorch is recorded and compiled by
+Inductor (`keras_segmenter.models.torch_train_step`; the first step
+compiles). The median of `--steps` timed steps after `--warmup` steps is
+reported.
 """
 
 import argparse
@@ -25,12 +28,13 @@ set_backend_from_argv()  # before Keras is imported
 import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
 
 
-def training_step(name, num_classes, crop, batch, precision):
+def training_step(name, num_classes, crop, batch, precision, jit_compile=False):
     """One training step of `training/fit.py` on random data, as a function.
 
     The model is a randomly initialised `name` (a preset, or `tiny`) compiled
     as `fit.py` compiles it for SGD; each call runs `train_on_batch` on the
     same random `(batch, crop, crop, 3)` images and labels and waits for it.
+    `jit_compile=True` is passed to `compile` (else Keras' default).
     """
     import keras
     import numpy as np
@@ -42,6 +46,7 @@ def training_step(name, num_classes, crop, batch, precision):
     model.compile(
         optimizer=keras.optimizers.SGD(poly_schedule(1e-3, 160_000), momentum=0.9, nesterov=True),
         loss=SegmentationCrossEntropy(),
+        **({"jit_compile": True} if jit_compile else {}),
     )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, crop, crop, 3)).astype("float32")
@@ -63,13 +68,15 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON line")
-    add_backend_flag(p)
+    add_backend_flag(p, torch_compile=True)
     args = p.parse_args(argv)
     check_backend(p, args)
 
     from machine import machine_info
 
-    step = training_step(args.model, args.num_classes, args.crop, args.batch, args.precision)
+    step = training_step(
+        args.model, args.num_classes, args.crop, args.batch, args.precision, args.torch_compile
+    )
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -80,6 +87,7 @@ def main(argv=None):
     result = {
         "benchmark": "train_throughput",
         "backend": args.backend,
+        "torch_compile": args.torch_compile,
         "model": args.model,
         "crop": args.crop,
         "batch_per_replica": args.batch,

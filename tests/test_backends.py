@@ -7,10 +7,11 @@ tests; the sliding-window test of `tests/test_inference.py`; the attention
 maps test of `tests/convert/test_convert.py`; `model.fit` (the `compile()`
 defaults, with the fixture's schedule) over the official training steps of
 `tests/fixtures/train_steps`, under the bounds of
-`tests/training/test_train_steps.py`; and the reading of a `.keras` file
-that TensorFlow (this process) wrote, while this process reads back the file
-the other backend writes; on PyTorch also the README's example. The same
-tests, the same bounds, other kernels.
+`tests/training/test_train_steps.py` (on PyTorch also with the step compiled:
+`jit_compile=True`, and that step's random masks); and the reading of a
+`.keras` file that TensorFlow (this process) wrote, while this process reads
+back the file the other backend writes; on PyTorch also the README's example.
+The same tests, the same bounds, other kernels.
 """
 
 import os
@@ -67,11 +68,13 @@ def _load_and_compare(out, backend):
     )
 
 
-def fit_official_steps(out):
+def fit_official_steps(out, jit_compile="auto"):
     """`model.fit` from the fixture's initial weights, one fixture batch per epoch.
 
     `compile()` keeps its default loss and metric; the optimizer is the
-    default's (`make_optimizer`) with the fixture's `iter_max` and rate.
+    default's (`make_optimizer`) with the fixture's `iter_max` and rate;
+    `jit_compile` goes to `compile()` (on PyTorch, True compiles the step:
+    `keras_segmenter.models.torch_train_step`).
     Writes `<out>/result.npz` as `train_fixture_steps` does and returns its path.
     """
     from tests.training.test_train_steps import (
@@ -84,14 +87,47 @@ def fit_official_steps(out):
     arrays, fixture = _fixture()
     images, labels = _batches(arrays, fixture)
     model = _ported(arrays, fixture, "init/")
-    model.compile(optimizer=_official_schedule_optimizer(fixture))
+    model.compile(optimizer=_official_schedule_optimizer(fixture), jit_compile=jit_compile)
     # One batch an epoch: each epoch's loss is that step's loss, not a running mean.
     batches = (batch for batch in zip(images, labels))
     history = model.fit(batches, epochs=fixture["steps"], steps_per_epoch=1, verbose=0)
+    if jit_compile is True and keras.config.backend() == "torch":
+        assert len(model.train_function.graphs) == 1  # the compiled step ran every batch
     path = os.path.join(out, "result.npz")
     weights = {f"weight{i}": keras.ops.convert_to_numpy(w) for i, w in enumerate(model.weights)}
     np.savez(path, losses=np.array(history.history["loss"]), **weights)
     return path
+
+
+def check_compiled_step():
+    """PyTorch, `jit_compile=True`: dropout and drop-path masks are drawn afresh at every
+    step, and again the same after `keras.utils.set_random_seed`; without them, a step
+    gives the eager step's loss; a loss scale (mixed_float16) is refused."""
+    import keras_segmenter as ks
+
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    masks = np.random.default_rng(1).integers(0, 5, (2, 32, 32)).astype("int32")
+
+    def model(rate, optimizer, jit_compile=True):
+        backbone = ks.ViTBackbone(16, 32, 2, 2, 64, image_size=32, drop_path_rate=rate)
+        model = ks.Segmenter(backbone, 5, decoder_num_layers=1, decoder_dropout=rate)
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
+        return model
+
+    def losses(rate, jit_compile=True, seed=0):
+        keras.utils.set_random_seed(seed)
+        trained = model(rate, keras.optimizers.SGD(0.0), jit_compile)
+        keras.utils.set_random_seed(seed)  # the same masks from here, whatever the init drew
+        return [trained.train_on_batch(images, masks, return_dict=True)["loss"] for _ in range(3)]
+
+    drawn = losses(0.3)
+    assert len(set(drawn)) == 3, drawn  # the weights stay (rate 0): only the masks change
+    assert losses(0.3) == drawn
+    assert losses(0.3, seed=1) != drawn
+    np.testing.assert_allclose(losses(0.0), losses(0.0, jit_compile=False), rtol=1e-5)
+    scaled = model(0.0, keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()))
+    with pytest.raises(ValueError, match="loss scale"):
+        scaled.train_on_batch(images, masks)
 
 
 def readme_snippet():
@@ -120,6 +156,9 @@ def check_this_backend(out):
         test_parity.test_imagenet_encoders_match_the_official_segmenter_encoder(source)
         test_parity.test_imagenet_position_embedding_is_resampled_like_the_official_loader(source)
     _check_fp32(fit_official_steps(out))
+    if keras.config.backend() == "torch":
+        _check_fp32(fit_official_steps(out, jit_compile=True))
+        check_compiled_step()
     if keras.config.backend() == "torch":  # the README's example, as written (JAX: 25 s more)
         os.chdir(out)
         exec(readme_snippet(), {})

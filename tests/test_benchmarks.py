@@ -35,7 +35,7 @@ COMMANDS = {
     "throughput jax": ("throughput.py", *TINY, "--size", "32", "--batch", "2", *ONE_RUN)
     + ("--steps", "1", "--precision", "mixed_bfloat16", "--backend", "jax"),
     "train_throughput torch": ("train_throughput.py", *TINY, "--crop", "32", "--batch", "1")
-    + ("--warmup", "1", "--steps", "1", "--backend", "torch"),
+    + ("--warmup", "1", "--steps", "1", "--backend", "torch", "--torch-compile"),
     "eval_throughput": ("eval_throughput.py", *TINY, "--height", "32", "--width", "48")
     + ("--window", "32", "--stride", "16", *ONE_RUN, "--images", "1"),
     "data_throughput": ("data_throughput.py", "--dataset", "camvid", "--data-dir", str(CAMVID))
@@ -138,7 +138,8 @@ def test_throughput_and_train_throughput_on_other_backends(printed):
     assert inference["images_per_sec"] > 0 and 0.9 <= inference["class_map_agreement"] <= 1
     assert inference["machine"]["backend"].startswith("jax ")
     training = printed["train_throughput torch"].result()
-    assert training["backend"] == "torch" and training["images_per_second_per_replica"] > 0
+    assert (training["backend"], training["torch_compile"]) == ("torch", True)
+    assert training["images_per_second_per_replica"] > 0
     assert training["machine"]["backend"].startswith("torch ")
 
 

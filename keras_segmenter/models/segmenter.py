@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_segmenter.errors import UserError
+from keras_segmenter.layers.backend import TORCH
 from keras_segmenter.layers.linear_decoder import LinearDecoder
 from keras_segmenter.layers.mask_transformer import MaskTransformer
 from keras_segmenter.layers.padding import PadToMultiple, ResizeAndCrop
@@ -143,6 +144,21 @@ class Segmenter(ConfigModel):
     def test_step(self, *args):
         _check_normalized(args[-1])
         return super().test_step(*args)
+
+    def make_train_function(self, force=False):
+        if not (TORCH and self.jit_compile):
+            return super().make_train_function(force)
+        if self.train_function is None or force:
+            from keras_segmenter.models.torch_train_step import CompiledTrainStep
+
+            self.train_function = CompiledTrainStep(self, check=_check_normalized)
+        return self.train_function
+
+    def _should_torch_compile(self):
+        # PyTorch's Keras trainer asks this before `torch.compile` of a step, which
+        # breaks at every Keras layer: `make_train_function` compiles the training
+        # step its own way (torch_train_step); evaluation and prediction run eagerly.
+        return False
 
     def predict_classes(self, images):
         """Class map `(batch, H, W)` int32 for RGB images in [0, 255]."""

@@ -1,0 +1,109 @@
+"""The training step on the PyTorch backend, compiled by Inductor: `compile(jit_compile=True)`.
+
+Keras' own `jit_compile=True` on PyTorch is `torch.compile` of its train step,
+which breaks the graph at every Keras layer (as for inference:
+`keras_segmenter.inference.torch_compile`). Here the forward pass, the loss
+and `torch.autograd.grad` of the loss are recorded once per batch shape as
+one graph of torch operations (`make_fx`), which Inductor compiles; each
+step then runs that graph on the weights' current values and applies the
+gradients with the model's optimizer, in eager PyTorch, as Keras' step does.
+Loss and metrics are tracked as in Keras' step, from the graph's loss and
+logits.
+
+Random numbers: a Keras random op on PyTorch turns its `SeedGenerator`'s
+seed tensor into a Python int (`torch.Generator.manual_seed`), which no
+record can hold. While recording, Keras' random ops draw from torch's
+global generator instead, so the compiled graph draws its dropout and
+drop-path masks afresh on every call (Inductor's Philox numbers, seeded
+from torch's generator: `keras.utils.set_random_seed` makes a run
+repeatable); the masks are not those of the eager step.
+
+Not for `mixed_float16`: its loss scale changes between steps, and a
+record would hold one value.
+"""
+
+import contextlib
+
+import keras
+
+
+class CompiledTrainStep:
+    """`model`'s `train_function` (the batch as `fit` passes it): one compiled graph per
+    batch shape, computing loss, logits and gradients, then the optimizer's update.
+
+    Args:
+        model: a compiled Keras model on the PyTorch backend.
+        check: callable run on each batch `(x, y[, sample_weight])` first, or None.
+
+    `graphs` maps each batch shape and dtypes to its compiled step.
+    """
+
+    def __init__(self, model, check=None):
+        if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "jit_compile=True on the PyTorch backend cannot hold a changing loss scale: "
+                "use float32 or mixed_bfloat16, or jit_compile=False, with mixed_float16"
+            )
+        self.model = model
+        self.check = check
+        self.graphs = {}
+
+    def __call__(self, data):
+        import torch
+
+        model = self.model
+        (batch,) = data  # fit passes a one-batch list (steps_per_execution is 1 on PyTorch)
+        if self.check is not None:
+            self.check(batch)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        inputs = [x, y] if sample_weight is None else [x, y, sample_weight]
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        if key not in self.graphs:
+            self.graphs[key] = self._record(inputs, sample_weight is not None)
+        values = [v.value for v in model.trainable_variables]
+        with torch.no_grad():
+            loss, logits, *grads = self.graphs[key](values, self._fixed(), inputs)
+            model.optimizer.apply(grads, model.trainable_variables)
+        model._loss_tracker.update_state(loss, sample_weight=x.shape[0])
+        return model.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+    def _fixed(self):
+        model = self.model
+        return [v.value for v in model.non_trainable_variables + model.metrics_variables]
+
+    def _record(self, inputs, weighted):
+        """The step of one batch shape, recorded and compiled (compiled on its first call)."""
+        import torch
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        model = self.model
+        fixed = len(model.non_trainable_variables)
+
+        def step(values, fixed_values, inputs):
+            x, y, sample_weight = (*inputs, None) if not weighted else inputs
+            non_trainable, metrics = fixed_values[:fixed], fixed_values[fixed:]
+            logits, _ = model.stateless_call(values, non_trainable, x, training=True)
+            loss, _ = model.stateless_compute_loss(
+                values, non_trainable, metrics, x, y, logits, sample_weight, training=True
+            )
+            grads = torch.autograd.grad(loss, values, allow_unused=True)
+            grads = [torch.zeros_like(v) if g is None else g for v, g in zip(values, grads)]
+            return [loss, logits, *grads]
+
+        values = [v.value.detach().requires_grad_(True) for v in model.trainable_variables]
+        with _global_generator():
+            graph = make_fx(step)(values, [v.detach() for v in self._fixed()], inputs)
+        return torch.compile(graph, dynamic=False)
+
+
+@contextlib.contextmanager
+def _global_generator():
+    """Keras' PyTorch random ops draw from torch's global generator while inside."""
+    from keras.src.backend.torch import random
+
+    seeded = random.torch_seed_generator
+    random.torch_seed_generator = lambda *_: None  # torch.rand(generator=None): the global one
+    try:
+        yield
+    finally:
+        random.torch_seed_generator = seeded
