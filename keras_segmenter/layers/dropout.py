@@ -29,8 +29,7 @@ class Dropout(keras.layers.Layer):
     ones are scaled by `1 / (1 - rate)`; at inference it is the identity, as
     `torch.nn.Dropout` and `keras.layers.Dropout`. The decisions come from
     16-bit random numbers, two per 32-bit draw of TensorFlow's stateless
-    Philox generator, so the rate is exact to 1/65536 (on TensorFlow; see
-    `scale` for the other backends). (Keras' dropout draws
+    Philox generator, so the rate is exact to 1/65536. (Keras' dropout draws
     one uniform number of the input's dtype per element: under bfloat16, with
     its 8-bit mantissa, rate 0.1 drops 10.16 % of the elements.) The random
     state lives in a `keras.random.SeedGenerator`, saved with the weights, so
@@ -63,15 +62,14 @@ class Dropout(keras.layers.Layer):
     def scale(self, shape, dtype, training=False):
         """What `call` multiplies its input by: per element 0 or `1 / (1 - rate)`
         (rounded to `dtype`, as Keras' dropout does), a tensor of `shape`; None
-        at inference or rate 0. Off TensorFlow the decisions are float32
-        `keras.random.uniform` draws, one per element (the rate exact to 2^-23):
-        the draws that a compiled PyTorch training step makes inside its fused
-        kernels (integer draws were a separate pass, 7 % of a Seg-S/16 step)."""
+        at inference or rate 0. Off TensorFlow the 16-bit decisions are
+        `keras.random.randint` draws, one per element."""
         if not training or self.rate == 0.0:
             return None
         if not TENSORFLOW:
-            noise = keras.random.uniform(shape, seed=self.seed_generator, dtype="float32")
-            return ops.cast(noise >= self.rate, dtype) * ops.cast(1.0 / (1.0 - self.rate), dtype)
+            bits = keras.random.randint(shape, 0, _LEVELS, seed=self.seed_generator)
+            keep = bits >= round(self.rate * _LEVELS)
+            return ops.cast(keep, dtype) * ops.cast(1.0 / (1.0 - self.rate), dtype)
         # SeedGenerator keeps an int64 state; the stateless ops take int32 seeds.
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
         keep = _keep_mask(shape, seed, self.rate)
