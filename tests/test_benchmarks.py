@@ -128,6 +128,7 @@ def test_throughput_rejects_precision_for_exported_runtimes():
 def test_train_throughput(printed):
     out = printed["train_throughput"].result()
     assert out["benchmark"] == "train_throughput" and out["images_per_second_per_replica"] > 0
+    assert out["first_step_seconds"] > 0
     assert out["backend"] == "tensorflow"
     check_machine(out["machine"])
 
@@ -223,6 +224,19 @@ def test_limits_rejects_backend_flags(flags, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith(message)
     assert "Traceback" not in result.stderr
+
+
+def test_train_throughput_needs_a_warm_up_step():
+    # The first step (tracing, or compiling with --torch-compile) is reported, never timed.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--warmup", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = "--warmup and --steps must be at least 1 (received 0, 5)"
+    assert result.stderr.strip().splitlines()[-1].endswith(message)
 
 
 # Stands in for ../shared/peer/bench_forward.py: answers only the command limits.py must
