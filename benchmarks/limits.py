@@ -3,7 +3,7 @@ official code, per precision, in interleaved rounds, as one JSON line.
 
     python benchmarks/limits.py --model seg_s16_mask --size 512 --batch 4 --rounds 3 \\
         [--precisions float32 mixed_bfloat16] [--peer-python /tmp/peer/bin/python] \\
-        [--backend tensorflow|torch [--torch-compile]] --json
+        [--backend tensorflow|torch [--torch-compile]] [--train] --json
 
 Each round runs, for each precision one after the other: our inference
 (`throughput.py`'s Keras runtime: normalization, the model and the argmax of
@@ -25,6 +25,13 @@ load average before each round, the backend and the machine.
 
 The official benchmark times the logits, ours the class map (the logits'
 argmax at full resolution: more work, as a user gets it).
+
+With `--train` the same rounds time the training step instead, on
+`--size` crops (`train_throughput.py`'s step: `model.fit`'s, compiled
+with `jit_compile=True` under `--torch-compile`; `--runs` timed steps
+after two untimed ones) against the official step
+(`../shared/peer/bench_train.py`: eager, as the official `train.py` runs,
+with `--amp` for bfloat16); there is no bound (`null`).
 """
 
 import argparse
@@ -43,7 +50,7 @@ set_backend_from_argv()  # before Keras is imported
 import keras_segmenter  # noqa: E402, F401  first: TensorFlow set up as the commands do it
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER_SCRIPT = os.path.join(os.path.dirname(REPO), "shared", "peer", "bench_forward.py")
+PEER = os.path.join(os.path.dirname(REPO), "shared", "peer")
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -62,8 +69,13 @@ def rate(function, batch, runs):
 def official_rate(args, precision):
     """`(images/s, other_procs_cpu_frac)` of the official model in a child process."""
     command = [args.peer_python, args.peer_script, "--variants", args.model]
-    command += ["--batches", str(args.batch), "--size", str(args.size), "--runs", str(args.runs)]
-    command += ["--compile-only"] + (["--amp"] if precision != "float32" else [])
+    if args.train:
+        command += ["--crop", str(args.size), "--batch", str(args.batch)]
+        command += ["--classes", str(args.num_classes), "--steps", str(args.runs)]
+    else:
+        command += ["--batches", str(args.batch), "--size", str(args.size)]
+        command += ["--runs", str(args.runs), "--compile-only"]
+    command += ["--amp"] if precision != "float32" else []
     child = subprocess.run(command, capture_output=True, text=True)
     lines = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     if child.returncode != 0 or not lines or "images_per_s" not in lines[-1]:
@@ -82,10 +94,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5, help="timed calls per round and path")
     parser.add_argument("--peer-python", help="the official code's Python (../shared/peer)")
-    parser.add_argument("--peer-script", default=PEER_SCRIPT, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-script", help=argparse.SUPPRESS)
+    parser.add_argument("--train", action="store_true", help="time the training step instead")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     check_backend(parser, args, BACKENDS)
+    script = "bench_train.py" if args.train else "bench_forward.py"
+    args.peer_script = args.peer_script or os.path.join(PEER, script)
     if min(args.size, args.batch, args.rounds, args.runs) < 1:
         parser.error("--size, --batch, --rounds and --runs must be positive integers")
     if args.peer_python and not os.path.isfile(args.peer_python):
@@ -94,13 +109,54 @@ def main():
         parser.error(f"the official benchmark {args.peer_script} is missing")
 
     import keras
-    import numpy as np
     from machine import machine_info
+
+    keras.utils.set_random_seed(0)
+    paths = training_paths(args) if args.train else inference_paths(args)
+    rounds = {p: {"ours": [], "bound": [], "official": [], "other": []} for p in args.precisions}
+    loads = []
+    for _ in range(args.rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        for precision in args.precisions:
+            found = rounds[precision]
+            for name, path in paths[precision].items():
+                found[name].append(round(rate(path, args.batch, args.runs), 3))
+            if args.peer_python:
+                official, other = official_rate(args, precision)
+                found["official"].append(official)
+                found["other"].append(other)
+    result = {
+        "benchmark": "limits",
+        "model": args.model,
+        "size": args.size,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "runs": args.runs,
+        "backend": args.backend,
+        "torch_compile": args.torch_compile,
+        "mode": "train" if args.train else "inference",
+        "precisions": {p: summary(rounds[p]) for p in args.precisions},
+        "load_average_1min": loads,
+        "machine": machine_info(),
+    }
+    if not args.json:
+        for precision, found in result["precisions"].items():
+            print(
+                f"{precision}: ours {found['ours_images_per_sec']} images/s, "
+                f"{found['ours_over_bound']} of the bound, "
+                f"{found['ours_over_official']} of the official",
+                file=sys.stderr,
+            )
+    print(json.dumps(result))
+
+
+def inference_paths(args):
+    """`{precision: {"ours": class map call, "bound": products call}}`, one set of weights."""
+    import numpy as np
     from matmul_bound import make_products, product_shapes
     from models import build_model
     from throughput import backend_class_map, keras_class_map
 
-    keras.utils.set_random_seed(0)
     reference = build_model(args.model, args.num_classes, args.size, "float32")
     images = np.random.default_rng(0).integers(
         0, 256, (args.batch, args.size, args.size, 3), np.uint8
@@ -120,51 +176,31 @@ def main():
             "ours": lambda class_map=class_map: class_map(images),
             "bound": make_products(shapes, precision, args.torch_compile),
         }
-    rounds = {p: {"ours": [], "bound": [], "official": [], "other": []} for p in args.precisions}
-    loads = []
-    for _ in range(args.rounds):
-        loads.append(round(os.getloadavg()[0], 2))
-        for precision in args.precisions:
-            found = rounds[precision]
-            for name in ("ours", "bound"):
-                found[name].append(round(rate(paths[precision][name], args.batch, args.runs), 3))
-            if args.peer_python:
-                official, other = official_rate(args, precision)
-                found["official"].append(official)
-                found["other"].append(other)
-    result = {
-        "benchmark": "limits",
-        "model": args.model,
-        "size": args.size,
-        "batch": args.batch,
-        "rounds": args.rounds,
-        "runs": args.runs,
-        "backend": args.backend,
-        "torch_compile": args.torch_compile,
-        "precisions": {p: summary(rounds[p]) for p in args.precisions},
-        "load_average_1min": loads,
-        "machine": machine_info(),
+    return paths
+
+
+def training_paths(args):
+    """`{precision: {"ours": training step call}}` (`train_throughput.training_step`)."""
+    from train_throughput import training_step
+
+    model, classes, size, batch = args.model, args.num_classes, args.size, args.batch
+    return {
+        precision: {
+            "ours": training_step(model, classes, size, batch, precision, args.torch_compile)
+        }
+        for precision in args.precisions
     }
-    if not args.json:
-        for precision, found in result["precisions"].items():
-            print(
-                f"{precision}: ours {found['ours_images_per_sec']} images/s, "
-                f"{found['ours_over_bound']} of the bound, "
-                f"{found['ours_over_official']} of the official",
-                file=sys.stderr,
-            )
-    print(json.dumps(result))
 
 
 def summary(found):
     """Medians, ratios of medians and every round of one precision."""
     medians = {name: statistics.median(found[name]) if found[name] else None for name in found}
-    ours, official = medians["ours"], medians["official"]
+    ours, bound, official = medians["ours"], medians["bound"], medians["official"]
     return {
         "ours_images_per_sec": round(ours, 3),
-        "bound_images_per_sec": round(medians["bound"], 3),
+        "bound_images_per_sec": round(bound, 3) if bound else None,
         "official_images_per_sec": round(official, 3) if official else None,
-        "ours_over_bound": round(ours / medians["bound"], 3),
+        "ours_over_bound": round(ours / bound, 3) if bound else None,
         "ours_over_official": round(ours / official, 3) if official else None,
         "rounds_ours": found["ours"],
         "rounds_bound": found["bound"],

@@ -239,19 +239,23 @@ def test_train_throughput_needs_a_warm_up_step():
     assert result.stderr.strip().splitlines()[-1].endswith(message)
 
 
-# Stands in for ../shared/peer/bench_forward.py: answers only the command limits.py must
-# send (torch.compile, the model, batch and size asked for; bf16 autocast for bfloat16).
+# Stands in for ../shared/peer/bench_forward.py (bench_train.py with --train): answers only
+# the command limits.py must send (torch.compile for inference; the model, batch and size
+# asked for; bf16 autocast for bfloat16).
 FAKE_OFFICIAL = """import json, sys
 argv = " ".join(sys.argv[1:])
-wanted = "--variants tiny --batches 1 --size 32 --runs 1 --compile-only"
+wanted = {"bench_forward.py": "--variants tiny --batches 1 --size 32 --runs 1 --compile-only",
+          "bench_train.py": "--variants tiny --crop 32 --batch 1 --classes 3 --steps 1",
+          }[sys.argv[0].rsplit("/", 1)[-1]]
 ok = argv in (wanted, wanted + " --amp")
 print(json.dumps({"images_per_s": 8.0 if "--amp" in argv else 4.0, "other_procs_cpu_frac": 0.01}
                  if ok else {"error": "unexpected arguments: " + argv}))
 """
 
 
-def test_limits_runs_the_official_benchmark_per_precision(tmp_path):
-    fake = tmp_path / "bench_forward.py"
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_limits_runs_the_official_benchmark_per_precision(tmp_path, mode):
+    fake = tmp_path / f"bench_{mode}.py"
     fake.write_text(FAKE_OFFICIAL)
     out = run_benchmark(
         "limits.py",
@@ -267,13 +271,17 @@ def test_limits_runs_the_official_benchmark_per_precision(tmp_path):
         sys.executable,
         "--peer-script",
         str(fake),
+        *(["--train"] if mode == "train" else []),
     )
+    assert out["mode"] == {"forward": "inference", "train": "train"}[mode]
     for precision, official in (("float32", 4.0), ("mixed_bfloat16", 8.0)):
         found = out["precisions"][precision]
         assert found["rounds_official"] == [official, official]
         assert found["official_other_procs_cpu_frac"] == [0.01, 0.01]
         ratio = found["ours_images_per_sec"] / official
         assert found["ours_over_official"] == pytest.approx(ratio, abs=1e-3)
+        if mode == "train":  # no bound for the training step
+            assert found["bound_images_per_sec"] is None and found["ours_over_bound"] is None
 
 
 def test_op_profile(printed):
