@@ -194,7 +194,10 @@ def training_paths(args):
 
 def summary(found):
     """Medians, ratios of medians and every round of one precision."""
-    medians = {name: statistics.median(found[name]) if found[name] else None for name in found}
+    medians = {
+        name: statistics.median(found[name]) if found[name] else None
+        for name in ("ours", "bound", "official")
+    }
     ours, bound, official = medians["ours"], medians["bound"], medians["official"]
     return {
         "ours_images_per_sec": round(ours, 3),
