@@ -53,6 +53,9 @@ class Dropout(keras.layers.Layer):
         self.seed = seed
         if rate > 0.0:  # the variables of keras.layers.Dropout: its files load here
             self.seed_generator = keras.random.SeedGenerator(seed)
+        # No weights to build, as keras.layers.Dropout. The attention calls only `scale`,
+        # and an unbuilt sublayer made Keras trace the whole model at every train_on_batch.
+        self.built = True
 
     def call(self, inputs, training=False):
         shape = tf.shape(inputs) if TENSORFLOW else ops.shape(inputs)

@@ -49,6 +49,7 @@ class SegmenterPreprocessor(keras.layers.Layer):
                 )
         self.normalization = check_normalization(normalization)
         self.image_size = image_size
+        self.built = True  # no weights (a Segmenter holds it uncalled: see layers/dropout.py)
 
     def call(self, x, y=None, sample_weight=None):
         x = self.normalize(self.resized(check_images(x)))
