@@ -141,10 +141,11 @@ def main():
     }
     if not args.json:
         for precision, found in result["precisions"].items():
+            bound = found["ours_over_bound"]
             print(
                 f"{precision}: ours {found['ours_images_per_sec']} images/s, "
-                f"{found['ours_over_bound']} of the bound, "
-                f"{found['ours_over_official']} of the official",
+                + (f"{bound} of the bound, " if bound is not None else "")
+                + f"{found['ours_over_official']} of the official",
                 file=sys.stderr,
             )
     print(json.dumps(result))
