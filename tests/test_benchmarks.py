@@ -215,28 +215,25 @@ def test_limits_of_compiled_pytorch(printed):
     ],
 )
 def test_limits_rejects_backend_flags(flags, message):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "limits.py"), "--backend", "tensorflow", *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith(message)
-    assert "Traceback" not in result.stderr
+    assert usage_error("limits.py", "--backend", "tensorflow", *flags).endswith(message)
 
 
 def test_train_throughput_needs_a_warm_up_step():
     # The first step (tracing, or compiling with --torch-compile) is reported, never timed.
+    message = "--warmup and --steps must be at least 1 (received 0, 5)"
+    assert usage_error("train_throughput.py", "--warmup", "0").endswith(message)
+
+
+def usage_error(script, *args):
+    """The last stderr line of a benchmark that must exit 2 without a traceback."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--warmup", "0"],
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    message = "--warmup and --steps must be at least 1 (received 0, 5)"
-    assert result.stderr.strip().splitlines()[-1].endswith(message)
+    return result.stderr.strip().splitlines()[-1]
 
 
 # Stands in for ../shared/peer/bench_forward.py (bench_train.py with --train): answers only
@@ -333,12 +330,5 @@ def test_cpu_flags_from_cpuinfo(tmp_path):
 
 
 def test_unknown_model_is_one_line_error():
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "matmul_bound.py"), "--model", "seg_x16_mask"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "--model seg_x16_mask: Unknown preset" in result.stderr
-    assert "Traceback" not in result.stderr
+    error = usage_error("matmul_bound.py", "--model", "seg_x16_mask")
+    assert "--model seg_x16_mask: Unknown preset" in error
