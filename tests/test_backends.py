@@ -121,7 +121,7 @@ def check_compiled_step():
         return [trained.train_on_batch(images, masks, return_dict=True)["loss"] for _ in range(3)]
 
     drawn = losses(0.3)
-    assert len(set(drawn)) == 3, drawn  # the weights stay (rate 0): only the masks change
+    assert len(set(drawn)) == 3, drawn  # learning rate 0: only the masks change
     assert losses(0.3) == drawn
     assert losses(0.3, seed=1) != drawn
     np.testing.assert_allclose(losses(0.0), losses(0.0, jit_compile=False), rtol=1e-5)
@@ -182,7 +182,7 @@ def check_this_backend(out):
     if keras.config.backend() == "torch":
         _check_fp32(fit_official_steps(out, jit_compile=True))
         check_compiled_step()
-    if keras.config.backend() == "torch":  # the README's example, as written (JAX: 25 s more)
+        # The README's example, as written (JAX: 25 s more).
         os.chdir(out)
         exec(readme_snippet(), {})
         assert os.path.exists("model.keras")
