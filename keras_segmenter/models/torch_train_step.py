@@ -59,7 +59,7 @@ class CompiledTrainStep:
         inputs = [x, y] if sample_weight is None else [x, y, sample_weight]
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         if key not in self.graphs:
-            self.graphs[key] = self._record(inputs, sample_weight is not None)
+            self.graphs[key] = self._record(inputs)
         values = [v.value for v in model.trainable_variables]
         with torch.no_grad():
             loss, logits, *grads = self.graphs[key](values, self._fixed(), inputs)
@@ -71,7 +71,7 @@ class CompiledTrainStep:
         model = self.model
         return [v.value for v in model.non_trainable_variables + model.metrics_variables]
 
-    def _record(self, inputs, weighted):
+    def _record(self, inputs):
         """The step of one batch shape, recorded and compiled (compiled on its first call)."""
         import torch
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -80,7 +80,7 @@ class CompiledTrainStep:
         fixed = len(model.non_trainable_variables)
 
         def step(values, fixed_values, inputs):
-            x, y, sample_weight = (*inputs, None) if not weighted else inputs
+            x, y, sample_weight = (*inputs, None)[:3]  # [x, y] or [x, y, sample_weight]
             non_trainable, metrics = fixed_values[:fixed], fixed_values[fixed:]
             logits, _ = model.stateless_call(values, non_trainable, x, training=True)
             loss, _ = model.stateless_compute_loss(
