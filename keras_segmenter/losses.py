@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_segmenter.layers.backend import TENSORFLOW
+from keras_segmenter.layers.backend import TENSORFLOW, is_fusing
 
 
 @tf.custom_gradient
@@ -25,6 +25,17 @@ def _pixel_cross_entropy(labels, logits):
         return None, (probs - one_hot) * upstream[..., None]
 
     return log_sum_exp - label_logits, gradient
+
+
+def _label_logits(logits, labels):
+    """`logits[..., label]` per pixel. Recorded for Inductor (`is_fusing()`), a sum
+    over the classes of the logits where the class is the label: it fuses into
+    the loss's other class reductions, where the gradient of a gather (a
+    full-size tensor of zeros, then a scatter) would not."""
+    if is_fusing():
+        classes = ops.arange(logits.shape[-1], dtype=labels.dtype)
+        return ops.sum(ops.where(classes == labels[..., None], logits, 0.0), axis=-1)
+    return ops.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
 
 
 def _sum_over_replicas(value):
@@ -88,11 +99,10 @@ class SegmentationCrossEntropy(keras.losses.Loss):
         logits = ops.cast(y_pred, "float32")
         valid = ops.not_equal(labels, self.ignore_index)
         safe_labels = ops.where(valid, labels, ops.zeros_like(labels))
-        if TENSORFLOW:
+        if TENSORFLOW and not is_fusing():
             per_pixel = _pixel_cross_entropy(safe_labels, logits)
         else:
-            label_logits = ops.take_along_axis(logits, safe_labels[..., None], axis=-1)[..., 0]
-            per_pixel = ops.logsumexp(logits, axis=-1) - label_logits
+            per_pixel = ops.logsumexp(logits, axis=-1) - _label_logits(logits, safe_labels)
         valid = ops.cast(valid, "float32")
         if self.class_weights is not None:
             valid = valid * ops.take(ops.convert_to_tensor(self.class_weights), safe_labels)

@@ -1,11 +1,14 @@
+import math
+
 import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_segmenter.layers.backend import TENSORFLOW
+from keras_segmenter.layers.backend import TENSORFLOW, is_fusing
 
 # Each 32-bit random number gives two decisions of 16 bits.
 _LEVELS = 2**16
+_MASK32 = 2**32 - 1
 
 
 def _keep_mask(shape, seed, rate):
@@ -21,6 +24,31 @@ def _keep_mask(shape, seed, rate):
     return bits[..., : shape[-1]] >= round(rate * _LEVELS)
 
 
+def _mix(x):
+    """A 32-bit integer hash of int64 `x` < 2**32 (xor-shifts and multiplies; the
+    constants are below 2**31, so no int64 product overflows)."""
+    x = ops.bitwise_xor(x, ops.right_shift(x, 16))
+    x = ops.bitwise_and(x * 0x7FEB352D, _MASK32)
+    x = ops.bitwise_xor(x, ops.right_shift(x, 15))
+    x = ops.bitwise_and(x * 0x21F0AAAD, _MASK32)
+    return ops.bitwise_xor(x, ops.right_shift(x, 16))
+
+
+def _hashed_bits(shape, seed_generator):
+    """16 random bits per element of `shape`: each element's index hashed with two
+    31-bit keys drawn from `seed_generator`, `mix(mix(index ^ k0) ^ k1)`.
+
+    For a graph recorded for Inductor (`is_fusing()`), which computes this in
+    the kernel that reads the mask, at a tenth of the cost of its Philox draw
+    per element (ATen's random_, where Keras passes a generator); timings in
+    docs/benchmarks.md.
+    """
+    key = ops.cast(keras.random.randint((2,), 0, 2**31 - 1, seed=seed_generator), "int64")
+    index = ops.reshape(ops.arange(math.prod(shape), dtype="int64"), shape)
+    bits = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(index, key[0])), key[1]))
+    return ops.bitwise_and(bits, _LEVELS - 1)
+
+
 @keras.saving.register_keras_serializable(package="keras_segmenter")
 class Dropout(keras.layers.Layer):
     """Dropout whose random decisions cost half of `keras.layers.Dropout`'s.
@@ -29,9 +57,11 @@ class Dropout(keras.layers.Layer):
     ones are scaled by `1 / (1 - rate)`; at inference it is the identity, as
     `torch.nn.Dropout` and `keras.layers.Dropout`. The decisions come from
     16-bit random numbers, two per 32-bit draw of TensorFlow's stateless
-    Philox generator, so the rate is exact to 1/65536. (Keras' dropout draws
-    one uniform number of the input's dtype per element: under bfloat16, with
-    its 8-bit mantissa, rate 0.1 drops 10.16 % of the elements.) The random
+    Philox generator (in a graph recorded for Inductor, a hash of each
+    element's index with keys drawn per call: `_hashed_bits`), so the rate
+    is exact to 1/65536. (Keras' dropout draws one uniform number of the
+    input's dtype per element: under bfloat16, with its 8-bit mantissa, rate
+    0.1 drops 10.16 % of the elements.) The random
     state lives in a `keras.random.SeedGenerator`, saved with the weights, so
     a checkpoint resumes the same masks.
 
@@ -66,17 +96,21 @@ class Dropout(keras.layers.Layer):
         """What `call` multiplies its input by: per element 0 or `1 / (1 - rate)`
         (rounded to `dtype`, as Keras' dropout does), a tensor of `shape`; None
         at inference or rate 0. Off TensorFlow the 16-bit decisions are
-        `keras.random.randint` draws, one per element."""
+        `keras.random.randint` draws, one per element; in a graph recorded
+        for Inductor (`is_fusing()`), `_hashed_bits`."""
         if not training or self.rate == 0.0:
             return None
-        if not TENSORFLOW:
+        if is_fusing():
+            bits = _hashed_bits(shape, self.seed_generator)
+        elif TENSORFLOW:
+            # SeedGenerator keeps an int64 state; the stateless ops take int32 seeds.
+            seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
+            keep = _keep_mask(shape, seed, self.rate)
+            return tf.cast(keep, dtype) * tf.cast(1.0 / (1.0 - self.rate), dtype)
+        else:
             bits = keras.random.randint(shape, 0, _LEVELS, seed=self.seed_generator)
-            keep = bits >= round(self.rate * _LEVELS)
-            return ops.cast(keep, dtype) * ops.cast(1.0 / (1.0 - self.rate), dtype)
-        # SeedGenerator keeps an int64 state; the stateless ops take int32 seeds.
-        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
-        keep = _keep_mask(shape, seed, self.rate)
-        return tf.cast(keep, dtype) * tf.cast(1.0 / (1.0 - self.rate), dtype)
+        keep = bits >= round(self.rate * _LEVELS)
+        return ops.cast(keep, dtype) * ops.cast(1.0 / (1.0 - self.rate), dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,8 +1,9 @@
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_segmenter.layers.backend import TENSORFLOW
+from keras_segmenter.layers.backend import TENSORFLOW, is_fusing
 
 
 @keras.saving.register_keras_serializable(package="keras_segmenter")
@@ -41,6 +42,41 @@ class PadToMultiple(keras.layers.Layer):
         return {**super().get_config(), "multiple": self.multiple}
 
 
+def upsample_rows(x, factor, axis):
+    """`x` `(batch, h, w, K)` resized bilinearly `factor` times along `axis` (1 or 2).
+
+    Half-pixel centres, as `ops.image.resize` (PyTorch's `align_corners=False`):
+    output row `factor * a + r` lies at `a + offset[r]`, `offset[r] = (r + 0.5) /
+    factor - 0.5`, between source row `a` and its neighbour above (offset < 0)
+    or below, the edge rows repeated. Written as a fixed blend of `x` and `x`
+    shifted by one row, with no index computed per element, so that Inductor
+    fuses the rows into whatever reads them (the loss's reductions over the
+    classes) and its gradient into a sum over `r`; run eagerly it writes the
+    full-size tensor several times over.
+    """
+    n = x.shape[axis]
+
+    def rows(start, stop):
+        return x[(slice(None),) * axis + (slice(start, stop),)]
+
+    above = ops.concatenate([rows(0, 1), rows(0, n - 1)], axis=axis)
+    below = ops.concatenate([rows(1, n), rows(n - 1, n)], axis=axis)
+    offset = (np.arange(factor, dtype="float32") + 0.5) / factor - 0.5
+    shape = [1] * 5
+    shape[axis + 1] = factor
+    near = ops.convert_to_tensor(np.abs(offset).reshape(shape))  # the neighbour's weight
+    upward = ops.convert_to_tensor((offset < 0).reshape(shape))
+
+    def spread(rows):  # (..., n, ...) -> (..., n, 1, ...)
+        return ops.expand_dims(rows, axis + 1)
+
+    neighbour = ops.where(upward, spread(above), spread(below))
+    out = spread(x) * (1.0 - near) + neighbour * near
+    size = list(x.shape)
+    size[axis] = n * factor
+    return ops.reshape(out, size)
+
+
 @keras.saving.register_keras_serializable(package="keras_segmenter")
 class ResizeAndCrop(keras.layers.Layer):
     """Upsamples patch-level logits to the padded image, then crops the padding.
@@ -61,7 +97,11 @@ class ResizeAndCrop(keras.layers.Layer):
 
     def call(self, logits, padded_images, images):
         padded, size = ops.shape(padded_images), ops.shape(images)
-        if TENSORFLOW:
+        if is_fusing():  # recorded for Inductor, with static sizes: see `upsample_rows`
+            logits = ops.cast(logits, "float32")
+            logits = upsample_rows(logits, padded[2] // logits.shape[2], axis=2)
+            logits = upsample_rows(logits, padded[1] // logits.shape[1], axis=1)
+        elif TENSORFLOW:
             # `keras.ops.image.resize` checks `size > 0` in Python, which a dynamic size can't pass.
             logits = tf.image.resize(logits, (padded[1], padded[2]), method="bilinear")
         else:  # JAX and PyTorch trace with static sizes; in float32, as `tf.image.resize`

@@ -10,12 +10,18 @@ gradients with the model's optimizer, in eager PyTorch, as Keras' step does.
 Loss and metrics are tracked as in Keras' step, from the graph's loss and
 logits.
 
+The record is made inside `keras_segmenter.layers.backend.fusing()`, where
+the upsampling, the loss and the dropout masks take the forms Inductor
+fuses into the kernels that read them (see `upsample_rows`, `_label_logits`
+and `_hashed_bits`): the full-resolution logits are not gathered from and
+scattered into, and no mask costs a Philox draw per element.
+
 Random numbers: a Keras random op on PyTorch turns its `SeedGenerator`'s
 seed tensor into a Python int (`torch.Generator.manual_seed`), which no
 record can hold. While recording, Keras' random ops draw from torch's
-global generator instead, so the compiled graph draws its dropout and
-drop-path masks afresh on every call (Inductor's Philox numbers, seeded
-from torch's generator: `keras.utils.set_random_seed` makes a run
+global generator instead, so the compiled graph draws its drop-path masks
+and its dropout keys afresh on every call (Inductor's Philox numbers,
+seeded from torch's generator: `keras.utils.set_random_seed` makes a run
 repeatable); the masks are not those of the eager step.
 
 Not for `mixed_float16`: its loss scale changes between steps, and a
@@ -25,6 +31,8 @@ record would hold one value.
 import contextlib
 
 import keras
+
+from keras_segmenter.layers.backend import fusing
 
 
 class CompiledTrainStep:
@@ -91,7 +99,7 @@ class CompiledTrainStep:
             return [loss, logits, *grads]
 
         values = [v.value.detach().requires_grad_(True) for v in model.trainable_variables]
-        with _global_generator():
+        with _global_generator(), fusing():
             graph = make_fx(step)(values, [v.detach() for v in self._fixed()], inputs)
         return torch.compile(graph, dynamic=False)
 

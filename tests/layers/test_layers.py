@@ -3,6 +3,7 @@ import pytest
 
 import keras_segmenter  # noqa: F401  (registers the layers for loading)
 from keras_segmenter import layers
+from keras_segmenter.layers.backend import fusing
 from tests.testing import check_layer
 
 RNG = np.random.default_rng(0)
@@ -222,3 +223,36 @@ def test_image_normalization(tmp_path):
 def test_image_normalization_rejects_unknown_family():
     with pytest.raises(ValueError, match="normalization='imagenet'"):
         layers.ImageNormalization("imagenet")
+
+
+@pytest.mark.parametrize("grid, factor, crop", [((2, 3), 8, (13, 20)), ((3, 2), 5, (15, 10))])
+def test_resize_and_crop_recorded_for_inductor_gives_the_same_values(grid, factor, crop):
+    """Inside `fusing()`, as the compiled PyTorch step records it, the upsampling is
+    `upsample_rows`: bilinear with half-pixel centres, as outside, to round-off."""
+    layer = layers.ResizeAndCrop(name="resize")
+    logits = images(height=grid[0], width=grid[1], channels=4) * 3
+    padded = images(height=grid[0] * factor, width=grid[1] * factor)
+    inputs = [logits, padded, images(height=crop[0], width=crop[1])]
+    with fusing():
+        fused = np.asarray(layer(*inputs))
+    np.testing.assert_allclose(fused, np.asarray(layer(*inputs)), atol=2e-6)
+
+
+def test_dropout_recorded_for_inductor_makes_independent_decisions():
+    """Inside `fusing()` the 16-bit decisions are a keyed hash of each element's index
+    (`_hashed_bits`): still the rate, and neighbours along either axis, and two calls,
+    drop together as often as independent draws would."""
+    layer = layers.Dropout(0.25, seed=5)
+    with fusing():
+        first, second = (
+            np.asarray(layer.scale((60, 6, 301), "float32", training=True)) == 0 for _ in range(2)
+        )
+    p = round(0.25 * 2**16) / 2**16
+    for dropped, probability in [
+        (first, p),
+        (first[..., 1:] & first[..., :-1], p * p),
+        (first[1:] & first[:-1], p * p),
+        (first & second, p * p),
+    ]:
+        std = np.sqrt(probability * (1 - probability) / dropped.size)
+        assert abs(dropped.mean() - probability) < 6 * std

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from keras_segmenter.layers.backend import fusing
 from keras_segmenter.training import SegmentationCrossEntropy
 
 
@@ -29,6 +30,18 @@ def test_loss_matches_numpy_with_ignored_pixels():
     labels2 = np.where(labels == 255, 7, labels)[..., None]
     loss2 = SegmentationCrossEntropy(ignore_index=7)(labels2, logits)
     assert float(loss2) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_loss_recorded_for_inductor_matches_numpy():
+    """Inside `fusing()` (the compiled PyTorch step's record) the label's logit is a sum
+    over the classes, not a gather: the same loss."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 6, 5, 4)).astype("float32") * 3
+    labels = rng.integers(0, 4, size=(2, 6, 5)).astype("int32")
+    labels[0, :2] = 255
+    with fusing():
+        loss = float(SegmentationCrossEntropy()(labels, logits))
+    assert loss == pytest.approx(_numpy_cross_entropy(labels, logits), rel=1e-5)
 
 
 def test_loss_all_ignored_is_zero_and_config_round_trips():
