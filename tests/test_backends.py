@@ -108,10 +108,10 @@ def check_compiled_step():
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     masks = np.random.default_rng(1).integers(0, 5, (2, 32, 32)).astype("int32")
 
-    def model(rate, optimizer, jit_compile=True):
+    def model(rate, optimizer, jit_compile=True, metrics=None):
         backbone = ks.ViTBackbone(16, 32, 2, 2, 64, image_size=32, drop_path_rate=rate)
         model = ks.Segmenter(backbone, 5, decoder_num_layers=1, decoder_dropout=rate)
-        model.compile(optimizer=optimizer, jit_compile=jit_compile)
+        model.compile(optimizer=optimizer, jit_compile=jit_compile, metrics=metrics)
         return model
 
     def losses(rate, jit_compile=True, seed=0):
@@ -125,6 +125,15 @@ def check_compiled_step():
     assert losses(0.3) == drawn
     assert losses(0.3, seed=1) != drawn
     np.testing.assert_allclose(losses(0.0), losses(0.0, jit_compile=False), rtol=1e-5)
+    # Without metrics the graph returns no logits; a metric gets them, as in the eager step.
+    assert not model(0.0, "sgd").make_train_function().returns_logits
+    accuracy = []
+    for jit_compile in (True, False):
+        keras.utils.set_random_seed(0)
+        trained = model(0.0, "sgd", jit_compile, ["sparse_categorical_accuracy"])
+        result = trained.train_on_batch(images, masks, return_dict=True)
+        accuracy.append(result["sparse_categorical_accuracy"])
+    assert 0 < accuracy[0] == accuracy[1], accuracy
     scaled = model(0.0, keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()))
     with pytest.raises(ValueError, match="loss scale"):
         scaled.train_on_batch(images, masks)

@@ -8,7 +8,8 @@ one graph of torch operations (`make_fx`), which Inductor compiles; each
 step then runs that graph on the weights' current values and applies the
 gradients with the model's optimizer, in eager PyTorch, as Keras' step does.
 Loss and metrics are tracked as in Keras' step, from the graph's loss and
-logits.
+logits; without metrics in `compile`, the graph returns no logits, and
+never writes the full-resolution ones.
 
 The record is made inside `keras_segmenter.layers.backend.fusing()`, where
 the upsampling, the loss and the dropout masks take the forms Inductor
@@ -37,7 +38,8 @@ from keras_segmenter.layers.backend import fusing
 
 class CompiledTrainStep:
     """`model`'s `train_function` (the batch as `fit` passes it): one compiled graph per
-    batch shape, computing loss, logits and gradients, then the optimizer's update.
+    batch shape, computing loss and gradients (and the logits, when a metric reads
+    them), then the optimizer's update.
 
     Args:
         model: a compiled Keras model on the PyTorch backend.
@@ -55,6 +57,12 @@ class CompiledTrainStep:
         self.model = model
         self.check = check
         self.graphs = {}
+        # Keras' `compute_metrics` reads the logits only for metrics given to `compile`;
+        # without them the graph need not write the (B, H, W, K) logits.
+        self.returns_logits = (
+            model._compile_metrics is not None
+            or type(model).compute_metrics is not keras.Model.compute_metrics
+        )
 
     def __call__(self, data):
         import torch
@@ -70,7 +78,8 @@ class CompiledTrainStep:
             self.graphs[key] = self._record(inputs)
         values = [v.value for v in model.trainable_variables]
         with torch.no_grad():
-            loss, logits, *grads = self.graphs[key](values, self._fixed(), inputs)
+            loss, *grads = self.graphs[key](values, self._fixed(), inputs)
+            logits = grads.pop() if self.returns_logits else None
             model.optimizer.apply(grads, model.trainable_variables)
         model._loss_tracker.update_state(loss, sample_weight=x.shape[0])
         return model.compute_metrics(x, y, logits, sample_weight=sample_weight)
@@ -96,7 +105,7 @@ class CompiledTrainStep:
             )
             grads = torch.autograd.grad(loss, values, allow_unused=True)
             grads = [torch.zeros_like(v) if g is None else g for v, g in zip(values, grads)]
-            return [loss, logits, *grads]
+            return [loss, *grads, *([logits] if self.returns_logits else [])]
 
         values = [v.value.detach().requires_grad_(True) for v in model.trainable_variables]
         with _global_generator(), fusing():
