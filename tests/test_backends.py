@@ -102,38 +102,36 @@ def fit_official_steps(out, jit_compile="auto"):
 def check_compiled_step():
     """PyTorch, `jit_compile=True`: dropout and drop-path masks are drawn afresh at every
     step, and again the same after `keras.utils.set_random_seed`; without them, a step
-    gives the eager step's loss; a loss scale (mixed_float16) is refused."""
+    gives the eager step's loss and metric (the graph returns the logits only for a
+    metric); a loss scale (mixed_float16) is refused."""
     import keras_segmenter as ks
 
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     masks = np.random.default_rng(1).integers(0, 5, (2, 32, 32)).astype("int32")
 
-    def model(rate, optimizer, jit_compile=True, metrics=None):
+    def model(rate, optimizer, jit_compile=True, metric=True):
         backbone = ks.ViTBackbone(16, 32, 2, 2, 64, image_size=32, drop_path_rate=rate)
         model = ks.Segmenter(backbone, 5, decoder_num_layers=1, decoder_dropout=rate)
+        metrics = ["sparse_categorical_accuracy"] if metric else None
         model.compile(optimizer=optimizer, jit_compile=jit_compile, metrics=metrics)
         return model
 
-    def losses(rate, jit_compile=True, seed=0):
+    def steps(rate, jit_compile=True, seed=0):
+        """(loss, accuracy) of three steps at learning rate 0."""
         keras.utils.set_random_seed(seed)
         trained = model(rate, keras.optimizers.SGD(0.0), jit_compile)
         keras.utils.set_random_seed(seed)  # the same masks from here, whatever the init drew
-        return [trained.train_on_batch(images, masks, return_dict=True)["loss"] for _ in range(3)]
+        results = [trained.train_on_batch(images, masks, return_dict=True) for _ in range(3)]
+        return [(r["loss"], r["sparse_categorical_accuracy"]) for r in results]
 
-    drawn = losses(0.3)
-    assert len(set(drawn)) == 3, drawn  # learning rate 0: only the masks change
-    assert losses(0.3) == drawn
-    assert losses(0.3, seed=1) != drawn
-    np.testing.assert_allclose(losses(0.0), losses(0.0, jit_compile=False), rtol=1e-5)
-    # Without metrics the graph returns no logits; a metric gets them, as in the eager step.
-    assert not model(0.0, "sgd").make_train_function().returns_logits
-    accuracy = []
-    for jit_compile in (True, False):
-        keras.utils.set_random_seed(0)
-        trained = model(0.0, "sgd", jit_compile, ["sparse_categorical_accuracy"])
-        result = trained.train_on_batch(images, masks, return_dict=True)
-        accuracy.append(result["sparse_categorical_accuracy"])
-    assert 0 < accuracy[0] == accuracy[1], accuracy
+    drawn = steps(0.3)
+    assert len({loss for loss, _ in drawn}) == 3, drawn  # learning rate 0: only the masks change
+    assert steps(0.3) == drawn
+    assert steps(0.3, seed=1) != drawn
+    compiled, eager = steps(0.0), steps(0.0, jit_compile=False)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+    assert 0 < compiled[-1][1] == eager[-1][1], (compiled, eager)
+    assert not model(0.0, "sgd", metric=False).make_train_function().returns_logits
     scaled = model(0.0, keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()))
     with pytest.raises(ValueError, match="loss scale"):
         scaled.train_on_batch(images, masks)

@@ -39,8 +39,8 @@ def _hashed_bits(shape, seed_generator):
     31-bit keys drawn from `seed_generator`, `mix(mix(index ^ k0) ^ k1)`.
 
     For a graph recorded for Inductor (`is_fusing()`), which computes this in
-    the kernel that reads the mask, at a tenth of the cost of its Philox draw
-    per element (ATen's random_, where Keras passes a generator); timings in
+    the kernel that reads the mask, at about a seventh of the cost of a
+    Philox draw per element (0.6 against 4.4 ns on the AMX Xeon); timings in
     docs/benchmarks.md.
     """
     key = ops.cast(keras.random.randint((2,), 0, 2**31 - 1, seed=seed_generator), "int64")

@@ -49,10 +49,11 @@ def upsample_rows(x, factor, axis):
     output row `factor * a + r` lies at `a + offset[r]`, `offset[r] = (r + 0.5) /
     factor - 0.5`, between source row `a` and its neighbour above (offset < 0)
     or below, the edge rows repeated. Written as a fixed blend of `x` and `x`
-    shifted by one row, with no index computed per element, so that Inductor
-    fuses the rows into whatever reads them (the loss's reductions over the
-    classes) and its gradient into a sum over `r`; run eagerly it writes the
-    full-size tensor several times over.
+    shifted by one row, with no index computed or gathered per element, which
+    Inductor compiles into vectorised loops fused with what reads the rows,
+    and whose gradient is a sum over `r` (not ATen's
+    `upsample_bilinear2d_backward`, which Inductor leaves eager); run eagerly
+    it writes the full-size tensor several times over.
     """
     n = x.shape[axis]
 
@@ -98,6 +99,11 @@ class ResizeAndCrop(keras.layers.Layer):
     def call(self, logits, padded_images, images):
         padded, size = ops.shape(padded_images), ops.shape(images)
         if is_fusing():  # recorded for Inductor, with static sizes: see `upsample_rows`
+            if padded[1] % logits.shape[1] or padded[2] % logits.shape[2]:
+                raise ValueError(
+                    f"The padded size {tuple(padded[1:3])} must be a multiple of the logits' "
+                    f"grid. Received: logits.shape={tuple(logits.shape)}"
+                )
             logits = ops.cast(logits, "float32")
             logits = upsample_rows(logits, padded[2] // logits.shape[2], axis=2)
             logits = upsample_rows(logits, padded[1] // logits.shape[1], axis=1)

@@ -235,6 +235,8 @@ def test_resize_and_crop_recorded_for_inductor_gives_the_same_values(grid, facto
     inputs = [logits, padded, images(height=crop[0], width=crop[1])]
     with fusing():
         fused = np.asarray(layer(*inputs))
+        with pytest.raises(ValueError, match="must be a multiple of the logits' grid"):
+            layer(logits, images(height=grid[0] * factor + 1, width=grid[1] * factor), padded)
     np.testing.assert_allclose(fused, np.asarray(layer(*inputs)), atol=2e-6)
 
 
