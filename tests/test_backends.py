@@ -75,7 +75,8 @@ def fit_official_steps(out, jit_compile="auto"):
     default's (`make_optimizer`) with the fixture's `iter_max` and rate;
     `jit_compile` goes to `compile()` (on PyTorch, True compiles the step:
     `keras_segmenter.models.torch_train_step`).
-    Writes `<out>/result.npz` as `train_fixture_steps` does and returns its path.
+    Writes `<out>/result.npz` as `train_fixture_steps` does, with each step's mIoU
+    (`miou`), and returns its path.
     """
     from tests.training.test_train_steps import (
         _batches,
@@ -95,42 +96,40 @@ def fit_official_steps(out, jit_compile="auto"):
         assert len(model.train_function.graphs) == 1  # the compiled step ran every batch
     path = os.path.join(out, "result.npz")
     weights = {f"weight{i}": keras.ops.convert_to_numpy(w) for i, w in enumerate(model.weights)}
-    np.savez(path, losses=np.array(history.history["loss"]), **weights)
+    miou = np.array(history.history["mIoU"])
+    np.savez(path, losses=np.array(history.history["loss"]), miou=miou, **weights)
     return path
 
 
 def check_compiled_step():
     """PyTorch, `jit_compile=True`: dropout and drop-path masks are drawn afresh at every
-    step, and again the same after `keras.utils.set_random_seed`; without them, a step
-    gives the eager step's loss and metric (the graph returns the logits only for a
-    metric); a loss scale (mixed_float16) is refused."""
+    step, and again the same after `keras.utils.set_random_seed`; the graph returns the
+    logits only for a metric; a loss scale (mixed_float16) is refused."""
     import keras_segmenter as ks
 
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     masks = np.random.default_rng(1).integers(0, 5, (2, 32, 32)).astype("int32")
 
-    def model(rate, optimizer, jit_compile=True, metric=True):
+    def model(rate, optimizer, metric=True):
         backbone = ks.ViTBackbone(16, 32, 2, 2, 64, image_size=32, drop_path_rate=rate)
         model = ks.Segmenter(backbone, 5, decoder_num_layers=1, decoder_dropout=rate)
         metrics = ["sparse_categorical_accuracy"] if metric else None
-        model.compile(optimizer=optimizer, jit_compile=jit_compile, metrics=metrics)
+        model.compile(optimizer=optimizer, jit_compile=True, metrics=metrics)
         return model
 
-    def steps(rate, jit_compile=True, seed=0):
-        """(loss, accuracy) of three steps at learning rate 0."""
+    def steps(rate, seed=0):
+        """(loss, accuracy) of three compiled steps at learning rate 0."""
         keras.utils.set_random_seed(seed)
-        trained = model(rate, keras.optimizers.SGD(0.0), jit_compile)
+        trained = model(rate, keras.optimizers.SGD(0.0))
         keras.utils.set_random_seed(seed)  # the same masks from here, whatever the init drew
         results = [trained.train_on_batch(images, masks, return_dict=True) for _ in range(3)]
         return [(r["loss"], r["sparse_categorical_accuracy"]) for r in results]
 
     drawn = steps(0.3)
     assert len({loss for loss, _ in drawn}) == 3, drawn  # learning rate 0: only the masks change
+    assert 0 < drawn[0][1] < 1, drawn  # the metric read the graph's logits
     assert steps(0.3) == drawn
     assert steps(0.3, seed=1) != drawn
-    compiled, eager = steps(0.0), steps(0.0, jit_compile=False)
-    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
-    assert 0 < compiled[-1][1] == eager[-1][1], (compiled, eager)
     assert not model(0.0, "sgd", metric=False).make_train_function().returns_logits
     scaled = model(0.0, keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()))
     with pytest.raises(ValueError, match="loss scale"):
@@ -184,10 +183,16 @@ def check_this_backend(out):
     for source in ("timm_vit", "augreg_vit/tiny.npz"):  # position embeddings resized at load
         test_parity.test_imagenet_encoders_match_the_official_segmenter_encoder(source)
         test_parity.test_imagenet_position_embedding_is_resampled_like_the_official_loader(source)
-    _check_fp32(fit_official_steps(out))
+    eager = fit_official_steps(out)
+    _check_fp32(eager)
     check_train_on_batch_does_not_trace_the_model_again()
     if keras.config.backend() == "torch":
-        _check_fp32(fit_official_steps(out, jit_compile=True))
+        eager_miou = np.load(eager)["miou"]
+        compiled = fit_official_steps(out, jit_compile=True)  # the same file, rewritten
+        _check_fp32(compiled)
+        # The compiled graph hands the metric the step's logits: the eager step's mIoU.
+        np.testing.assert_allclose(np.load(compiled)["miou"], eager_miou, rtol=1e-6)
+        assert eager_miou.min() > 0, eager_miou
         check_compiled_step()
         # The README's example, as written (JAX: 25 s more).
         os.chdir(out)

@@ -33,13 +33,18 @@ def succeeded(proc):
 
 @pytest.fixture(scope="module")
 def started(tmp_path_factory):
-    """The runs that need no earlier run, started together: (their folder, {name: process})."""
+    """The runs, started together: (their folder, {name: process})."""
     root = tmp_path_factory.mktemp("fit")
     tiny_model(3, seed=None, num_layers=1).save(root / "tiny.keras")
+    tiny_model(11, seed=None, num_layers=1, image_size=64).save(root / "tiny_11.keras")
     procs = {
         "bf16": start_fit(
             *("--model", "seg_ti16_linear", "--precision", "mixed_bfloat16", "--iterations", 4),
             *("--checkpoint-every", 2, "--val-every", 4, "--output-dir", root / "bf16"),
+        ),
+        "fp16": start_fit(
+            *("--init", root / "tiny_11.keras", "--precision", "mixed_float16", "--iterations", 2),
+            *("--checkpoint-every", 2, "--val-every", 2, "--output-dir", root / "fp16"),
         ),
         "wrong_classes": start_fit("--init", root / "tiny.keras", "--output-dir", root / "run"),
     }
@@ -50,27 +55,28 @@ def started(tmp_path_factory):
             proc.wait()
 
 
+def history(folder):
+    with open(folder / "history.csv") as file:
+        return list(csv.DictReader(file))
+
+
 @pytest.mark.slow
-def test_fit_mixed_precision_then_continue_from_init(started):
+def test_fit_a_preset_in_bfloat16_and_an_init_in_float16(started):
     root, procs = started
-    first = root / "bf16"
     succeeded(procs["bf16"])
-    config = json.loads((first / "config.json").read_text())
+    config = json.loads((root / "bf16" / "config.json").read_text())
     assert config["precision"] == "mixed_bfloat16" and config["iterations"] == 4
-    with open(first / "history.csv") as file:
-        rows = list(csv.DictReader(file))
+    rows = history(root / "bf16")
     assert len(rows) == 2 and float(rows[-1]["iteration"]) == 4
-    model = keras.saving.load_model(first / "model.keras")
+    model = keras.saving.load_model(root / "bf16" / "model.keras")
     assert isinstance(model, ks.Segmenter) and model.num_classes == 11
 
-    second = root / "fp16"
-    succeeded(
-        start_fit(
-            *("--init", first / "model.keras", "--precision", "mixed_float16", "--iterations", 2),
-            *("--checkpoint-every", 2, "--val-every", 2, "--output-dir", second),
-        )
-    )
-    assert (second / "model.keras").is_file()
+    # --init under another precision (with its loss scale): a .keras file goes on training.
+    succeeded(procs["fp16"])
+    config = json.loads((root / "fp16" / "config.json").read_text())
+    assert config["precision"] == "mixed_float16" and config["init"].endswith("tiny_11.keras")
+    assert float(history(root / "fp16")[-1]["iteration"]) == 2
+    assert (root / "fp16" / "model.keras").is_file()
 
 
 @pytest.mark.slow
