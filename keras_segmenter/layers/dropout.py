@@ -61,9 +61,9 @@ class Dropout(keras.layers.Layer):
     element's index with keys drawn per call: `_hashed_bits`), so the rate
     is exact to 1/65536. (Keras' dropout draws one uniform number of the
     input's dtype per element: under bfloat16, with its 8-bit mantissa, rate
-    0.1 drops 10.16 % of the elements.) The random
-    state lives in a `keras.random.SeedGenerator`, saved with the weights, so
-    a checkpoint resumes the same masks.
+    0.1 drops 10.16 % of the elements.) The random state lives in a
+    `keras.random.SeedGenerator`, saved with the weights, so a checkpoint
+    resumes the same masks.
 
     Args:
         rate: float in [0, 1), fraction of the elements to drop.

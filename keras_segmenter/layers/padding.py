@@ -68,8 +68,8 @@ def upsample_rows(x, factor, axis):
     near = ops.convert_to_tensor(np.abs(offset).reshape(shape))  # the neighbour's weight
     upward = ops.convert_to_tensor((offset < 0).reshape(shape))
 
-    def spread(rows):  # (..., n, ...) -> (..., n, 1, ...)
-        return ops.expand_dims(rows, axis + 1)
+    def spread(t):  # (..., n, ...) -> (..., n, 1, ...)
+        return ops.expand_dims(t, axis + 1)
 
     neighbour = ops.where(upward, spread(above), spread(below))
     out = spread(x) * (1.0 - near) + neighbour * near
