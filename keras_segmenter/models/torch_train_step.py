@@ -25,11 +25,22 @@ and its dropout keys afresh on every call (Inductor's Philox numbers,
 seeded from torch's generator: `keras.utils.set_random_seed` makes a run
 repeatable); the masks are not those of the eager step.
 
+Memory: each step allocates the graph's buffers afresh and frees them at
+its end. glibc's malloc maps every block over 32 MiB from the OS and unmaps
+it when freed, so each step page-faulted its large buffers back (the
+dropout hashes, the attention scores, the full-resolution loss: a seventh
+of a bf16 step on the AMX Xeon). The first `CompiledTrainStep` sets the
+process's malloc to keep freed memory for the next step instead
+(`_keep_freed_memory`); the process's memory then does not shrink after a
+step. Timings in docs/benchmarks.md.
+
 Not for `mixed_float16`: its loss scale changes between steps, and a
 record would hold one value.
 """
 
 import contextlib
+import ctypes
+import sys
 
 import keras
 
@@ -57,6 +68,7 @@ class CompiledTrainStep:
         self.model = model
         self.check = check
         self.graphs = {}
+        _keep_freed_memory()
         # Keras' `compute_metrics` reads the logits only for metrics given to `compile`;
         # without them the graph need not write the (B, H, W, K) logits.
         self.returns_logits = (
@@ -124,3 +136,15 @@ def _global_generator():
         yield
     finally:
         random.torch_seed_generator = seeded
+
+
+def _keep_freed_memory():
+    """glibc's malloc keeps every freed block for reuse, and never maps one from the OS
+    (`mallopt`: `M_MMAP_MAX` 0, `M_TRIM_THRESHOLD` 2 GiB); nothing where the C library
+    is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(-4, 0)  # M_MMAP_MAX
+        mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD (an int)
