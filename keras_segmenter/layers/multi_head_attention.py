@@ -2,7 +2,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_segmenter.layers.backend import TENSORFLOW, TORCH
+from keras_segmenter.layers.backend import TENSORFLOW, TORCH, is_fusing
 from keras_segmenter.layers.dropout import Dropout
 
 
@@ -141,7 +141,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return ops.unstack(ops.transpose(self._qkv(inputs), (2, 0, 3, 1, 4)), 3, axis=0)
 
     def call(self, inputs, training=False):
-        if TORCH and not (training and self.dropout):
+        # Recorded for Inductor (`is_fusing()`: the compiled training step), bf16 attention is
+        # written out: torch's flash attention backward is slower there (docs/benchmarks.md).
+        written_out = self.dropout or (is_fusing() and self.compute_dtype == "bfloat16")
+        if TORCH and not (training and written_out):
             # torch's fused scaled_dot_product_attention (flash attention on
             # CPU) on (B, N, heads, head_dim) heads; it has no dropout.
             query, key, value = ops.unstack(self._qkv(inputs), 3, axis=2)

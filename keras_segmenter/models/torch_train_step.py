@@ -15,7 +15,9 @@ The record is made inside `keras_segmenter.layers.backend.fusing()`, where
 the upsampling, the loss and the dropout masks take the forms Inductor
 fuses into the kernels that read them (see `upsample_rows`, `_label_logits`
 and `_hashed_bits`): the full-resolution logits are not gathered from and
-scattered into, and no mask costs a Philox draw per element.
+scattered into, and no mask costs a Philox draw per element. In bf16 the
+attention is written out (`MultiHeadSelfAttention.call`): torch's flash
+attention backward is slower than its products and softmax compiled.
 
 Random numbers: a Keras random op on PyTorch turns its `SeedGenerator`'s
 seed tensor into a Python int (`torch.Generator.manual_seed`), which no
