@@ -28,10 +28,10 @@ seeded from torch's generator: `keras.utils.set_random_seed` makes a run
 repeatable); the masks are not those of the eager step.
 
 Memory: each step allocates the graph's buffers afresh and frees them at
-its end. glibc's malloc maps every block over 32 MiB from the OS and unmaps
-it when freed, so each step page-faulted its large buffers back (the
-dropout hashes, the attention scores, the full-resolution loss: a seventh
-of a bf16 step on the AMX Xeon). The first `CompiledTrainStep` sets the
+its end. glibc's malloc maps every block over its mmap threshold (at most
+32 MiB by default) from the OS and unmaps it when freed, so each step
+page-faulted its large buffers back (the dropout hashes, the attention
+scores, the full-resolution loss: an eighth of a bf16 step on the AMX Xeon). The first `CompiledTrainStep` sets the
 process's malloc to keep freed memory for the next step instead
 (`_keep_freed_memory`); the process's memory then does not shrink after a
 step. Timings in docs/benchmarks.md.
