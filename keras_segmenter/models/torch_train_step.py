@@ -31,10 +31,11 @@ Memory: each step allocates the graph's buffers afresh and frees them at
 its end. glibc's malloc maps every block over its mmap threshold (at most
 32 MiB by default) from the OS and unmaps it when freed, so each step
 page-faulted its large buffers back (the dropout hashes, the attention
-scores, the full-resolution loss: an eighth of a bf16 step on the AMX Xeon). The first `CompiledTrainStep` sets the
-process's malloc to keep freed memory for the next step instead
-(`_keep_freed_memory`); the process's memory then does not shrink after a
-step. Timings in docs/benchmarks.md.
+scores, the full-resolution loss: an eighth of a bf16 step on the AMX
+Xeon). The first `CompiledTrainStep` sets the process's malloc to keep
+freed memory for the next step instead (`_keep_freed_memory`); the
+process's memory then does not shrink after a step. Timings in
+docs/benchmarks.md.
 
 Not for `mixed_float16`: its loss scale changes between steps, and a
 record would hold one value.
