@@ -35,8 +35,8 @@ scores, the full-resolution loss: an eighth of a bf16 step on the AMX
 Xeon). After compiling a graph, `CompiledTrainStep` sets the process's
 malloc to keep freed memory for the next step instead
 (`_keep_freed_memory`), and back to glibc's defaults while it records and
-compiles another (kept, the compiler's memory stayed: 12.7 GB resident
-against 3.4 for Seg-S/16 bf16, batch 2; set after it, 4.6 GB). The
+compiles another (kept, the compiler's memory stayed: 12.4 GiB resident
+against 3.3 for Seg-S/16 bf16, batch 2; set after it, 4.4 GiB). The
 process's memory then stays at the step's peak. Timings in
 docs/benchmarks.md.
 
