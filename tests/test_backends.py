@@ -155,7 +155,6 @@ def _step_gradients(images, masks, dtype, jit_compile):
 
     model = tiny_model(5, dropout=0.0, dtype=dtype)
     model.compile(optimizer="sgd", jit_compile=jit_compile)
-    model.optimizer.build(model.trainable_variables)
     gradients, apply = {}, model.optimizer.apply
 
     def record(grads, variables=None):
