@@ -73,7 +73,7 @@ def compile_frozen(function, *args):
         compiled = torch.compile(bias_in_products(make_fx(function)(*args)), dynamic=False)
         # (torch.compile's options={"freezing": True} did not freeze the weights;
         # docs/benchmarks.md has the timings.) `cpp_wrapper`: the graph calls its kernels
-        # from C++, not Python (Seg-S/16-mask, batch 4: 4-8 % more images/s; the first
+        # from C++, not Python (Seg-S/16-mask, batch 4: 3-8 % more images/s; the first
         # call as long with an empty Inductor cache, 8 s longer with a full one).
         with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
             return compiled, compiled(*args)
