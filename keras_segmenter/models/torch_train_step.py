@@ -38,8 +38,7 @@ malloc to keep freed memory for the next step instead
 compiles another (kept, the compiler's memory stayed: 12.4 GiB resident
 against 3.3 for Seg-S/16 bf16, batch 2; set after it, 3.9 GiB between
 steps against 3.5, the same 4.6 GiB peak). The process's memory then
-stays near the step's peak. Timings in
-docs/benchmarks.md.
+stays near the step's peak. Timings in docs/benchmarks.md.
 
 Not for `mixed_float16`: its loss scale changes between steps, and a
 record would hold one value.
